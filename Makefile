@@ -1,0 +1,54 @@
+# nbsecrets — see README.md.
+GO      ?= go
+PYTHON  ?= /usr/bin/python3
+BIN     := bin/nbsecrets
+PKGS    := ./...
+
+.PHONY: all build test lint bench demo deps fuzz clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/nbsecrets
+
+# The whole suite, with the race detector. Real-kernel tests need `make deps`.
+test:
+	$(GO) test -race -count=1 $(PKGS)
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	  if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	$(GO) vet $(PKGS)
+	@if $(GO) run honnef.co/go/tools/cmd/staticcheck@2025.1.1 -version >/dev/null 2>&1; then \
+	  $(GO) run honnef.co/go/tools/cmd/staticcheck@2025.1.1 $(PKGS); \
+	else echo "staticcheck could not be installed from the module proxy; skipped"; fi
+
+# Benchmarks against real NATS and real kernels; a table on stdout, JSON in bench.json.
+bench: build
+	$(GO) run ./cmd/nbsecrets-bench -out bench.json
+
+# The main job on the embedded default: a secret changing live in a real kernel.
+demo: build deps
+	$(PYTHON) deploy/demo.py --nbsecrets $(BIN)
+
+# Short fuzz runs of every fuzz target (FUZZTIME each).
+FUZZTIME ?= 30s
+fuzz:
+	@for pkg in $$($(GO) list ./...); do \
+	  for t in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
+	    echo "== $$pkg $$t"; $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) -parallel 2 $$pkg || exit 1; \
+	  done; \
+	done
+
+# Debian's ipykernel and jupyter_client: installed when missing and root, else named.
+deps:
+	@if $(PYTHON) -c 'import ipykernel, jupyter_client' 2>/dev/null; then \
+	  echo "deps: ipykernel and jupyter_client present"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-ipykernel python3-jupyter-client; \
+	else \
+	  echo "deps: missing Debian packages; run as root: apt-get install -y python3-ipykernel python3-jupyter-client" >&2; exit 1; \
+	fi
+
+clean:
+	rm -rf bin bench.json

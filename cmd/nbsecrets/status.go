@@ -1,0 +1,10 @@
+package main
+
+import (
+	"context"
+	"errors"
+)
+
+func runStatus(ctx context.Context, env *cliEnv, args []string) error {
+	return errors.New("not implemented yet")
+}
