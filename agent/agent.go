@@ -1,0 +1,228 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/nbsecrets/nbsecrets/protocol"
+)
+
+// Config is an agent's configuration. Zero values say what they mean.
+type Config struct {
+	Workspace Workspace        // required: who this agent serves and what it may have
+	Opener    *protocol.Opener // required: pinned service keys and the workspace's curve key
+	Conn      *nats.Conn       // required: the NATS connection (see Connect)
+
+	// RuntimeDirs are the Jupyter runtime directories watched for
+	// kernel-*.json. Empty: none (kernels come only from announcements).
+	RuntimeDirs []string
+	// Socket is the local API's unix socket. Empty: no local API.
+	Socket string
+	// Rescan is how often the runtime dirs are listed besides fsnotify.
+	// Zero: 10s.
+	Rescan time.Duration
+	// Probe is how often a served kernel is checked to still answer.
+	// Zero: 15s.
+	Probe time.Duration
+	// ApplyTimeout bounds one re-seed. Zero: 5s.
+	ApplyTimeout time.Duration
+	// Logger receives key/value logs; never a value. Nil: no logs.
+	Logger hclog.Logger
+
+	dial dialer // tests: a fake kernel session
+}
+
+// Agent serves one workspace's kernels.
+type Agent struct {
+	cfg     Config
+	log     hclog.Logger
+	st      *store
+	kernels *kernels
+	metrics *metrics
+	started time.Time
+
+	mu      sync.Mutex
+	running bool
+}
+
+// New checks cfg and returns an agent ready to Run.
+func New(cfg Config) (*Agent, error) {
+	if err := protocol.ValidateID(cfg.Workspace.ID); err != nil {
+		return nil, fmt.Errorf("agent: workspace: %w", err)
+	}
+	if cfg.Opener == nil || cfg.Conn == nil {
+		return nil, errors.New("agent: Opener and Conn are required")
+	}
+	if cfg.Rescan == 0 {
+		cfg.Rescan = 10 * time.Second
+	}
+	if cfg.Probe == 0 {
+		cfg.Probe = 15 * time.Second
+	}
+	if cfg.ApplyTimeout == 0 {
+		cfg.ApplyTimeout = 5 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = hclog.NewNullLogger()
+	}
+	if cfg.dial == nil {
+		cfg.dial = dialJupyter
+	}
+	log := cfg.Logger.With("workspace", cfg.Workspace.ID)
+	a := &Agent{cfg: cfg, log: log, st: newStore(cfg.Workspace), metrics: &metrics{}}
+	a.kernels = &kernels{log: log.Named("kernel"), st: a.st, dial: cfg.dial, probeInterval: cfg.Probe,
+		applyTimeout: cfg.ApplyTimeout, metrics: a.metrics, workers: map[string]*worker{}}
+	return a, nil
+}
+
+// Run serves until ctx ends: it reads the records, watches the runtime
+// dirs, re-seeds kernels and serves the local API. It returns when every
+// goroutine it started has stopped.
+func (a *Agent) Run(ctx context.Context) error {
+	a.mu.Lock()
+	if a.running {
+		a.mu.Unlock()
+		return errors.New("agent: already running")
+	}
+	a.running = true
+	a.started = time.Now()
+	a.mu.Unlock()
+
+	js, err := jetstream.New(a.cfg.Conn)
+	if err != nil {
+		return fmt.Errorf("agent: jetstream: %w", err)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make(chan error, 2)
+	if a.cfg.Socket != "" {
+		l, err := listen(a.cfg.Socket, a.log)
+		if err != nil {
+			return fmt.Errorf("agent: local API: %w", err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := a.serveAPI(ctx, l); err != nil {
+				errs <- fmt.Errorf("agent: local API: %w", err)
+				cancel()
+			}
+		}()
+	}
+	s := &syncer{js: js, ws: a.cfg.Workspace.ID, opener: a.cfg.Opener, st: a.st, log: a.log.Named("sync"), now: time.Now}
+	wg.Add(2)
+	go func() { defer wg.Done(); s.run(ctx) }()
+	go func() {
+		defer wg.Done()
+		if err := a.kernels.run(ctx, a.cfg.RuntimeDirs, a.cfg.Rescan); err != nil {
+			errs <- fmt.Errorf("agent: watching kernels: %w", err)
+			cancel()
+		}
+	}()
+	a.log.Info("agent started", "runtime_dirs", a.cfg.RuntimeDirs, "socket", a.cfg.Socket)
+	<-ctx.Done()
+	wg.Wait()
+	close(errs)
+	var all []error
+	for e := range errs {
+		all = append(all, e)
+	}
+	a.log.Info("agent stopped")
+	return errors.Join(all...)
+}
+
+// Loaded is closed once the first load of the records is applied.
+func (a *Agent) Loaded() <-chan struct{} { return a.st.loaded }
+
+// AddKernel serves the kernel of a connection file (as an announcement does).
+func (a *Agent) AddKernel(connFile string) { a.kernels.add(connFile) }
+
+// SecretStatus is one secret as status shows it: never a value.
+type SecretStatus struct {
+	Name       string         `json:"name"`
+	SecretID   string         `json:"secret_id"`
+	Version    uint64         `json:"version"`
+	Scope      protocol.Scope `json:"scope"`
+	ShadowedBy string         `json:"shadowed_by,omitempty"` // scope of the same-named secret that wins
+}
+
+// Status is what the agent holds: names, versions, kernels. Never a value.
+type Status struct {
+	Workspace      string            `json:"workspace"`
+	NATS           string            `json:"nats"`
+	NATSServer     string            `json:"nats_server,omitempty"`
+	Loaded         bool              `json:"loaded"`
+	LastSync       time.Time         `json:"last_sync,omitzero"`
+	Started        time.Time         `json:"started"`
+	Secrets        []SecretStatus    `json:"secrets"`
+	Kernels        []KernelStatus    `json:"kernels"`
+	RecordsApplied uint64            `json:"records_applied"`
+	Refused        map[string]uint64 `json:"records_refused"`
+	Reseeds        uint64            `json:"reseeds"`
+	ReseedErrors   uint64            `json:"reseed_errors"`
+}
+
+// Status reports what the agent holds now.
+func (a *Agent) Status() Status {
+	d, loaded := a.st.snapshot()
+	a.st.mu.Lock()
+	st := Status{Workspace: a.cfg.Workspace.ID, Loaded: loaded, LastSync: a.st.lastSync, Started: a.started,
+		RecordsApplied: a.st.applied, Refused: make(map[string]uint64, len(a.st.refused))}
+	for k, v := range a.st.refused {
+		st.Refused[k] = v
+	}
+	a.st.mu.Unlock()
+	st.NATS = a.cfg.Conn.Status().String()
+	st.NATSServer = a.cfg.Conn.ConnectedUrlRedacted()
+	for _, n := range d.Names() {
+		v := d.Env[n]
+		st.Secrets = append(st.Secrets, SecretStatus{Name: n, SecretID: v.SecretID, Version: v.Version, Scope: v.Scope})
+	}
+	for _, sh := range d.Shadowed {
+		st.Secrets = append(st.Secrets, SecretStatus{Name: sh.Name, SecretID: sh.SecretID, Scope: sh.Scope, ShadowedBy: sh.By.String()})
+	}
+	st.Kernels = a.kernels.statuses()
+	a.metrics.mu.Lock()
+	st.Reseeds, st.ReseedErrors = a.metrics.reseeds, a.metrics.reseedErrors
+	a.metrics.mu.Unlock()
+	return st
+}
+
+// Connect opens a NATS connection that never gives up: it retries a failed
+// first connect, reconnects forever, and logs disconnects and reconnects.
+// opts come after these defaults (credentials, TLS, a name).
+func Connect(url string, log hclog.Logger, opts ...nats.Option) (*nats.Conn, error) {
+	if log == nil {
+		log = hclog.NewNullLogger()
+	}
+	base := []nats.Option{
+		nats.Name("nbsecrets-agent"),
+		nats.MaxReconnects(-1),
+		nats.RetryOnFailedConnect(true),
+		nats.ReconnectWait(250 * time.Millisecond),
+		nats.ReconnectJitter(100*time.Millisecond, time.Second),
+		nats.DisconnectErrHandler(func(c *nats.Conn, err error) {
+			if c.IsClosed() {
+				log.Debug("NATS connection closed")
+				return
+			}
+			log.Warn("NATS disconnected; reconnecting", "error", err)
+		}),
+		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("NATS reconnected", "server", c.ConnectedUrlRedacted()) }),
+		nats.ConnectHandler(func(c *nats.Conn) { log.Info("NATS connected", "server", c.ConnectedUrlRedacted()) }),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { log.Warn("NATS error", "error", err) }),
+	}
+	nc, err := nats.Connect(url, append(base, opts...)...)
+	if err != nil {
+		return nil, fmt.Errorf("agent: connecting to NATS at %s: %w", url, err)
+	}
+	return nc, nil
+}

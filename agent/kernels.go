@@ -1,0 +1,373 @@
+package agent
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+	"github.com/hashicorp/go-hclog"
+)
+
+// KernelState is where a kernel's worker stands.
+type KernelState string
+
+// The states.
+const (
+	StateConnecting  KernelState = "connecting"  // not answering yet; retried with backoff
+	StateLive        KernelState = "live"        // holds the current values
+	StateStartOnly   KernelState = "start-only"  // got values at start; no live re-seed
+	StateUnreachable KernelState = "unreachable" // stopped answering; retried with backoff
+)
+
+// KernelStatus is what status shows of one kernel. It holds names and
+// versions, never a value.
+type KernelStatus struct {
+	ID             string          `json:"id"`
+	ConnectionFile string          `json:"connection_file"`
+	State          KernelState     `json:"state"`
+	Language       string          `json:"language,omitempty"`
+	Mode           Mode            `json:"mode,omitempty"`
+	Holds          map[string]Held `json:"holds"`
+	Reseeds        uint64          `json:"reseeds"`
+	LastReseed     time.Time       `json:"last_reseed,omitzero"`
+	LastError      string          `json:"last_error,omitempty"`
+}
+
+// kernelID is the id Jupyter gives a kernel: kernel-<id>.json.
+func kernelID(file string) string {
+	base := filepath.Base(file)
+	return strings.TrimSuffix(strings.TrimPrefix(base, "kernel-"), ".json")
+}
+
+func isConnectionFile(name string) bool {
+	base := filepath.Base(name)
+	return strings.HasPrefix(base, "kernel-") && strings.HasSuffix(base, ".json")
+}
+
+// worker serves one kernel: connects, applies the desired environment, and
+// follows every change, until its context ends or the kernel goes away.
+type worker struct {
+	file   string
+	sum    [32]byte // connection file content it was started for
+	cancel context.CancelFunc
+	done   chan struct{}
+
+	mu     sync.Mutex
+	status KernelStatus
+}
+
+func (w *worker) update(f func(*KernelStatus)) {
+	w.mu.Lock()
+	f(&w.status)
+	w.mu.Unlock()
+}
+
+func (w *worker) snapshot() KernelStatus {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	s := w.status
+	s.Holds = make(map[string]Held, len(w.status.Holds))
+	for k, v := range w.status.Holds {
+		s.Holds[k] = v
+	}
+	return s
+}
+
+// kernels is the set of kernels the agent serves, owner of their workers.
+type kernels struct {
+	log           hclog.Logger
+	st            *store
+	dial          dialer
+	probeInterval time.Duration
+	applyTimeout  time.Duration
+	metrics       *metrics
+
+	mu      sync.Mutex
+	ctx     context.Context // set by run; workers' parent
+	workers map[string]*worker
+	wg      sync.WaitGroup
+}
+
+func fileSum(file string) ([32]byte, bool) {
+	b, err := os.ReadFile(file)
+	if err != nil || len(b) == 0 {
+		return [32]byte{}, false
+	}
+	return sha256.Sum256(b), true
+}
+
+// add starts serving the kernel of a connection file, or restarts its
+// worker when the file's content changed (a kernel restarted with new
+// ports). A file not readable yet is left to the next event or rescan.
+func (ks *kernels) add(file string) {
+	sum, ok := fileSum(file)
+	if !ok {
+		return
+	}
+	ks.mu.Lock()
+	defer ks.mu.Unlock()
+	if ks.ctx == nil || ks.ctx.Err() != nil {
+		return
+	}
+	if w, ok := ks.workers[file]; ok {
+		if w.sum == sum {
+			return
+		}
+		ks.log.Info("connection file changed; reconnecting", "kernel", kernelID(file))
+		w.cancel()
+	}
+	ctx, cancel := context.WithCancel(ks.ctx)
+	w := &worker{file: file, sum: sum, cancel: cancel, done: make(chan struct{}),
+		status: KernelStatus{ID: kernelID(file), ConnectionFile: file, State: StateConnecting}}
+	ks.workers[file] = w
+	ks.wg.Add(1)
+	go func() {
+		defer ks.wg.Done()
+		defer close(w.done)
+		ks.serve(ctx, w)
+	}()
+}
+
+// remove forgets a kernel whose connection file is gone.
+func (ks *kernels) remove(file string) {
+	ks.mu.Lock()
+	defer ks.mu.Unlock()
+	if w, ok := ks.workers[file]; ok {
+		w.cancel()
+		delete(ks.workers, file)
+		ks.log.Info("kernel gone", "kernel", kernelID(file))
+	}
+}
+
+// forget removes w if it is still the worker for its file.
+func (ks *kernels) forget(w *worker) {
+	ks.mu.Lock()
+	defer ks.mu.Unlock()
+	if ks.workers[w.file] == w {
+		w.cancel()
+		delete(ks.workers, w.file)
+		ks.log.Info("kernel gone", "kernel", kernelID(w.file))
+	}
+}
+
+// statuses returns every kernel's status, ordered by id.
+func (ks *kernels) statuses() []KernelStatus {
+	ks.mu.Lock()
+	ws := make([]*worker, 0, len(ks.workers))
+	for _, w := range ks.workers {
+		ws = append(ws, w)
+	}
+	ks.mu.Unlock()
+	out := make([]KernelStatus, 0, len(ws))
+	for _, w := range ws {
+		out = append(out, w.snapshot())
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+// serve is one kernel's worker loop.
+func (ks *kernels) serve(ctx context.Context, w *worker) {
+	log := ks.log.With("kernel", w.status.ID)
+	wake, unsubscribe := ks.st.subscribe()
+	defer unsubscribe()
+	bo := backoff{min: 50 * time.Millisecond, max: 5 * time.Second}
+	for ctx.Err() == nil {
+		if _, err := os.Stat(w.file); errors.Is(err, os.ErrNotExist) {
+			ks.forget(w)
+			return
+		}
+		dctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		sess, err := ks.dial(dctx, w.file)
+		cancel()
+		if err != nil {
+			w.update(func(s *KernelStatus) { s.LastError = err.Error() })
+			log.Debug("kernel not answering yet", "error", err)
+			if !waitCtx(ctx, bo.next()) {
+				return
+			}
+			continue
+		}
+		bo.reset()
+		desc := sess.Describe()
+		w.update(func(s *KernelStatus) { s.Language, s.Mode, s.LastError = desc.Language, desc.Mode, "" })
+		log.Info("kernel connected", "language", desc.Language, "mode", desc.Mode)
+		err = ks.follow(ctx, w, sess, wake, log)
+		_ = sess.Close()
+		if err == nil {
+			return
+		}
+		w.update(func(s *KernelStatus) { s.State, s.LastError = StateUnreachable, err.Error() })
+		log.Warn("kernel stopped answering; reconnecting", "error", err)
+		if !waitCtx(ctx, bo.next()) {
+			return
+		}
+	}
+}
+
+// follow keeps one connected kernel at the desired environment. It returns
+// nil when ctx ends and an error when the kernel stops answering.
+func (ks *kernels) follow(ctx context.Context, w *worker, sess session, wake <-chan struct{}, log hclog.Logger) error {
+	if sess.Describe().Mode == ModeNone {
+		w.update(func(s *KernelStatus) { s.State = StateStartOnly })
+		<-ctx.Done()
+		return nil
+	}
+	select {
+	case <-ks.st.loaded:
+	case <-ctx.Done():
+		return nil
+	}
+	probe := time.NewTicker(ks.probeInterval)
+	defer probe.Stop()
+	var held map[string]Held // unknown until the first (full) re-seed
+	for {
+		d, _ := ks.st.snapshot()
+		if p := plan(held, d); !p.Empty() {
+			actx, cancel := context.WithTimeout(ctx, ks.applyTimeout)
+			start := time.Now()
+			err := sess.Apply(actx, p, managedList(d))
+			cancel()
+			if ctx.Err() != nil {
+				return nil
+			}
+			if err != nil {
+				ks.metrics.reseedFailed()
+				return err
+			}
+			held = holdings(d)
+			ks.metrics.reseeded(time.Since(start))
+			log.Info("re-seeded", "gen", d.Gen, "full", p.Full, "set", sortedKeys(p.Set), "unset", p.Unset)
+			w.update(func(s *KernelStatus) {
+				s.State, s.Holds, s.LastReseed, s.LastError = StateLive, held, time.Now(), ""
+				s.Reseeds++
+			})
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-wake:
+		case <-probe.C:
+			pctx, cancel := context.WithTimeout(ctx, ks.applyTimeout)
+			err := sess.Probe(pctx)
+			cancel()
+			if ctx.Err() != nil {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	ks := make([]string, 0, len(m))
+	for k := range m {
+		ks = append(ks, k)
+	}
+	sort.Strings(ks)
+	return ks
+}
+
+// waitCtx waits d or until ctx ends; it reports whether ctx is still alive.
+func waitCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// run watches the runtime directories until ctx ends, then stops every
+// worker and waits for them.
+func (ks *kernels) run(ctx context.Context, dirs []string, rescan time.Duration) error {
+	ks.mu.Lock()
+	ks.ctx = ctx
+	ks.mu.Unlock()
+	defer func() {
+		ks.mu.Lock()
+		for f, w := range ks.workers {
+			w.cancel()
+			delete(ks.workers, f)
+		}
+		ks.mu.Unlock()
+		ks.wg.Wait()
+	}()
+
+	watcher, err := fsnotify.NewWatcher()
+	if err != nil {
+		return err
+	}
+	defer watcher.Close()
+	for _, d := range dirs {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			ks.log.Warn("cannot create runtime dir", "dir", d, "error", err)
+		}
+		if err := watcher.Add(d); err != nil {
+			ks.log.Warn("cannot watch runtime dir; relying on rescans", "dir", d, "error", err)
+		}
+	}
+	ks.rescan(dirs)
+	tick := time.NewTicker(rescan)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case ev, ok := <-watcher.Events:
+			if !ok {
+				return nil
+			}
+			if !isConnectionFile(ev.Name) {
+				continue
+			}
+			switch {
+			case ev.Has(fsnotify.Remove) || ev.Has(fsnotify.Rename):
+				ks.remove(ev.Name)
+			case ev.Has(fsnotify.Create) || ev.Has(fsnotify.Write):
+				ks.add(ev.Name)
+			}
+		case err, ok := <-watcher.Errors:
+			if !ok {
+				return nil
+			}
+			ks.log.Warn("runtime dir watch error; rescanning", "error", err)
+			ks.rescan(dirs)
+		case <-tick.C:
+			ks.rescan(dirs)
+		}
+	}
+}
+
+// rescan adds every connection file in dirs and forgets kernels whose file
+// is gone (including announced ones outside dirs).
+func (ks *kernels) rescan(dirs []string) {
+	for _, d := range dirs {
+		matches, _ := filepath.Glob(filepath.Join(d, "kernel-*.json"))
+		for _, f := range matches {
+			ks.add(f)
+		}
+	}
+	ks.mu.Lock()
+	var gone []string
+	for f := range ks.workers {
+		if _, err := os.Stat(f); errors.Is(err, os.ErrNotExist) {
+			gone = append(gone, f)
+		}
+	}
+	ks.mu.Unlock()
+	for _, f := range gone {
+		ks.remove(f)
+	}
+}

@@ -1,0 +1,161 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/nbsecrets/nbsecrets/protocol"
+)
+
+// syncer reads the workspace's records into the store: an ordered consumer,
+// last value per subject, one filter subject. The first load is the whole
+// desired state (tombstones included), so a delete missed while the agent was
+// away is still applied; after that every new record follows. The ordered
+// consumer recreates itself after a NATS server restart from the last
+// sequence it delivered, so nothing is lost.
+type syncer struct {
+	js     jetstream.JetStream
+	ws     string
+	opener *protocol.Opener
+	st     *store
+	log    hclog.Logger
+	now    func() time.Time
+}
+
+func (s *syncer) run(ctx context.Context) {
+	bo := backoff{min: 100 * time.Millisecond, max: 5 * time.Second}
+	for ctx.Err() == nil {
+		err := s.consume(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		s.log.Warn("reading records interrupted; retrying", "error", err)
+		if !waitCtx(ctx, bo.next()) {
+			return
+		}
+	}
+}
+
+// consume reads records until ctx ends or the consumer fails.
+func (s *syncer) consume(ctx context.Context) error {
+	cons, err := s.js.OrderedConsumer(ctx, protocol.StreamName(), jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{protocol.WorkspaceFilter(s.ws)}, // exactly one: see protocol's doc
+		DeliverPolicy:  jetstream.DeliverLastPerSubjectPolicy,
+	})
+	if err != nil {
+		return err
+	}
+	it, err := cons.Messages()
+	if err != nil {
+		return err
+	}
+	stopped := make(chan struct{})
+	defer close(stopped)
+	go func() { // owned by consume: ends with it
+		select {
+		case <-ctx.Done():
+			it.Stop()
+		case <-stopped:
+			it.Stop()
+		}
+	}()
+	if info := cons.CachedInfo(); info != nil && info.NumPending == 0 {
+		s.st.publish(s.now()) // nothing to load: the desired state is empty
+		s.log.Info("records loaded", "records", 0)
+	}
+	for {
+		msg, err := it.Next()
+		if err != nil {
+			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				return ctx.Err()
+			}
+			return err
+		}
+		s.handle(msg)
+		if meta, err := msg.Metadata(); err == nil && meta.NumPending == 0 {
+			// End of a burst: publish the final state once.
+			_, wasLoaded := s.st.snapshot()
+			s.st.publish(s.now())
+			if !wasLoaded {
+				d, _ := s.st.snapshot()
+				s.log.Info("records loaded", "secrets", len(d.Env))
+			}
+		}
+	}
+}
+
+// handle verifies, checks and applies one record. A bad record is refused
+// and logged by key and reason, never by value; the rest keep flowing.
+func (s *syncer) handle(msg jetstream.Msg) {
+	key, ok := protocol.KeyFromSubject(msg.Subject())
+	if !ok {
+		s.refuse(msg.Subject(), "subject outside the bucket", nil)
+		return
+	}
+	if op := msg.Headers().Get("KV-Operation"); op != "" {
+		// Delete and purge markers carry no payload and cannot be signed:
+		// the service writes deletions as signed tombstones instead.
+		s.refuse(key, "unsigned "+op+" marker", nil)
+		return
+	}
+	sec, err := s.opener.Open(key, msg.Data())
+	if err != nil {
+		s.refuse(key, reason(err), err)
+		return
+	}
+	if err := s.st.apply(sec); err != nil {
+		if errors.Is(err, errStale) {
+			if v, ok := s.st.version(sec.SecretID); ok && v == sec.Version {
+				s.log.Debug("record already held", "key", key, "version", sec.Version)
+				return
+			}
+		}
+		s.refuse(key, reason(err), err)
+		return
+	}
+	s.log.Debug("record accepted", "key", key, "name", sec.Name, "op", sec.Op, "version", sec.Version, "scope", sec.Scope.String())
+}
+
+func (s *syncer) refuse(key, why string, err error) {
+	s.st.refuse(why)
+	if err != nil {
+		s.log.Warn("record refused", "key", key, "reason", why, "error", err)
+	} else {
+		s.log.Warn("record refused", "key", key, "reason", why)
+	}
+}
+
+// reason is a short, value-free label of why a record was refused, for logs
+// and status counters.
+func reason(err error) string {
+	for _, r := range []struct {
+		err   error
+		label string
+	}{
+		{protocol.ErrBadSignature, "bad signature"},
+		{protocol.ErrWrongWorkspace, "another workspace"},
+		{protocol.ErrKeyMismatch, "key mismatch"},
+		{protocol.ErrUnknownFormat, "unknown format"},
+		{protocol.ErrTooLarge, "too large"},
+		{protocol.ErrMalformed, "malformed"},
+		{protocol.ErrCannotOpen, "cannot open"},
+		{protocol.ErrBindingMismatch, "sealed for another record"},
+		{protocol.ErrForbiddenName, "forbidden name"},
+		{protocol.ErrInvalidName, "invalid name"},
+		{protocol.ErrInvalidID, "invalid id"},
+		{protocol.ErrNULInValue, "value with NUL"},
+		{protocol.ErrInvalidValue, "value not UTF-8"},
+		{protocol.ErrValueTooLarge, "value too large"},
+		{ErrScopeNotAllowed, "scope not allowed"},
+		{errStale, "replayed older version"},
+	} {
+		if errors.Is(err, r.err) {
+			return r.label
+		}
+	}
+	return "invalid"
+}
