@@ -523,3 +523,19 @@ func TestLocalAPI(t *testing.T) {
 		t.Error("status contains a value")
 	}
 }
+
+// TestKernelRestartReseeded: a kernel restarted on the same connection file
+// without the injector (its environment lacks the secrets) is noticed and
+// re-seeded by the agent.
+func TestKernelRestartReseeded(t *testing.T) {
+	h := newHarness(t)
+	h.startAgent()
+	k := kerneltest.Start(t, kerneltest.Options{Dir: h.dir})
+	c := k.Client(t)
+	v := secretValue("restart")
+	h.put("s1", "SURVIVES", 1, v)
+	waitEnv(t, c, "SURVIVES", v)
+	k.Restart(t)
+	c2 := k.Client(t)
+	waitEnv(t, c2, "SURVIVES", v)
+}

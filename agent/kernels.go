@@ -253,6 +253,8 @@ func (ks *kernels) follow(ctx context.Context, w *worker, sess session, wake <-c
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-sess.Done():
+			return errors.New("connection to the kernel lost")
 		case <-wake:
 		case <-probe.C:
 			pctx, cancel := context.WithTimeout(ctx, ks.applyTimeout)

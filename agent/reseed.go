@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"slices"
 	"time"
 
 	"github.com/nbsecrets/nbsecrets/protocol/jupyter"
@@ -41,6 +40,9 @@ type session interface {
 	Apply(ctx context.Context, p Plan, managed string) error
 	// Probe checks that the kernel still answers.
 	Probe(ctx context.Context) error
+	// Done is closed when the connection to the kernel is lost (the kernel
+	// died or restarted); nil if the session cannot tell.
+	Done() <-chan struct{}
 	Close() error
 }
 
@@ -76,7 +78,7 @@ func dialJupyter(ctx context.Context, connFile string) (session, error) {
 	if ki.LanguageInfo.Name == "python" {
 		s.desc.Mode = ModeControl
 		s.ch = jupyter.Control
-		if slices.Contains(ki.SupportedFeatures, "kernel subshells") {
+		if ki.Supports(jupyter.FeatureSubshells) {
 			id, err := c.CreateSubshell(ctx)
 			if err == nil {
 				s.desc.Mode, s.subshell, s.ch = ModeSubshell, id, jupyter.Shell
@@ -103,16 +105,20 @@ func (s *jupyterSession) Apply(ctx context.Context, p Plan, managed string) erro
 	if err != nil {
 		return err
 	}
-	reply, err := s.c.Execute(ctx, s.ch, code, jupyter.ExecuteOptions{Silent: true, SubshellID: s.subshell})
+	opts := jupyter.SilentOptions()
+	opts.SubshellID = s.subshell
+	reply, err := s.c.Execute(ctx, s.ch, code, opts)
 	if err != nil {
 		return err
 	}
-	if reply.Status != "ok" {
-		// The error's name only: its message could quote the code.
-		return fmt.Errorf("re-seed failed in the kernel: %s", reply.EName)
+	if err := reply.Err(); err != nil {
+		// ExecError names the exception class only, never a value.
+		return fmt.Errorf("re-seed failed in the kernel: %w", err)
 	}
 	return nil
 }
+
+func (s *jupyterSession) Done() <-chan struct{} { return s.c.Done() }
 
 func (s *jupyterSession) Probe(ctx context.Context) error {
 	ch := jupyter.Control // answered while a cell runs on shell (ipykernel >= 6)

@@ -53,6 +53,7 @@ func (k *fakeKernel) dialer(mode Mode) dialer {
 func (s *fakeSession) Describe() Description           { return Description{Language: "python", Mode: s.mode} }
 func (s *fakeSession) Probe(ctx context.Context) error { return nil }
 func (s *fakeSession) Close() error                    { return nil }
+func (s *fakeSession) Done() <-chan struct{}           { return nil }
 func (s *fakeSession) Apply(ctx context.Context, p Plan, managed string) error {
 	s.k.mu.Lock()
 	block := s.k.block
