@@ -2,9 +2,355 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"golang.org/x/sys/unix"
+
+	"github.com/nbsecrets/nbsecrets/controlplane"
+	"github.com/nbsecrets/nbsecrets/internal/keyfile"
+	"github.com/nbsecrets/nbsecrets/protocol"
 )
 
+// The secret command: nbsecrets secret create|update|delete|list.
+//
+// A value is read from standard input, or from the file named by
+// --from-file, never from the command line (where shell history and ps
+// would see it). One trailing newline ("\n", or "\r\n") is stripped, so
+// `echo hunter2 | nbsecrets secret create DB_PASSWORD` stores "hunter2"; a
+// value that really ends in a newline needs a second one. An empty value is
+// refused. The CLI finds the instance through dev.json in --state-dir, acts
+// as --as USER (default: the instance's user) with the key in
+// <state-dir>/keys/users/<USER>.nk, and seals the value to the service's
+// curve key from dev.json. No command prints a value.
+
+const secretUsage = `Usage: nbsecrets secret <command> [flags] [NAME]
+
+Commands:
+  create NAME [--project P] [--from-file F]   make a secret, private or shared with project P
+  update NAME [--from-file F]                 give a secret a new value
+  delete NAME                                 destroy a secret in every workspace
+  list [--json]                               the secrets you can see (never a value)
+
+The value comes from standard input or --from-file F, never from the command
+line. One trailing newline is stripped from it; an empty value is refused.
+Every command takes --state-dir DIR and --as USER.
+Run 'nbsecrets secret <command> --help' for its flags.
+`
+
+const (
+	// connectTimeout bounds the connection to the instance's NATS server.
+	connectTimeout = 2 * time.Second
+	// secretTimeout bounds one request to the secrets service.
+	secretTimeout = 15 * time.Second
+)
+
+var secretCommands = map[string]func(ctx context.Context, env *cliEnv, args []string) error{
+	"create": runSecretCreate,
+	"update": runSecretUpdate,
+	"delete": runSecretDelete,
+	"list":   runSecretList,
+}
+
 func runSecret(ctx context.Context, env *cliEnv, args []string) error {
-	return errors.New("not implemented yet")
+	if len(args) == 0 {
+		fmt.Fprint(env.stderr, secretUsage)
+		return errUsage
+	}
+	switch args[0] {
+	case "-h", "--help", "-help", "help":
+		fmt.Fprint(env.stdout, secretUsage)
+		return flag.ErrHelp
+	}
+	sub, ok := secretCommands[args[0]]
+	if !ok {
+		fmt.Fprintf(env.stderr, "nbsecrets secret: unknown command %q\n\n%s", args[0], secretUsage)
+		return errUsage
+	}
+	return sub(ctx, env, args[1:])
+}
+
+// secretFlags are the flags every secret command takes.
+type secretFlags struct {
+	fs       *flag.FlagSet
+	stateDir *string
+	as       *string
+}
+
+func newSecretFlags(env *cliEnv, name, synopsis string) *secretFlags {
+	fs := newFlags(env, "secret "+name, synopsis)
+	return &secretFlags{
+		fs:       fs,
+		stateDir: stateDirFlag(fs),
+		as:       fs.String("as", "", "act as this user (default: the instance's user)"),
+	}
+}
+
+// parse parses args, flags before or after the positional arguments, and
+// returns exactly want positional arguments.
+func (f *secretFlags) parse(env *cliEnv, args []string, want int) ([]string, error) {
+	var pos []string
+	for {
+		if err := parseFlags(f.fs, args); err != nil {
+			return nil, err
+		}
+		args = f.fs.Args()
+		if len(args) == 0 {
+			break
+		}
+		pos = append(pos, args[0])
+		args = args[1:]
+	}
+	if len(pos) != want {
+		switch {
+		case want == 1 && len(pos) == 0:
+			fmt.Fprintf(env.stderr, "%s: missing the secret's NAME\n", f.fs.Name())
+		case want == 1 && len(pos) == 2:
+			fmt.Fprintf(env.stderr, "%s: too many arguments; values are read from standard input or --from-file, never from the command line\n", f.fs.Name())
+		default:
+			fmt.Fprintf(env.stderr, "%s: unexpected arguments %q\n", f.fs.Name(), pos[want:])
+		}
+		f.fs.Usage()
+		return nil, errUsage
+	}
+	return pos, nil
+}
+
+// checkName refuses a name no secret may have, saying which rule it breaks
+// (a usage error).
+func checkName(env *cliEnv, cmd, name string) error {
+	if err := protocol.ValidateName(name); err != nil {
+		fmt.Fprintf(env.stderr, "nbsecrets secret %s: %s\n", cmd, strings.TrimPrefix(err.Error(), "protocol: "))
+		return errUsage
+	}
+	return nil
+}
+
+func runSecretCreate(ctx context.Context, env *cliEnv, args []string) error {
+	f := newSecretFlags(env, "create", "NAME [--project P] [--from-file F] [--state-dir DIR] [--as USER]  (value on standard input)")
+	fromFile := f.fs.String("from-file", "", "read the value from this file instead of standard input")
+	project := f.fs.String("project", "", "share the secret with this project (default: private to you)")
+	pos, err := f.parse(env, args, 1)
+	if err != nil {
+		return err
+	}
+	name := pos[0]
+	if err := checkName(env, "create", name); err != nil {
+		return err
+	}
+	value, err := readValue(env, *fromFile)
+	if err != nil {
+		return err
+	}
+	defer clear(value)
+	client, user, closeConn, err := dialSecrets(*f.stateDir, *f.as)
+	if err != nil {
+		return err
+	}
+	defer closeConn()
+	ctx, cancel := context.WithTimeout(ctx, secretTimeout)
+	defer cancel()
+	info, err := client.Create(ctx, name, value, controlplane.CreateOptions{Project: *project})
+	if err != nil {
+		return fmt.Errorf("creating %s: %w", name, err)
+	}
+	fmt.Fprintf(env.stdout, "Created secret %s (%s, version %d)\n", info.Name, describeScope(info.Scope, user), info.Version)
+	return nil
+}
+
+func runSecretUpdate(ctx context.Context, env *cliEnv, args []string) error {
+	f := newSecretFlags(env, "update", "NAME [--from-file F] [--state-dir DIR] [--as USER]  (value on standard input)")
+	fromFile := f.fs.String("from-file", "", "read the value from this file instead of standard input")
+	pos, err := f.parse(env, args, 1)
+	if err != nil {
+		return err
+	}
+	name := pos[0]
+	value, err := readValue(env, *fromFile)
+	if err != nil {
+		return err
+	}
+	defer clear(value)
+	client, user, closeConn, err := dialSecrets(*f.stateDir, *f.as)
+	if err != nil {
+		return err
+	}
+	defer closeConn()
+	ctx, cancel := context.WithTimeout(ctx, secretTimeout)
+	defer cancel()
+	info, err := client.Update(ctx, name, value)
+	if err != nil {
+		return fmt.Errorf("updating %s: %w", name, err)
+	}
+	fmt.Fprintf(env.stdout, "Updated secret %s (%s, version %d)\n", info.Name, describeScope(info.Scope, user), info.Version)
+	return nil
+}
+
+func runSecretDelete(ctx context.Context, env *cliEnv, args []string) error {
+	f := newSecretFlags(env, "delete", "NAME [--state-dir DIR] [--as USER]")
+	pos, err := f.parse(env, args, 1)
+	if err != nil {
+		return err
+	}
+	name := pos[0]
+	client, _, closeConn, err := dialSecrets(*f.stateDir, *f.as)
+	if err != nil {
+		return err
+	}
+	defer closeConn()
+	ctx, cancel := context.WithTimeout(ctx, secretTimeout)
+	defer cancel()
+	if err := client.Delete(ctx, name); err != nil {
+		return fmt.Errorf("deleting %s: %w", name, err)
+	}
+	fmt.Fprintln(env.stdout, "Secret destroyed")
+	return nil
+}
+
+func runSecretList(ctx context.Context, env *cliEnv, args []string) error {
+	f := newSecretFlags(env, "list", "[--json] [--state-dir DIR] [--as USER]")
+	asJSON := f.fs.Bool("json", false, "print a JSON array instead of a table")
+	if _, err := f.parse(env, args, 0); err != nil {
+		return err
+	}
+	client, _, closeConn, err := dialSecrets(*f.stateDir, *f.as)
+	if err != nil {
+		return err
+	}
+	defer closeConn()
+	ctx, cancel := context.WithTimeout(ctx, secretTimeout)
+	defer cancel()
+	list, err := client.List(ctx)
+	if err != nil {
+		return fmt.Errorf("listing secrets: %w", err)
+	}
+	if *asJSON {
+		if list == nil {
+			list = []controlplane.SecretInfo{}
+		}
+		enc := json.NewEncoder(env.stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(list)
+	}
+	tw := tabwriter.NewWriter(env.stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tSCOPE\tVERSION\tUPDATED")
+	for _, s := range list {
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\n", s.Name, s.Scope, s.Version, s.UpdatedAt.UTC().Format(time.RFC3339))
+	}
+	return tw.Flush()
+}
+
+// describeScope says who a secret belongs to, from user's point of view.
+func describeScope(s protocol.Scope, user string) string {
+	switch {
+	case s.Kind == protocol.ScopeUser && s.ID == user:
+		return "private"
+	case s.Kind == protocol.ScopeProject:
+		return "project " + s.ID
+	}
+	return s.String()
+}
+
+// dialSecrets connects to the instance in stateDir as user (default: the
+// instance's user) and returns a client of its secrets service, the user
+// it acts as, and a function that closes the connection.
+func dialSecrets(stateDir, user string) (*controlplane.Client, string, func(), error) {
+	info, err := readDevInfo(stateDir)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	if user == "" {
+		user = info.User
+	}
+	if err := protocol.ValidateID(user); err != nil {
+		return nil, "", nil, fmt.Errorf("user: %w", err)
+	}
+	if !strings.HasPrefix(info.SealKey, "X") {
+		return nil, "", nil, fmt.Errorf("%s has no service curve key; is the instance from this version of nbsecrets?", filepath.Join(stateDir, devInfoFile))
+	}
+	keyPath := filepath.Join(stateDir, "keys", "users", user+".nk")
+	key, err := keyfile.Load(keyPath)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, "", nil, fmt.Errorf("no key for user %s (looked for %s)", user, keyPath)
+	}
+	if err != nil {
+		return nil, "", nil, fmt.Errorf("key of user %s: %w", user, err)
+	}
+	nc, err := nats.Connect(info.NATSURL, nats.Name("nbsecrets secret"), nats.Timeout(connectTimeout), nats.NoReconnect())
+	if err != nil {
+		return nil, "", nil, fmt.Errorf("cannot reach the instance's NATS server at %s (from %s; is 'nbsecrets dev --state-dir %s' running?): %w",
+			info.NATSURL, filepath.Join(stateDir, devInfoFile), stateDir, err)
+	}
+	return controlplane.NewClient(nc, user, key, info.SealKey), user, nc.Close, nil
+}
+
+// readValue reads a secret value from the file path, or from standard input
+// when path is "", strips one trailing newline ("\n" or "\r\n") and checks
+// it: not empty, UTF-8 without NUL, at most protocol.MaxValueSize bytes.
+// Its errors never contain the value. The caller clears the value.
+func readValue(env *cliEnv, path string) ([]byte, error) {
+	src, r := "standard input", env.stdin
+	if path != "" {
+		f, err := os.Open(path)
+		if err != nil {
+			return nil, fmt.Errorf("reading the value: %w", err)
+		}
+		defer f.Close()
+		src, r = path, f
+	} else if isTerminal(env.stdin) {
+		fmt.Fprintln(env.stderr, "Reading the value from standard input; end it with Ctrl-D.")
+	}
+	if r == nil {
+		return nil, errors.New("no value: standard input is closed; use --from-file")
+	}
+	// Room for the largest value and its newline, and one byte more to
+	// tell that it is too large.
+	value, err := io.ReadAll(io.LimitReader(r, protocol.MaxValueSize+3))
+	if err != nil {
+		clear(value)
+		return nil, fmt.Errorf("reading the value from %s: %w", src, err)
+	}
+	value = stripNewline(value)
+	if len(value) == 0 {
+		return nil, fmt.Errorf("empty value from %s: a secret needs a value (pipe it in or use --from-file)", src)
+	}
+	if len(value) > protocol.MaxValueSize {
+		clear(value)
+		return nil, fmt.Errorf("value from %s is too large: more than %d bytes", src, protocol.MaxValueSize)
+	}
+	if err := protocol.ValidateValue(value); err != nil {
+		clear(value)
+		return nil, fmt.Errorf("value from %s: %w", src, err)
+	}
+	return value, nil
+}
+
+// stripNewline removes one trailing "\n" or "\r\n".
+func stripNewline(b []byte) []byte {
+	if n := len(b); n > 0 && b[n-1] == '\n' {
+		b = b[:n-1]
+		if n := len(b); n > 0 && b[n-1] == '\r' {
+			b = b[:n-1]
+		}
+	}
+	return b
+}
+
+// isTerminal reports whether r is a terminal, where a user types the value.
+func isTerminal(r io.Reader) bool {
+	f, ok := r.(*os.File)
+	if !ok {
+		return false
+	}
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
 }

@@ -1,0 +1,345 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nkeys"
+
+	"github.com/nbsecrets/nbsecrets/controlplane"
+	"github.com/nbsecrets/nbsecrets/internal/keyfile"
+	"github.com/nbsecrets/nbsecrets/internal/natstest"
+	"github.com/nbsecrets/nbsecrets/protocol"
+)
+
+// secretInstance is a dev-like state dir in front of a real nats-server and
+// a running secrets service: dev.json, keys/users/{alice,bob}.nk, and one
+// workspace "ws1" owned by alice in project "ml" (bob is a member).
+type secretInstance struct {
+	dir   string
+	nc    *nats.Conn
+	sign  nkeys.KeyPair
+	curve nkeys.KeyPair
+	ws    nkeys.KeyPair
+}
+
+func newSecretInstance(t *testing.T) *secretInstance {
+	t.Helper()
+	srv := natstest.Start(t)
+	in := &secretInstance{dir: t.TempDir()}
+	var err error
+	dir := &controlplane.Directory{Projects: []controlplane.Project{{ID: "ml", Members: []controlplane.Member{
+		{User: "alice", Role: controlplane.RoleAdmin}, {User: "bob", Role: controlplane.RoleMember}}}}}
+	for _, u := range []string{"alice", "bob"} {
+		kp, created, err := keyfile.LoadOrCreate(filepath.Join(in.dir, "keys", "users", u+".nk"), false, nkeys.PrefixByteUser)
+		if err != nil || !created {
+			t.Fatalf("user key: %v (created %v)", err, created)
+		}
+		pub, _ := kp.PublicKey()
+		dir.Users = append(dir.Users, controlplane.User{ID: u, PublicKey: pub})
+	}
+	if in.sign, err = nkeys.CreateAccount(); err != nil {
+		t.Fatal(err)
+	}
+	if in.curve, err = nkeys.CreateCurveKeys(); err != nil {
+		t.Fatal(err)
+	}
+	if in.ws, err = nkeys.CreateCurveKeys(); err != nil {
+		t.Fatal(err)
+	}
+	wsPub, _ := in.ws.PublicKey()
+	dir.Workspaces = []controlplane.Workspace{{ID: "ws1", Owner: "alice", Projects: []string{"ml"}, CurveKey: wsPub}}
+
+	if in.nc, err = nats.Connect(srv.ClientURL()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(in.nc.Close)
+	svc, err := controlplane.New(controlplane.Options{Conn: in.nc, SignKey: in.sign, CurveKey: in.curve, Directory: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := svc.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = svc.Stop() })
+
+	signPub, _ := in.sign.PublicKey()
+	sealPub, _ := in.curve.PublicKey()
+	in.writeInfo(t, devInfo{PID: os.Getpid(), NATSURL: srv.ClientURL(), Workspace: "ws1", User: "alice",
+		SignKey: signPub, SealKey: sealPub})
+	return in
+}
+
+func (in *secretInstance) writeInfo(t *testing.T, info devInfo) {
+	t.Helper()
+	b, err := json.Marshal(info)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := writeFileAtomic(filepath.Join(in.dir, devInfoFile), b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// secretRun runs `nbsecrets secret ARGS... --state-dir DIR` in-process with
+// stdin as standard input.
+func (in *secretInstance) run(stdin string, args ...string) (code int, stdout, stderr string) {
+	var out, errb bytes.Buffer
+	args = append(append([]string{"secret"}, args...), "--state-dir", in.dir)
+	code = run(args, strings.NewReader(stdin), &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+// list returns what `secret list --json` prints.
+func (in *secretInstance) list(t *testing.T, as string) []controlplane.SecretInfo {
+	t.Helper()
+	code, out, errs := in.run("", "list", "--json", "--as", as)
+	if code != 0 {
+		t.Fatalf("list: exit %d: %s", code, errs)
+	}
+	var list []controlplane.SecretInfo
+	if err := json.Unmarshal([]byte(out), &list); err != nil {
+		t.Fatalf("list --json: %v\n%s", err, out)
+	}
+	return list
+}
+
+// record opens ws1's record of the secret called name.
+func (in *secretInstance) record(t *testing.T, name string) *protocol.Secret {
+	t.Helper()
+	var id string
+	for _, s := range in.list(t, "alice") {
+		if s.Name == name {
+			id = s.ID
+		}
+	}
+	if id == "" {
+		t.Fatalf("no secret %s in the list", name)
+	}
+	return in.recordByID(t, id)
+}
+
+func (in *secretInstance) recordByID(t *testing.T, id string) *protocol.Secret {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	js, err := jetstream.New(in.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv, err := js.KeyValue(ctx, protocol.Bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := protocol.RecordKey("ws1", id)
+	e, err := kv.Get(ctx, key)
+	if err != nil {
+		t.Fatalf("record %s: %v", key, err)
+	}
+	signPub, _ := in.sign.PublicKey()
+	sealPub, _ := in.curve.PublicKey()
+	o, err := protocol.NewOpener("ws1", []string{signPub}, sealPub, in.ws)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sec, err := o.Open(key, e.Value())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sec
+}
+
+func TestSecretCommandLifecycle(t *testing.T) {
+	in := newSecretInstance(t)
+	const value = "s3cr3t-value-c0ffee"
+
+	code, out, errs := in.run(value+"\n", "create", "DB_PASSWORD")
+	if code != 0 || !strings.Contains(out, "Created secret DB_PASSWORD (private, version 1)") {
+		t.Fatalf("create: exit %d\nstdout: %s\nstderr: %s", code, out, errs)
+	}
+	sec := in.record(t, "DB_PASSWORD")
+	if sec.Op != protocol.OpPut || string(sec.Value) != value || sec.Version != 1 {
+		t.Fatalf("record after create: %s v%d value %q (one trailing newline should be stripped)", sec.Op, sec.Version, string(sec.Value))
+	}
+	id := sec.SecretID
+
+	// Flags before the name, the value from a file with a CRLF ending.
+	file := filepath.Join(t.TempDir(), "value")
+	if err := os.WriteFile(file, []byte("line one\nline two\r\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var outb, errb bytes.Buffer
+	code = run([]string{"secret", "update", "--state-dir", in.dir, "--from-file", file, "DB_PASSWORD"}, strings.NewReader(""), &outb, &errb)
+	if code != 0 || !strings.Contains(outb.String(), "version 2") {
+		t.Fatalf("update: exit %d\nstdout: %s\nstderr: %s", code, outb.String(), errb.String())
+	}
+	if sec := in.recordByID(t, id); string(sec.Value) != "line one\nline two" || sec.Version != 2 {
+		t.Fatalf("record after update: v%d %q", sec.Version, string(sec.Value))
+	}
+
+	// A project secret, created by bob.
+	if code, out, errs := in.run("tok", "create", "API_TOKEN", "--project", "ml", "--as", "bob"); code != 0 || !strings.Contains(out, "project ml") {
+		t.Fatalf("project create: exit %d\nstdout: %s\nstderr: %s", code, out, errs)
+	}
+	if sec := in.record(t, "API_TOKEN"); string(sec.Value) != "tok" || sec.Scope.Kind != protocol.ScopeProject {
+		t.Fatalf("project record: %+v", sec.Record)
+	}
+
+	code, out, errs = in.run("", "list")
+	if code != 0 {
+		t.Fatalf("list: exit %d: %s", code, errs)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 3 || strings.Join(strings.Fields(lines[0]), " ") != "NAME SCOPE VERSION UPDATED" {
+		t.Fatalf("list table:\n%s", out)
+	}
+	if f := strings.Fields(lines[1]); len(f) != 4 || f[0] != "DB_PASSWORD" || f[1] != "user:alice" || f[2] != "2" {
+		t.Fatalf("list row %q", lines[1])
+	}
+	if f := strings.Fields(lines[2]); len(f) != 4 || f[0] != "API_TOKEN" || f[1] != "project:ml" || f[2] != "1" {
+		t.Fatalf("list row %q", lines[2])
+	}
+	if _, err := time.Parse(time.RFC3339, strings.Fields(lines[1])[3]); err != nil {
+		t.Fatalf("UPDATED column: %v", err)
+	}
+
+	code, out, errs = in.run("", "delete", "DB_PASSWORD")
+	if code != 0 || strings.TrimSpace(out) != "Secret destroyed" {
+		t.Fatalf("delete: exit %d\nstdout: %s\nstderr: %s", code, out, errs)
+	}
+	if sec := in.recordByID(t, id); sec.Op != protocol.OpDelete || sec.Version != 3 {
+		t.Fatalf("record after delete: %s v%d", sec.Op, sec.Version)
+	}
+	if list := in.list(t, "alice"); len(list) != 1 || list[0].Name != "API_TOKEN" {
+		t.Fatalf("list after delete: %+v", list)
+	}
+	if list := in.list(t, "bob"); len(list) != 1 {
+		t.Fatalf("bob's list: %+v", list)
+	}
+}
+
+func TestSecretCommandErrors(t *testing.T) {
+	in := newSecretInstance(t)
+	if code, _, errs := in.run("v1", "create", "EXISTING"); code != 0 {
+		t.Fatalf("create: %s", errs)
+	}
+	cases := []struct {
+		name  string
+		stdin string
+		args  []string
+		code  int
+		want  string
+	}{
+		{"short name", "v", []string{"create", "ab"}, 2, "shorter than 3 characters"},
+		{"bad first character", "v", []string{"create", "9LIVES"}, 2, "must start with a Latin letter"},
+		{"bad character", "v", []string{"create", "DB.PASS"}, 2, "character 3 is not a letter, digit, hyphen or underscore"},
+		{"reserved name", "v", []string{"create", "LD_PRELOAD"}, 2, "reserved prefix LD_"},
+		{"missing name", "v", []string{"create"}, 2, "missing the secret's NAME"},
+		{"value on the command line", "", []string{"create", "GOOD_NAME", "hunter2"}, 2, "never from the command line"},
+		{"empty value", "", []string{"create", "GOOD_NAME"}, 1, "empty value from standard input"},
+		{"only a newline", "\n", []string{"create", "GOOD_NAME"}, 1, "empty value"},
+		{"NUL in value", "a\x00b", []string{"create", "GOOD_NAME"}, 1, "NUL byte"},
+		{"value too large", strings.Repeat("x", protocol.MaxValueSize+1), []string{"create", "GOOD_NAME"}, 1, "too large"},
+		{"missing file", "", []string{"create", "GOOD_NAME", "--from-file", "/nonexistent/value"}, 1, "no such file"},
+		{"exists", "v", []string{"create", "EXISTING"}, 1, "already exists"},
+		{"missing secret", "v", []string{"update", "MISSING"}, 1, "secret not found"},
+		{"delete missing secret", "", []string{"delete", "MISSING"}, 1, "secret not found"},
+		{"not a member", "v", []string{"create", "GOOD_NAME", "--project", "other"}, 1, "not a member of project"},
+		{"unknown user", "v", []string{"create", "GOOD_NAME", "--as", "mallory"}, 1, "no key for user mallory"},
+		{"bad user id", "v", []string{"create", "GOOD_NAME", "--as", "../alice"}, 1, "invalid identifier"},
+		{"unknown command", "", []string{"rotate"}, 2, "unknown command"},
+		{"unknown flag", "", []string{"list", "--verbose"}, 2, "flag provided but not defined"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			code, out, errs := in.run(c.stdin, c.args...)
+			if code != c.code || !strings.Contains(errs, c.want) {
+				t.Fatalf("exit %d (want %d)\nstdout: %s\nstderr: %s\nwant stderr to say %q", code, c.code, out, errs, c.want)
+			}
+			if c.stdin != "" && strings.Contains(out+errs, c.stdin) && len(c.stdin) > 2 {
+				t.Fatalf("output holds the value")
+			}
+		})
+	}
+	if list := in.list(t, "alice"); len(list) != 1 {
+		t.Fatalf("refused commands changed something: %+v", list)
+	}
+
+	for _, args := range [][]string{{"--help"}, {"create", "--help"}, {"list", "-h"}} {
+		if code, _, errs := in.run("", args...); code != 0 {
+			t.Errorf("%v: exit %d: %s", args, code, errs)
+		}
+	}
+}
+
+func TestSecretCommandUnreachable(t *testing.T) {
+	in := newSecretInstance(t)
+	// A server that is gone: its port is closed.
+	gone := natstest.Start(t)
+	url := gone.ClientURL()
+	gone.Shutdown()
+	gone.WaitForShutdown()
+	signPub, _ := in.sign.PublicKey()
+	sealPub, _ := in.curve.PublicKey()
+	in.writeInfo(t, devInfo{NATSURL: url, User: "alice", SignKey: signPub, SealKey: sealPub})
+
+	start := time.Now()
+	code, _, errs := in.run("", "list")
+	if code != 1 || !strings.Contains(errs, "cannot reach the instance's NATS server at "+url) || !strings.Contains(errs, devInfoFile) {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	if d := time.Since(start); d > 2*connectTimeout+time.Second {
+		t.Fatalf("took %v to give up", d)
+	}
+
+	if err := os.Remove(filepath.Join(in.dir, devInfoFile)); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, errs := in.run("", "list"); code != 1 || !strings.Contains(errs, "no nbsecrets instance in") {
+		t.Fatalf("no instance: exit %d: %s", code, errs)
+	}
+}
+
+func TestSecretCommandRefusesLooseKey(t *testing.T) {
+	in := newSecretInstance(t)
+	key := filepath.Join(in.dir, "keys", "users", "alice.nk")
+	if err := os.Chmod(key, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, _, errs := in.run("v", "create", "GOOD_NAME")
+	if code != 1 || !strings.Contains(errs, "chmod 600") {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+}
+
+func TestReadValue(t *testing.T) {
+	for in, want := range map[string]string{
+		"v\n":      "v",
+		"v\r\n":    "v",
+		"v\n\n":    "v\n",
+		"v":        "v",
+		"a\nb\n":   "a\nb",
+		"trail \n": "trail ",
+	} {
+		env := &cliEnv{stdin: strings.NewReader(in), stdout: &bytes.Buffer{}, stderr: &bytes.Buffer{}}
+		got, err := readValue(env, "")
+		if err != nil || string(got) != want {
+			t.Errorf("readValue(%q) = %q, %v; want %q", in, got, err, want)
+		}
+	}
+	env := &cliEnv{stdin: strings.NewReader("bad\xffutf8"), stdout: &bytes.Buffer{}, stderr: &bytes.Buffer{}}
+	if _, err := readValue(env, ""); !errors.Is(err, protocol.ErrInvalidValue) || strings.Contains(err.Error(), "bad") {
+		t.Errorf("invalid UTF-8: %v", err)
+	}
+}
