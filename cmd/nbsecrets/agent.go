@@ -3,8 +3,103 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
+	"path/filepath"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/nbsecrets/nbsecrets/agent"
+	"github.com/nbsecrets/nbsecrets/internal/keyfile"
+	"github.com/nbsecrets/nbsecrets/protocol"
 )
 
+// runAgent is `nbsecrets agent`: the workspace sidecar against a production
+// NATS. Every flag has an environment variable for container deployments.
 func runAgent(ctx context.Context, env *cliEnv, args []string) error {
-	return errors.New("not implemented yet")
+	fs := newFlags(env, "agent", "[flags]")
+	url := fs.String("nats", envOr("NATS_URL", nats.DefaultURL), "NATS server URL(s), comma-separated ($NATS_URL)")
+	creds := fs.String("creds", envOr("NATS_CREDS", ""), "NATS credentials file (user JWT and nkey seed) ($NATS_CREDS)")
+	nkeyFile := fs.String("nkey", envOr("NATS_NKEY", ""), "NATS nkey seed file, for nkey authentication ($NATS_NKEY)")
+	tlsCA := fs.String("tlsca", envOr("NATS_CA", ""), "CA certificate to verify the NATS server ($NATS_CA)")
+	tlsCert := fs.String("tlscert", envOr("NATS_CERT", ""), "client certificate for NATS ($NATS_CERT)")
+	tlsKey := fs.String("tlskey", envOr("NATS_KEY", ""), "client certificate key for NATS ($NATS_KEY)")
+	wsID := fs.String("workspace", envOr("NBSECRETS_WORKSPACE", ""), "workspace id (required) ($NBSECRETS_WORKSPACE)")
+	owner := fs.String("owner", envOr("NBSECRETS_OWNER", ""), "user who owns the workspace (required) ($NBSECRETS_OWNER)")
+	var projects, communities, signKeys, runtimeDirs listFlag
+	_ = projects.Set(envOr("NBSECRETS_PROJECTS", ""))
+	_ = communities.Set(envOr("NBSECRETS_COMMUNITIES", ""))
+	_ = signKeys.Set(envOr("NBSECRETS_SERVICE_KEYS", ""))
+	fs.Var(&projects, "projects", "projects the workspace works in, comma-separated ($NBSECRETS_PROJECTS)")
+	fs.Var(&communities, "communities", "communities whose shares reach the workspace ($NBSECRETS_COMMUNITIES)")
+	fs.Var(&signKeys, "service-key", "pinned public signing nkey of the secrets service; repeat for rotation (required) ($NBSECRETS_SERVICE_KEYS)")
+	sealKey := fs.String("service-curve-key", envOr("NBSECRETS_SERVICE_CURVE_KEY", ""), "pinned curve public key of the secrets service (required) ($NBSECRETS_SERVICE_CURVE_KEY)")
+	wsKey := fs.String("workspace-key", envOr("NBSECRETS_WORKSPACE_KEY", ""), "file with the workspace's curve seed, mode 0600 (required) ($NBSECRETS_WORKSPACE_KEY)")
+	fs.Var(&runtimeDirs, "runtime-dir", "Jupyter runtime dir to watch; repeatable (default $JUPYTER_RUNTIME_DIR or <data dir>/runtime)")
+	socket := fs.String("socket", envOr("NBSECRETS_SOCKET", filepath.Join(defaultStateDir(), agentSockName)), "local API socket for the injector and status ($NBSECRETS_SOCKET)")
+	logLevel, logJSON := logFlags(fs)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	var missing []string
+	for name, v := range map[string]string{"--workspace": *wsID, "--owner": *owner, "--service-curve-key": *sealKey, "--workspace-key": *wsKey} {
+		if v == "" {
+			missing = append(missing, name)
+		}
+	}
+	if len(signKeys) == 0 {
+		missing = append(missing, "--service-key")
+	}
+	if len(missing) > 0 {
+		fmt.Fprintf(env.stderr, "nbsecrets agent: missing %v\n", missing)
+		fs.Usage()
+		return errUsage
+	}
+	if len(runtimeDirs) == 0 {
+		runtimeDirs = listFlag{jupyterRuntimeDir()}
+	}
+	log, err := newLogger(env.stderr, *logLevel, *logJSON)
+	if err != nil {
+		return err
+	}
+	curve, err := keyfile.Load(*wsKey)
+	if err != nil {
+		return fmt.Errorf("workspace key: %w", err)
+	}
+	opener, err := protocol.NewOpener(*wsID, signKeys, *sealKey, curve)
+	if err != nil {
+		return err
+	}
+	var opts []nats.Option
+	switch {
+	case *creds != "" && *nkeyFile != "":
+		return errors.New("give --creds or --nkey, not both")
+	case *creds != "":
+		opts = append(opts, nats.UserCredentials(*creds))
+	case *nkeyFile != "":
+		o, err := nats.NkeyOptionFromSeed(*nkeyFile)
+		if err != nil {
+			return fmt.Errorf("nkey: %w", err)
+		}
+		opts = append(opts, o)
+	}
+	if *tlsCA != "" {
+		opts = append(opts, nats.RootCAs(*tlsCA))
+	}
+	if *tlsCert != "" || *tlsKey != "" {
+		opts = append(opts, nats.ClientCert(*tlsCert, *tlsKey))
+	}
+	opts = append(opts, nats.Name("nbsecrets-agent-"+*wsID))
+	nc, err := agent.Connect(*url, log.Named("agent"), opts...)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	a, err := agent.New(agent.Config{
+		Workspace: agent.Workspace{ID: *wsID, Owner: *owner, Projects: projects, Communities: communities},
+		Opener:    opener, Conn: nc, RuntimeDirs: runtimeDirs, Socket: *socket, Logger: log.Named("agent"),
+	})
+	if err != nil {
+		return err
+	}
+	return a.Run(ctx)
 }

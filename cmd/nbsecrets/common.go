@@ -1,0 +1,68 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/hashicorp/go-hclog"
+)
+
+// newLogger is the one root logger of a command: key/value pairs on stderr.
+func newLogger(w io.Writer, level string, json bool) (hclog.Logger, error) {
+	lvl := hclog.LevelFromString(level)
+	if lvl == hclog.NoLevel {
+		return nil, fmt.Errorf("unknown log level %q (trace, debug, info, warn, error)", level)
+	}
+	return hclog.New(&hclog.LoggerOptions{Name: "nbsecrets", Level: lvl, Output: w, JSONFormat: json}), nil
+}
+
+// logFlags adds --log-level and --log-json.
+func logFlags(fs *flag.FlagSet) (level *string, json *bool) {
+	return fs.String("log-level", envOr("NBSECRETS_LOG_LEVEL", "info"), "log level: trace, debug, info, warn, error ($NBSECRETS_LOG_LEVEL)"),
+		fs.Bool("log-json", false, "log as JSON lines")
+}
+
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+// jupyterDataDir is $JUPYTER_DATA_DIR, else ~/.local/share/jupyter (Linux).
+func jupyterDataDir() string {
+	if d := os.Getenv("JUPYTER_DATA_DIR"); d != "" {
+		return d
+	}
+	if d := os.Getenv("XDG_DATA_HOME"); d != "" {
+		return filepath.Join(d, "jupyter")
+	}
+	home, _ := os.UserHomeDir()
+	return filepath.Join(home, ".local", "share", "jupyter")
+}
+
+// jupyterRuntimeDir is where Jupyter writes connection files:
+// $JUPYTER_RUNTIME_DIR, else <data dir>/runtime.
+func jupyterRuntimeDir() string {
+	if d := os.Getenv("JUPYTER_RUNTIME_DIR"); d != "" {
+		return d
+	}
+	return filepath.Join(jupyterDataDir(), "runtime")
+}
+
+// listFlag is a comma-separated, repeatable flag.
+type listFlag []string
+
+func (l *listFlag) String() string { return strings.Join(*l, ",") }
+func (l *listFlag) Set(v string) error {
+	for _, s := range strings.Split(v, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			*l = append(*l, s)
+		}
+	}
+	return nil
+}
