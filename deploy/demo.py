@@ -48,6 +48,7 @@ class Demo:
         self.env["JUPYTER_RUNTIME_DIR"] = os.path.join(self.tmp, "jupyter", "runtime")
         self.env["JUPYTER_CONFIG_DIR"] = os.path.join(self.tmp, "jupyter-config")
         self.env["NBSECRETS_LOG_LEVEL"] = "warn"
+        self.env["PYDEVD_DISABLE_FILE_VALIDATION"] = "1"  # quiets ipykernel's debugger notice
         self.dev = None
         self.km = None
         self.kc = None
@@ -134,7 +135,7 @@ class Demo:
                 "    if v == 'demo-value-2':\n        break\n    time.sleep(0.1)")
         for i, line in enumerate(code.splitlines()):
             print(f"   {GREEN}{'In [ ]:' if i == 0 else '       '}{RESET} {line}")
-        self.kc.execute(code)
+        cell_id = self.kc.execute(code)
 
         def later():
             time.sleep(1.0)
@@ -148,11 +149,13 @@ class Demo:
             if msg["msg_type"] == "stream":
                 for l in msg["content"]["text"].splitlines():
                     print(f"   {DIM}Out:{RESET}    {l}", flush=True)
+            # Only this cell's idle: the agent's re-seed is an execute_request too.
             if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle" \
-                    and msg["parent_header"].get("msg_type") == "execute_request":
+                    and msg["parent_header"].get("msg_id") == cell_id:
                 break
         th.join()
-        self.kc.get_shell_msg(timeout=10)
+        while self.kc.get_shell_msg(timeout=10)["parent_header"].get("msg_id") != cell_id:
+            pass
         self.cell("print('state kept: answer =', answer)")
 
         step(5, "Delete it: every kernel that had it loses it")

@@ -26,6 +26,14 @@
 //
 // The signature covers the domain-separation string "nbsecrets-record-v1\n"
 // followed by the exact record bytes, so no canonical JSON form is needed.
+// Readers take the envelope, the record and the sealed plaintext strictly:
+// member names exactly as written, each once, none null, nothing after the
+// object, and base64 only as written (no padding, no padding bits, no line
+// breaks), so that a record has one encoding and one meaning.
+//
+// A record stays valid once signed, so whoever can write to the bucket can
+// put an older record back under its key: an agent applies a record only
+// when its Version is newer than the one it holds for that key.
 //
 // # JetStream layout
 //

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"unicode"
 	"unicode/utf8"
 )
 
@@ -49,13 +50,22 @@ func ValidateName(name string) error {
 	return nil
 }
 
-// printable makes a refused name safe to show: names are not secret, but a
-// refused one may hold control characters.
+// printable makes a refused name, id or key safe to show: they are not
+// secret, but a refused one may hold control characters or invalid UTF-8,
+// which would forge or break a log line where it is printed with %s. Each
+// is shown as "?". It keeps the 129 bytes of the longest valid key.
 func printable(s string) string {
-	if len(s) > 63 {
-		s = s[:63] + "..."
+	const limit = 2*64 + 1
+	more := ""
+	if len(s) > limit {
+		s, more = s[:limit], "..."
 	}
-	return strings.ToValidUTF8(s, "?")
+	return strings.Map(func(r rune) rune {
+		if r == utf8.RuneError || !unicode.IsPrint(r) {
+			return '?'
+		}
+		return r
+	}, s) + more
 }
 
 func isLetter(c byte) bool { return c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' }
@@ -89,6 +99,17 @@ var forbiddenExact = map[string]string{
 	"VIRTUAL_ENV": "python environment", "PKG_CONFIG_PATH": "build search path", "SHLVL": "shell level",
 	"KRB5CCNAME": "kerberos credentials", "KRB5_CONFIG": "kerberos configuration", "TERMINFO": "terminal database",
 	"MAIL": "shell mail", "MAILPATH": "shell mail",
+	"PS0": "shell prompt, expanded as code", "ZDOTDIR": "zsh start-up files",
+	"PERL5DB": "perl debugger code", "GEM_HOME": "ruby gem path", "GEM_PATH": "ruby gem path",
+	"NODE_EXTRA_CA_CERTS": "trusted certificates", "NODE_TLS_REJECT_UNAUTHORIZED": "turns off TLS checks",
+	"NODE_REPL_EXTERNAL_MODULE": "node module run at start",
+	"LUA_INIT":                  "lua code run at start", "LUA_PATH": "lua module path", "LUA_CPATH": "lua module path",
+	"TCLLIBPATH": "tcl library path", "OPENSSL_CONF": "openssl configuration (loads modules)",
+	"OPENSSL_ENGINES": "openssl engines", "OPENSSL_MODULES": "openssl providers",
+	"SSLKEYLOGFILE": "writes TLS keys to a file", "MPLBACKEND": "matplotlib backend (imports a module)",
+	"SSH_ASKPASS": "program run for a password", "SUDO_ASKPASS": "program run for a password",
+	"GTK_MODULES": "gtk modules", "QT_PLUGIN_PATH": "qt plugins", "KUBECONFIG": "kubernetes configuration (runs exec plugins)",
+	"CURL_HOME": "curl configuration", "WGETRC": "wget configuration",
 }
 
 // forbiddenPrefixes are name prefixes, compared without regard to case, that
@@ -99,6 +120,7 @@ var forbiddenPrefixes = []struct{ prefix, reason string }{
 	{"GIT_", "git (GIT_SSH_COMMAND runs code)"}, {"MALLOC_", "allocator"}, {"R_", "R start-up"},
 	{"CONDA", "conda"}, {"PIP_", "pip (index and options)"}, {"UV_", "uv"}, {"NPM_CONFIG_", "npm"},
 	{"XDG_", "configuration directories"}, {"LC_", "locale"}, {"NBSECRETS", "nbsecrets itself"},
+	{"JULIA_", "julia (load and depot paths)"},
 }
 
 // Forbidden returns why name may not be a secret name because it changes how

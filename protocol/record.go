@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"slices"
 	"strings"
 	"time"
 
@@ -173,13 +175,27 @@ type Sealer struct {
 // NewSealer returns a Sealer that signs with sign (any ed25519 nkey with a
 // seed) and seals with curve (a curve nkey with a seed).
 func NewSealer(sign, curve nkeys.KeyPair) (*Sealer, error) {
+	if sign == nil || curve == nil {
+		return nil, errors.New("protocol: missing signing or sealing key")
+	}
 	if _, err := sign.Sign([]byte("probe")); err != nil {
 		return nil, fmt.Errorf("protocol: signing key cannot sign: %w", err)
 	}
-	if pub, err := curve.PublicKey(); err != nil || !strings.HasPrefix(pub, "X") {
-		return nil, errors.New("protocol: sealing key is not a curve key")
+	if !canSeal(curve) {
+		return nil, errors.New("protocol: sealing key is not a curve key with a seed")
 	}
 	return &Sealer{sign: sign, curve: curve}, nil
+}
+
+// canSeal reports whether kp is a curve key with its seed: it seals a probe
+// to itself.
+func canSeal(kp nkeys.KeyPair) bool {
+	pub, err := kp.PublicKey()
+	if err != nil || !nkeys.IsValidPublicCurveKey(pub) {
+		return false
+	}
+	_, err = kp.Seal([]byte("probe"), pub)
+	return err == nil
 }
 
 // sealedPlain is what the box holds: the value bound to its record.
@@ -229,6 +245,148 @@ type envelope struct {
 }
 
 var b64 = base64.RawURLEncoding
+
+// decodeB64 decodes s and refuses any encoding but the one b64 writes:
+// non-zero padding bits in the last character and line breaks (which the
+// base64 package skips) would give one record several encodings.
+func decodeB64(s string) ([]byte, error) {
+	out, err := b64.Strict().DecodeString(s)
+	if err != nil {
+		return nil, err
+	}
+	if b64.EncodedLen(len(out)) != len(s) {
+		return nil, errors.New("base64 with line breaks")
+	}
+	return out, nil
+}
+
+// members parses data as exactly one JSON object whose member names are all
+// in names and returns its members. It refuses what encoding/json alone lets
+// through: a name that matches only without regard to case, a member given
+// twice (json keeps the last), a null member (json leaves the field as it
+// was), and anything after the object (Decoder.More is false before a
+// trailing "}" or "]"). Its errors never quote a member's value.
+func members(data []byte, names ...string) (map[string]json.RawMessage, error) {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return nil, errors.New("not a JSON object")
+	}
+	m := make(map[string]json.RawMessage, len(names))
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil, errors.New("not JSON")
+		}
+		name, _ := tok.(string)
+		if !slices.Contains(names, name) {
+			return nil, fmt.Errorf("unknown member %q", printable(name))
+		}
+		if _, dup := m[name]; dup {
+			return nil, fmt.Errorf("member %q given twice", name)
+		}
+		var raw json.RawMessage
+		if err := dec.Decode(&raw); err != nil {
+			return nil, errors.New("not JSON")
+		}
+		if string(raw) == "null" {
+			return nil, fmt.Errorf("member %q is null", name)
+		}
+		m[name] = raw
+	}
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('}') {
+		return nil, errors.New("not JSON")
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, errors.New("data after the object")
+	}
+	return m, nil
+}
+
+// require reports the first of names missing from m.
+func require(m map[string]json.RawMessage, names ...string) error {
+	for _, n := range names {
+		if _, ok := m[n]; !ok {
+			return fmt.Errorf("member %q missing", n)
+		}
+	}
+	return nil
+}
+
+// decodeEnvelope parses the outer, unsigned layer of a record. An attacker
+// who can write to the bucket controls these bytes, so the parse is exact:
+// one encoding per signed record.
+func decodeEnvelope(data []byte) (env envelope, rec, sig []byte, err error) {
+	m, err := members(data, "v", "rec", "sig")
+	if err == nil {
+		err = require(m, "v", "rec", "sig")
+	}
+	if err != nil {
+		return env, nil, nil, fmt.Errorf("%w: envelope: %v", ErrMalformed, err)
+	}
+	if json.Unmarshal(m["v"], &env.V) != nil || json.Unmarshal(m["rec"], &env.Rec) != nil || json.Unmarshal(m["sig"], &env.Sig) != nil {
+		return env, nil, nil, fmt.Errorf("%w: envelope: a member has the wrong type", ErrMalformed)
+	}
+	if env.V != FormatVersion {
+		return env, nil, nil, fmt.Errorf("%w: %d", ErrUnknownFormat, env.V)
+	}
+	rec, err1 := decodeB64(env.Rec)
+	sig, err2 := decodeB64(env.Sig)
+	if err1 != nil || err2 != nil {
+		return env, nil, nil, fmt.Errorf("%w: bad base64", ErrMalformed)
+	}
+	return env, rec, sig, nil
+}
+
+// decodeRecord parses the signed record. Its bytes are the signer's, but the
+// parse is as strict as the envelope's so that a signed record has one
+// meaning whatever reads it.
+func decodeRecord(rec []byte) (Record, error) {
+	var r Record
+	m, err := members(rec, "v", "ws", "id", "name", "op", "ver", "scope", "iat", "sealed")
+	if err == nil {
+		err = require(m, "v", "ws", "id", "name", "op", "ver", "scope", "iat")
+	}
+	if err == nil {
+		var sm map[string]json.RawMessage
+		if sm, err = members(m["scope"], "kind", "id"); err == nil {
+			err = require(sm, "kind", "id")
+		}
+	}
+	if err == nil {
+		dec := json.NewDecoder(bytes.NewReader(rec))
+		dec.DisallowUnknownFields()
+		if dec.Decode(&r) != nil {
+			err = errors.New("a member has the wrong type")
+		}
+	}
+	if err != nil {
+		return Record{}, fmt.Errorf("%w: signed record: %v", ErrMalformed, err)
+	}
+	return r, nil
+}
+
+// decodeSealed parses the opened box. It may hold a value, so no error
+// quotes it or a json error about it.
+func decodeSealed(plain []byte) (sealedPlain, error) {
+	var p sealedPlain
+	m, err := members(plain, "ws", "id", "ver", "val")
+	defer func() {
+		for _, raw := range m {
+			clear(raw)
+		}
+	}()
+	if err == nil {
+		err = require(m, "ws", "id", "ver", "val")
+	}
+	if err == nil && json.Unmarshal(plain, &p) != nil {
+		err = errors.New("wrong type")
+	}
+	if err != nil {
+		clear(p.Value)
+		return sealedPlain{}, fmt.Errorf("%w: sealed value is not JSON of the sealed form", ErrMalformed)
+	}
+	return p, nil
+}
 
 func (s *Sealer) sign1(r *Record) ([]byte, error) {
 	rec, err := json.Marshal(r)
@@ -301,39 +459,46 @@ func NewOpener(workspace string, signers []string, sealerKey string, curve nkeys
 		return nil, errors.New("protocol: no pinned signing key")
 	}
 	o := &Opener{workspace: workspace, sealerKey: sealerKey, curve: curve}
-	for _, pub := range signers {
+	// The errors below never quote a key: a seed pinned by mistake would
+	// end up in a log.
+	for i, pub := range signers {
 		kp, err := nkeys.FromPublicKey(pub)
-		if err != nil || strings.HasPrefix(pub, "X") {
-			return nil, fmt.Errorf("protocol: pinned signing key %q is not an ed25519 public nkey", printable(pub))
+		if err != nil || nkeys.IsValidPublicCurveKey(pub) {
+			return nil, fmt.Errorf("protocol: pinned signing key %d is not an ed25519 public nkey%s", i+1, seedHint(pub))
 		}
 		o.signers = append(o.signers, kp)
 	}
-	if !strings.HasPrefix(sealerKey, "X") {
-		return nil, fmt.Errorf("protocol: pinned sealing key %q is not a curve public key", printable(sealerKey))
+	if !nkeys.IsValidPublicCurveKey(sealerKey) {
+		return nil, fmt.Errorf("protocol: pinned sealing key is not a curve public nkey%s", seedHint(sealerKey))
+	}
+	if curve == nil || !canSeal(curve) {
+		return nil, errors.New("protocol: workspace key is not a curve key with a seed")
 	}
 	return o, nil
+}
+
+// seedHint says so when a key that should be public looks like a seed.
+func seedHint(key string) string {
+	if strings.HasPrefix(key, "S") {
+		return " (it looks like a seed: pin the public key)"
+	}
+	return ""
 }
 
 // Verify checks a record stored under key and returns it without opening its
 // value. It checks, in order: size, envelope, format version, signature,
 // record fields, workspace, key.
+//
+// Verify is stateless: a signed record stays valid, so whoever can write to
+// the bucket can put an older record for the same key back. The caller keeps
+// the highest Version it has applied per key and ignores anything not newer.
 func (o *Opener) Verify(key string, data []byte) (*Record, error) {
 	if len(data) > MaxRecordSize {
 		return nil, fmt.Errorf("record %s: %w: %d bytes, limit %d", printable(key), ErrTooLarge, len(data), MaxRecordSize)
 	}
-	var env envelope
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&env); err != nil || dec.More() {
-		return nil, fmt.Errorf("record %s: %w: envelope is not JSON of the record form", printable(key), ErrMalformed)
-	}
-	if env.V != FormatVersion {
-		return nil, fmt.Errorf("record %s: %w: %d", printable(key), ErrUnknownFormat, env.V)
-	}
-	rec, err1 := b64.DecodeString(env.Rec)
-	sig, err2 := b64.DecodeString(env.Sig)
-	if err1 != nil || err2 != nil {
-		return nil, fmt.Errorf("record %s: %w: bad base64", printable(key), ErrMalformed)
+	env, rec, sig, err := decodeEnvelope(data)
+	if err != nil {
+		return nil, fmt.Errorf("record %s: %w", printable(key), err)
 	}
 	signed := append([]byte(signingDomain), rec...)
 	ok := false
@@ -346,11 +511,9 @@ func (o *Opener) Verify(key string, data []byte) (*Record, error) {
 	if !ok {
 		return nil, fmt.Errorf("record %s: %w", printable(key), ErrBadSignature)
 	}
-	var r Record
-	dec = json.NewDecoder(bytes.NewReader(rec))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&r); err != nil || dec.More() {
-		return nil, fmt.Errorf("record %s: %w: signed record is not JSON of the record form", printable(key), ErrMalformed)
+	r, err := decodeRecord(rec)
+	if err != nil {
+		return nil, fmt.Errorf("record %s: %w", printable(key), err)
 	}
 	if r.Format != env.V {
 		return nil, fmt.Errorf("record %s: %w: envelope says %d, record %d", printable(key), ErrUnknownFormat, env.V, r.Format)
@@ -360,6 +523,9 @@ func (o *Opener) Verify(key string, data []byte) (*Record, error) {
 	}
 	if err := r.validate(); err != nil {
 		return nil, fmt.Errorf("record %s: %w", printable(key), err)
+	}
+	if r.Op == OpPut && len(r.Sealed) == 0 {
+		return nil, fmt.Errorf("record %s: %w: put carries no value", printable(key), ErrMalformed)
 	}
 	if key != r.Key() {
 		return nil, fmt.Errorf("record %s: %w: record claims %s", printable(key), ErrKeyMismatch, r.Key())
@@ -382,11 +548,10 @@ func (o *Opener) Open(key string, data []byte) (*Secret, error) {
 	if err != nil {
 		return nil, fmt.Errorf("record %s: %w", key, ErrCannotOpen)
 	}
-	var p sealedPlain
-	err = json.Unmarshal(plain, &p)
+	p, err := decodeSealed(plain)
 	clear(plain)
 	if err != nil {
-		return nil, fmt.Errorf("record %s: %w: sealed value is not JSON of the sealed form", key, ErrMalformed)
+		return nil, fmt.Errorf("record %s: %w", key, err)
 	}
 	if p.Workspace != r.Workspace || p.SecretID != r.SecretID || p.Version != r.Version {
 		clear(p.Value)
