@@ -13,6 +13,8 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
+
+	"github.com/nbsecrets/nbsecrets/protocol/localapi"
 )
 
 // The local API, HTTP/1.1 on a unix socket (mode 0600) whose peers must run
@@ -26,18 +28,6 @@ import (
 //
 // /v1/env waits, within the request's deadline, for the first load of the
 // records, so a kernel that starts with the agent still gets the values.
-
-// EnvResponse is the body of GET /v1/env.
-type EnvResponse struct {
-	Env      map[string]string `json:"env"`
-	Versions map[string]uint64 `json:"versions"`
-}
-
-// Announcement is the body of POST /v1/kernels.
-type Announcement struct {
-	ConnectionFile string `json:"connection_file"`
-	PID            int    `json:"pid"`
-}
 
 // uidListener accepts only connections from processes of one user.
 type uidListener struct {
@@ -102,7 +92,7 @@ func listen(path string, log hclog.Logger) (net.Listener, error) {
 
 func (a *Agent) handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /v1/env", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("GET "+localapi.EnvPath, func(w http.ResponseWriter, r *http.Request) {
 		select {
 		case <-a.st.loaded:
 		case <-r.Context().Done():
@@ -110,7 +100,7 @@ func (a *Agent) handler() http.Handler {
 			return
 		}
 		d, _ := a.st.snapshot()
-		resp := EnvResponse{Env: make(map[string]string, len(d.Env)+1), Versions: make(map[string]uint64, len(d.Env))}
+		resp := localapi.EnvResponse{Env: make(map[string]string, len(d.Env)+1), Versions: make(map[string]uint64, len(d.Env))}
 		for n, v := range d.Env {
 			resp.Env[n] = string(v.Value)
 			resp.Versions[n] = v.Version
@@ -121,8 +111,8 @@ func (a *Agent) handler() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, resp)
 	})
-	mux.HandleFunc("POST /v1/kernels", func(w http.ResponseWriter, r *http.Request) {
-		var ann Announcement
+	mux.HandleFunc("POST "+localapi.KernelsPath, func(w http.ResponseWriter, r *http.Request) {
+		var ann localapi.Announcement
 		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10)).Decode(&ann); err != nil || !filepath.IsAbs(ann.ConnectionFile) {
 			writeError(w, http.StatusBadRequest, "want {\"connection_file\": absolute path}")
 			return
@@ -130,7 +120,7 @@ func (a *Agent) handler() http.Handler {
 		a.kernels.add(ann.ConnectionFile)
 		w.WriteHeader(http.StatusNoContent)
 	})
-	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("GET "+localapi.StatusPath, func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, a.Status())
 	})
 	return mux
@@ -143,7 +133,7 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 }
 
 func writeError(w http.ResponseWriter, code int, msg string) {
-	writeJSON(w, code, map[string]string{"error": msg})
+	writeJSON(w, code, localapi.ErrorResponse{Error: msg})
 }
 
 // serveAPI serves the local API until ctx ends.

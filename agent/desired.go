@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nbsecrets/nbsecrets/protocol"
+	"github.com/nbsecrets/nbsecrets/protocol/localapi"
 )
 
 // Workspace is what this agent's workspace may have: its own user's private
@@ -241,7 +242,7 @@ func (p Plan) Empty() bool { return !p.Full && len(p.Set) == 0 && len(p.Unset) =
 // ManagedVar is the variable in which a kernel keeps the names nbsecrets
 // gave it (names only), so that an agent that restarts, or an injector that
 // starts the kernel again, knows what to remove.
-const ManagedVar = "NBSECRETS_MANAGED"
+const ManagedVar = localapi.ManagedVar
 
 // Held is which secret, at which version, a kernel holds under a name.
 type Held struct {

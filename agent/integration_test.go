@@ -25,6 +25,7 @@ import (
 	"github.com/nbsecrets/nbsecrets/internal/natstest"
 	"github.com/nbsecrets/nbsecrets/protocol"
 	"github.com/nbsecrets/nbsecrets/protocol/jupyter"
+	"github.com/nbsecrets/nbsecrets/protocol/localapi"
 )
 
 // harness is a real NATS server, the test in the secrets service's role
@@ -494,7 +495,7 @@ func TestLocalAPI(t *testing.T) {
 			return err
 		}
 		defer resp.Body.Close()
-		var env EnvResponse
+		var env localapi.EnvResponse
 		if err := json.NewDecoder(resp.Body).Decode(&env); err != nil {
 			return err
 		}

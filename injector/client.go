@@ -11,45 +11,13 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
-)
 
-// The agent's local API, as the injector uses it. The agent serves it over
-// HTTP/1.1 on a unix socket; the host in the URL is ignored.
-const (
-	// EnvPath answers GET with an EnvResponse for the kernel named by the
-	// connection_file query parameter (absent when the kernel's argv
-	// names none).
-	EnvPath = "/v1/env"
-	// KernelsPath takes a POSTed KernelAnnouncement and answers 204.
-	KernelsPath = "/v1/kernels"
+	"github.com/nbsecrets/nbsecrets/protocol/localapi"
 )
 
 // maxResponse bounds what the injector reads from the agent: far more than
 // any workspace's secrets (protocol.MaxValueSize each).
 const maxResponse = 32 << 20
-
-// EnvResponse is the body of a 200 answer to GET /v1/env.
-type EnvResponse struct {
-	// Env is the kernel's secrets by name, and NBSECRETS_MANAGED listing
-	// the names the agent manages (the injector recomputes that one from
-	// the names it actually sets).
-	Env map[string]string `json:"env"`
-	// Versions are the secrets' versions by name.
-	Versions map[string]uint64 `json:"versions"`
-}
-
-// KernelAnnouncement is the body of POST /v1/kernels: the kernel the
-// injector is about to become, with what it was given.
-type KernelAnnouncement struct {
-	ConnectionFile string            `json:"connection_file"`
-	PID            int               `json:"pid"`
-	Versions       map[string]uint64 `json:"versions"`
-}
-
-// ErrorResponse is the body of a non-2xx answer.
-type ErrorResponse struct {
-	Error string `json:"error"`
-}
 
 // client talks to the agent over its unix socket, one request per
 // connection (the injector makes two requests in its life).
@@ -75,8 +43,8 @@ func (c *client) close() { c.tr.CloseIdleConnections() }
 // env asks for the kernel's environment. answered reports whether the agent
 // gave an HTTP answer at all (an error answer included), as opposed to not
 // being reachable.
-func (c *client) env(ctx context.Context, connFile string) (resp *EnvResponse, answered bool, err error) {
-	u := "http://agent" + EnvPath
+func (c *client) env(ctx context.Context, connFile string) (resp *localapi.EnvResponse, answered bool, err error) {
+	u := "http://agent" + localapi.EnvPath
 	if connFile != "" {
 		u += "?" + url.Values{"connection_file": {connFile}}.Encode()
 	}
@@ -84,7 +52,7 @@ func (c *client) env(ctx context.Context, connFile string) (resp *EnvResponse, a
 	if err != nil {
 		return nil, false, err
 	}
-	var out EnvResponse
+	var out localapi.EnvResponse
 	answered, err = c.do(req, &out)
 	if err != nil {
 		return nil, answered, err
@@ -93,7 +61,7 @@ func (c *client) env(ctx context.Context, connFile string) (resp *EnvResponse, a
 }
 
 // announce tells the agent about the kernel about to start.
-func (c *client) announce(ctx context.Context, ann KernelAnnouncement) error {
+func (c *client) announce(ctx context.Context, ann localapi.Announcement) error {
 	if ann.Versions == nil {
 		ann.Versions = map[string]uint64{}
 	}
@@ -101,7 +69,7 @@ func (c *client) announce(ctx context.Context, ann KernelAnnouncement) error {
 	if err != nil {
 		return err
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://agent"+KernelsPath, bytes.NewReader(b))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://agent"+localapi.KernelsPath, bytes.NewReader(b))
 	if err != nil {
 		return err
 	}
@@ -129,7 +97,7 @@ func (c *client) do(req *http.Request, out any) (answered bool, err error) {
 		return true, fmt.Errorf("answer to %s %s larger than %d bytes", req.Method, req.URL.Path, maxResponse)
 	}
 	if res.StatusCode < 200 || res.StatusCode > 299 {
-		var e ErrorResponse
+		var e localapi.ErrorResponse
 		msg := ""
 		if json.Unmarshal(body, &e) == nil && e.Error != "" {
 			msg = ": " + printable(e.Error)

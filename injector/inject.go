@@ -15,11 +15,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nbsecrets/nbsecrets/protocol"
+	"github.com/nbsecrets/nbsecrets/protocol/localapi"
 )
-
-// ManagedVar is the environment variable that lists, comma-separated, the
-// names nbsecrets set in a kernel's environment. Names are not secret.
-const ManagedVar = "NBSECRETS_MANAGED"
 
 // DefaultTimeout is how long Prepare waits for the agent when
 // Options.Timeout is zero.
@@ -123,7 +120,7 @@ func Prepare(ctx context.Context, opts Options) (argv0 string, argv []string, en
 		if resp != nil {
 			versions = appliedVersions(applied, resp.Versions)
 		}
-		ann := KernelAnnouncement{ConnectionFile: connFile, PID: os.Getpid(), Versions: versions}
+		ann := localapi.Announcement{ConnectionFile: connFile, PID: os.Getpid(), Versions: versions}
 		if err := c.announce(actx, ann); err != nil {
 			if ctxErr := ctx.Err(); ctxErr != nil {
 				return "", nil, nil, fmt.Errorf("announcing the kernel: %w", ctxErr)
@@ -226,7 +223,7 @@ func getenv(environ []string, name string) string {
 func computeEnv(environ []string, agentEnv map[string]string, stderr io.Writer) (env []string, applied []string) {
 	set := make(map[string]string, len(agentEnv))
 	for name, value := range agentEnv {
-		if name == ManagedVar {
+		if name == localapi.ManagedVar {
 			continue // recomputed from what is actually set
 		}
 		if err := protocol.ValidateName(name); err != nil {
@@ -242,11 +239,11 @@ func computeEnv(environ []string, agentEnv map[string]string, stderr io.Writer) 
 	}
 	slices.Sort(applied)
 
-	drop := map[string]bool{ManagedVar: true}
+	drop := map[string]bool{localapi.ManagedVar: true}
 	for _, name := range applied {
 		drop[name] = true
 	}
-	for _, name := range strings.Split(getenv(environ, ManagedVar), ",") {
+	for _, name := range strings.Split(getenv(environ, localapi.ManagedVar), ",") {
 		name = strings.TrimSpace(name)
 		if protocol.ValidateName(name) == nil {
 			drop[name] = true
@@ -264,7 +261,7 @@ func computeEnv(environ []string, agentEnv map[string]string, stderr io.Writer) 
 		env = append(env, name+"="+set[name])
 	}
 	if len(applied) > 0 {
-		env = append(env, ManagedVar+"="+strings.Join(applied, ","))
+		env = append(env, localapi.ManagedVar+"="+strings.Join(applied, ","))
 	}
 	return env, applied
 }

@@ -19,6 +19,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/nbsecrets/nbsecrets/protocol/localapi"
 )
 
 // The test binary plays the injector and the kernel (see TestExecKeepsPID).
@@ -77,7 +79,7 @@ type kernelReport struct {
 	Env  map[string]string `json:"env"`
 }
 
-var watchedVars = []string{"DB-PASSWORD", "API_KEY", "OLD-SECRET", ManagedVar, "HOME"}
+var watchedVars = []string{"DB-PASSWORD", "API_KEY", "OLD-SECRET", localapi.ManagedVar, "HOME"}
 
 func helperKernel() {
 	r := kernelReport{PID: os.Getpid(), Argv: os.Args[1:], Env: map[string]string{}}
@@ -116,12 +118,12 @@ type fakeAgent struct {
 	socket string
 
 	mu            sync.Mutex
-	env           EnvResponse
+	env           localapi.EnvResponse
 	envStatus     int // 0: 200
 	kernelsStatus int // 0: 204
 	hang          bool
 	envQueries    []string
-	announcements []KernelAnnouncement
+	announcements []localapi.Announcement
 	got           chan struct{} // one send per request received
 }
 
@@ -134,7 +136,7 @@ func startAgent(t *testing.T, a *fakeAgent) *fakeAgent {
 		t.Fatal(err)
 	}
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET "+EnvPath, func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("GET "+localapi.EnvPath, func(w http.ResponseWriter, r *http.Request) {
 		a.mu.Lock()
 		a.envQueries = append(a.envQueries, r.URL.RawQuery)
 		hang, status, body := a.hang, a.envStatus, a.env
@@ -147,13 +149,13 @@ func startAgent(t *testing.T, a *fakeAgent) *fakeAgent {
 		w.Header().Set("Content-Type", "application/json")
 		if status != 0 && status != http.StatusOK {
 			w.WriteHeader(status)
-			json.NewEncoder(w).Encode(ErrorResponse{Error: "workspace not loaded yet"})
+			json.NewEncoder(w).Encode(localapi.ErrorResponse{Error: "workspace not loaded yet"})
 			return
 		}
 		json.NewEncoder(w).Encode(body)
 	})
-	mux.HandleFunc("POST "+KernelsPath, func(w http.ResponseWriter, r *http.Request) {
-		var ann KernelAnnouncement
+	mux.HandleFunc("POST "+localapi.KernelsPath, func(w http.ResponseWriter, r *http.Request) {
+		var ann localapi.Announcement
 		err := json.NewDecoder(r.Body).Decode(&ann)
 		a.mu.Lock()
 		a.announcements = append(a.announcements, ann)
@@ -175,7 +177,7 @@ func startAgent(t *testing.T, a *fakeAgent) *fakeAgent {
 	return a
 }
 
-func (a *fakeAgent) requests() (queries []string, anns []KernelAnnouncement) {
+func (a *fakeAgent) requests() (queries []string, anns []localapi.Announcement) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return slices.Clone(a.envQueries), slices.Clone(a.announcements)
@@ -209,15 +211,15 @@ func baseEnviron(pathDir string) []string {
 		"HOME=/home/u",
 		"OLD-SECRET=stale",
 		"DB-PASSWORD=old-value",
-		ManagedVar + "=OLD-SECRET,DB-PASSWORD",
+		localapi.ManagedVar + "=OLD-SECRET,DB-PASSWORD",
 	}
 }
 
-var agentSecrets = EnvResponse{
+var agentSecrets = localapi.EnvResponse{
 	Env: map[string]string{
-		"DB-PASSWORD": "s3cret-value",
-		"API_KEY":     "k3y-value",
-		ManagedVar:    "API_KEY,DB-PASSWORD",
+		"DB-PASSWORD":       "s3cret-value",
+		"API_KEY":           "k3y-value",
+		localapi.ManagedVar: "API_KEY,DB-PASSWORD",
 	},
 	Versions: map[string]uint64{"DB-PASSWORD": 3, "API_KEY": 1},
 }
@@ -245,11 +247,11 @@ func TestPrepareSetsEnv(t *testing.T) {
 	}
 	got := envMap(env)
 	want := map[string][]string{
-		"PATH":        {"/nonexistent:" + pathDir},
-		"HOME":        {"/home/u"},
-		"DB-PASSWORD": {"s3cret-value"},
-		"API_KEY":     {"k3y-value"},
-		ManagedVar:    {"API_KEY,DB-PASSWORD"},
+		"PATH":              {"/nonexistent:" + pathDir},
+		"HOME":              {"/home/u"},
+		"DB-PASSWORD":       {"s3cret-value"},
+		"API_KEY":           {"k3y-value"},
+		localapi.ManagedVar: {"API_KEY,DB-PASSWORD"},
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("env = %v, want %v", got, want)
@@ -262,7 +264,7 @@ func TestPrepareSetsEnv(t *testing.T) {
 	if wantQ := []string{"connection_file=" + strings.ReplaceAll(conn, "/", "%2F")}; !reflect.DeepEqual(queries, wantQ) {
 		t.Errorf("env queries = %q, want %q", queries, wantQ)
 	}
-	wantAnn := []KernelAnnouncement{{ConnectionFile: conn, PID: os.Getpid(), Versions: map[string]uint64{"DB-PASSWORD": 3, "API_KEY": 1}}}
+	wantAnn := []localapi.Announcement{{ConnectionFile: conn, PID: os.Getpid(), Versions: map[string]uint64{"DB-PASSWORD": 3, "API_KEY": 1}}}
 	if !reflect.DeepEqual(anns, wantAnn) {
 		t.Errorf("announcements = %+v, want %+v", anns, wantAnn)
 	}
@@ -478,31 +480,31 @@ func TestComputeEnv(t *testing.T) {
 		{
 			name:    "first start",
 			environ: []string{"PATH=/bin", "HOME=/h"},
-			agent:   map[string]string{"B-KEY": "b", "A-KEY": "a", ManagedVar: "A-KEY,B-KEY"},
-			want:    []string{"PATH=/bin", "HOME=/h", "A-KEY=a", "B-KEY=b", ManagedVar + "=A-KEY,B-KEY"},
+			agent:   map[string]string{"B-KEY": "b", "A-KEY": "a", localapi.ManagedVar: "A-KEY,B-KEY"},
+			want:    []string{"PATH=/bin", "HOME=/h", "A-KEY=a", "B-KEY=b", localapi.ManagedVar + "=A-KEY,B-KEY"},
 		},
 		{
 			name:    "restart: stale removed, changed replaced, duplicates collapsed",
-			environ: []string{"A-KEY=old", "PATH=/bin", "GONE=x", "A-KEY=older", ManagedVar + "=A-KEY, GONE", "KEEP=1"},
-			agent:   map[string]string{"A-KEY": "new", ManagedVar: "A-KEY"},
-			want:    []string{"PATH=/bin", "KEEP=1", "A-KEY=new", ManagedVar + "=A-KEY"},
+			environ: []string{"A-KEY=old", "PATH=/bin", "GONE=x", "A-KEY=older", localapi.ManagedVar + "=A-KEY, GONE", "KEEP=1"},
+			agent:   map[string]string{"A-KEY": "new", localapi.ManagedVar: "A-KEY"},
+			want:    []string{"PATH=/bin", "KEEP=1", "A-KEY=new", localapi.ManagedVar + "=A-KEY"},
 		},
 		{
 			name:    "no agent: every managed name goes",
-			environ: []string{"A-KEY=a", ManagedVar + "=A-KEY", "PATH=/bin"},
+			environ: []string{"A-KEY=a", localapi.ManagedVar + "=A-KEY", "PATH=/bin"},
 			agent:   nil,
 			want:    []string{"PATH=/bin"},
 		},
 		{
 			name:    "inherited NBSECRETS_MANAGED never removes a reserved name",
-			environ: []string{"PATH=/bin", "LD_LIBRARY_PATH=/l", ManagedVar + "=PATH,LD_LIBRARY_PATH,,x=y"},
+			environ: []string{"PATH=/bin", "LD_LIBRARY_PATH=/l", localapi.ManagedVar + "=PATH,LD_LIBRARY_PATH,,x=y"},
 			want:    []string{"PATH=/bin", "LD_LIBRARY_PATH=/l"},
 		},
 		{
 			name:       "agent's reserved and invalid names and NUL values are ignored",
 			environ:    []string{"PATH=/bin"},
 			agent:      map[string]string{"PATH": "/evil", "LD_PRELOAD": "/evil.so", "A=B": "x", "NUL-KEY": "a\x00b", "OK-KEY": "v"},
-			want:       []string{"PATH=/bin", "OK-KEY=v", ManagedVar + "=OK-KEY"},
+			want:       []string{"PATH=/bin", "OK-KEY=v", localapi.ManagedVar + "=OK-KEY"},
 			wantStderr: "LD_PRELOAD|PATH|NUL-KEY|A=B",
 		},
 		{
@@ -574,13 +576,13 @@ func TestExecKeepsPID(t *testing.T) {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, os.Args[0])
 	cmd.Env = append(slices.DeleteFunc(os.Environ(), func(kv string) bool {
-		return strings.HasPrefix(kv, "DB-PASSWORD=") || strings.HasPrefix(kv, "API_KEY=") || strings.HasPrefix(kv, ManagedVar+"=")
+		return strings.HasPrefix(kv, "DB-PASSWORD=") || strings.HasPrefix(kv, "API_KEY=") || strings.HasPrefix(kv, localapi.ManagedVar+"=")
 	}),
 		helperEnv+"=inject",
 		helperSocketEnv+"="+a.socket,
 		helperConnEnv+"="+conn,
 		"OLD-SECRET=stale",
-		ManagedVar+"=OLD-SECRET",
+		localapi.ManagedVar+"=OLD-SECRET",
 		"HOME=/home/kept",
 	)
 	var stdout, stderr bytes.Buffer
@@ -607,11 +609,11 @@ func TestExecKeepsPID(t *testing.T) {
 		t.Errorf("kernel argv = %q, want %q", r.Argv, want)
 	}
 	want := map[string]string{
-		"DB-PASSWORD": hashValue("s3cret-value"),
-		"API_KEY":     hashValue("k3y-value"),
-		"OLD-SECRET":  "",
-		ManagedVar:    hashValue("API_KEY,DB-PASSWORD"),
-		"HOME":        hashValue("/home/kept"),
+		"DB-PASSWORD":       hashValue("s3cret-value"),
+		"API_KEY":           hashValue("k3y-value"),
+		"OLD-SECRET":        "",
+		localapi.ManagedVar: hashValue("API_KEY,DB-PASSWORD"),
+		"HOME":              hashValue("/home/kept"),
 	}
 	if !reflect.DeepEqual(r.Env, want) {
 		t.Errorf("kernel env hashes = %v, want %v", r.Env, want)

@@ -7,6 +7,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
+
+	"github.com/nbsecrets/nbsecrets/protocol/localapi"
 )
 
 // requireIPykernel skips unless /usr/bin/python3 has ipykernel and
@@ -74,7 +76,7 @@ func TestRealKernel(t *testing.T) {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(python, "-c", startKernelScript, "python3")
-	cmd.Env = append(os.Environ(), helperEnv+"=cli", "OLD-SECRET=stale", ManagedVar+"=OLD-SECRET", "PYDEVD_DISABLE_FILE_VALIDATION=1")
+	cmd.Env = append(os.Environ(), helperEnv+"=cli", "OLD-SECRET=stale", localapi.ManagedVar+"=OLD-SECRET", "PYDEVD_DISABLE_FILE_VALIDATION=1")
 	out, err := cmd.Output()
 	if err != nil {
 		var ee *exec.ExitError

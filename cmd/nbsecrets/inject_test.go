@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/nbsecrets/nbsecrets/injector"
+	"github.com/nbsecrets/nbsecrets/protocol/localapi"
 )
 
 // The test binary plays `nbsecrets inject` and the kernel it becomes
@@ -42,13 +43,13 @@ func TestInjectHelperKernel(t *testing.T) {
 		return
 	}
 	h := sha256.Sum256([]byte(os.Getenv("DB-PASSWORD")))
-	fmt.Printf("%d %s %s\n", os.Getpid(), hex.EncodeToString(h[:8]), os.Getenv(injector.ManagedVar))
+	fmt.Printf("%d %s %s\n", os.Getpid(), hex.EncodeToString(h[:8]), os.Getenv(localapi.ManagedVar))
 	os.Exit(0)
 }
 
 // startInjectAgent serves GET /v1/env with one secret and takes
 // announcements on the channel it returns.
-func startInjectAgent(t *testing.T) (socket string, announced chan injector.KernelAnnouncement) {
+func startInjectAgent(t *testing.T) (socket string, announced chan localapi.Announcement) {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "nbs")
 	if err != nil {
@@ -60,16 +61,16 @@ func startInjectAgent(t *testing.T) (socket string, announced chan injector.Kern
 	if err != nil {
 		t.Fatal(err)
 	}
-	announced = make(chan injector.KernelAnnouncement, 4)
+	announced = make(chan localapi.Announcement, 4)
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET "+injector.EnvPath, func(w http.ResponseWriter, r *http.Request) {
-		json.NewEncoder(w).Encode(injector.EnvResponse{
-			Env:      map[string]string{"DB-PASSWORD": "s3cret", injector.ManagedVar: "DB-PASSWORD"},
+	mux.HandleFunc("GET "+localapi.EnvPath, func(w http.ResponseWriter, r *http.Request) {
+		json.NewEncoder(w).Encode(localapi.EnvResponse{
+			Env:      map[string]string{"DB-PASSWORD": "s3cret", localapi.ManagedVar: "DB-PASSWORD"},
 			Versions: map[string]uint64{"DB-PASSWORD": 7},
 		})
 	})
-	mux.HandleFunc("POST "+injector.KernelsPath, func(w http.ResponseWriter, r *http.Request) {
-		var a injector.KernelAnnouncement
+	mux.HandleFunc("POST "+localapi.KernelsPath, func(w http.ResponseWriter, r *http.Request) {
+		var a localapi.Announcement
 		json.NewDecoder(r.Body).Decode(&a)
 		announced <- a
 		w.WriteHeader(http.StatusNoContent)
@@ -107,7 +108,7 @@ func TestInjectExec(t *testing.T) {
 	}
 	select {
 	case a := <-announced:
-		want := injector.KernelAnnouncement{ConnectionFile: "/run/test/kernel-cmd.json", PID: pid, Versions: map[string]uint64{"DB-PASSWORD": 7}}
+		want := localapi.Announcement{ConnectionFile: "/run/test/kernel-cmd.json", PID: pid, Versions: map[string]uint64{"DB-PASSWORD": 7}}
 		if !reflect.DeepEqual(a, want) {
 			t.Errorf("announcement = %+v, want %+v", a, want)
 		}
