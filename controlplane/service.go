@@ -66,6 +66,7 @@ type Service struct {
 
 	records jetstream.KeyValue // protocol.Bucket
 	store   *store             // ServiceBucket
+	openers sync.Map           // workspace id -> *protocol.Opener, to read our own records back
 
 	ctx    context.Context // cancelled by Stop once requests are done
 	cancel context.CancelFunc
@@ -608,9 +609,14 @@ func (s *Service) writeRecord(ctx context.Context, ws, id string, version uint64
 		case errors.Is(err, jetstream.ErrKeyNotFound):
 			_, err = s.records.Create(ctx, key, data)
 		case err != nil:
-		case s.recordVersion(ws, key, e.Value()) >= version:
-			return nil
 		default:
+			var have uint64
+			if have, err = s.recordVersion(ws, key, e.Value()); err != nil {
+				return fmt.Errorf("writing %s: %w", key, err)
+			}
+			if have >= version {
+				return nil
+			}
 			_, err = s.records.Update(ctx, key, data, e.Revision())
 		}
 		if err == nil {
@@ -623,17 +629,36 @@ func (s *Service) writeRecord(ctx context.Context, ws, id string, version uint64
 	}
 }
 
-// recordVersion is the version of a record we signed, 0 when it is not one.
-func (s *Service) recordVersion(ws, key string, data []byte) uint64 {
-	o, err := protocol.NewOpener(ws, []string{s.signPub}, s.curvePub, nil)
+// recordVersion is the version of the record data under key in workspace
+// ws when it is one we signed, 0 when it is not (garbage, or signed by
+// another key): writeRecord then replaces it. An error means that records
+// cannot be checked at all; writeRecord must not write then, since without
+// the version check an older record could replace a newer one.
+func (s *Service) recordVersion(ws, key string, data []byte) (uint64, error) {
+	o, err := s.opener(ws)
 	if err != nil {
-		return 0
+		return 0, err
 	}
 	r, err := o.Verify(key, data)
 	if err != nil {
-		return 0
+		s.log.Warn("replacing a record that is not ours", "key", key, "error", err)
+		return 0, nil
 	}
-	return r.Version
+	return r.Version, nil
+}
+
+// opener returns the verify-only Opener that checks our records for
+// workspace ws (signature, workspace, key) to read their versions.
+func (s *Service) opener(ws string) (*protocol.Opener, error) {
+	if o, ok := s.openers.Load(ws); ok {
+		return o.(*protocol.Opener), nil
+	}
+	o, err := protocol.NewVerifier(ws, []string{s.signPub})
+	if err != nil {
+		return nil, fmt.Errorf("cannot verify records of workspace %s: %w", ws, err)
+	}
+	actual, _ := s.openers.LoadOrStore(ws, o)
+	return actual.(*protocol.Opener), nil
 }
 
 // reconcile rewrites every workspace's records from the store where they

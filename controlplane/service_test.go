@@ -556,6 +556,44 @@ func TestConcurrentUpdates(t *testing.T) {
 	}
 }
 
+// TestOlderRecordNeverReplacesNewer publishes an older version of a secret
+// after a newer one, as a slow request racing a fast one would: the newer
+// record must stay. It fails, unlike TestConcurrentUpdates, every time the
+// service cannot read its own records' versions back.
+func TestOlderRecordNeverReplacesNewer(t *testing.T) {
+	f := newFixture(t)
+	ctx := ctxT(t)
+	alice := f.client("alice")
+	info, err := alice.Create(ctx, "ORDERED", []byte("v1"), CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := alice.Update(ctx, "ORDERED", []byte("v2")); err != nil {
+		t.Fatal(err)
+	}
+	f.wantPut("ws-alice", info.ID, 2, "v2")
+
+	kv := must(must(jetstream.New(f.nc)).KeyValue(ctx, protocol.Bucket))
+	key := protocol.RecordKey("ws-alice", info.ID)
+	e := must(kv.Get(ctx, key))
+	if v, err := f.svc.recordVersion("ws-alice", key, e.Value()); err != nil || v != 2 {
+		t.Fatalf("recordVersion of our own v2 record = %d, %v", v, err)
+	}
+
+	m, _, err := f.svc.store.get(ctx, info.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Version = 1
+	if err := f.svc.publish(ctx, m, []byte("stale")); err != nil {
+		t.Fatal(err)
+	}
+	f.wantPut("ws-alice", info.ID, 2, "v2")
+	if after := must(kv.Get(ctx, key)); after.Revision() != e.Revision() {
+		t.Fatalf("an older record was written over the newer one: revision %d -> %d", e.Revision(), after.Revision())
+	}
+}
+
 func TestRestartKeepsSecrets(t *testing.T) {
 	f := newFixture(t)
 	ctx := ctxT(t)

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nkeys"
+
 	"github.com/nbsecrets/nbsecrets/protocol"
 )
 

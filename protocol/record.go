@@ -452,13 +452,34 @@ type Opener struct {
 // key rotation), sealed by the service's curve public key sealerKey, and
 // opens them with the workspace's curve key.
 func NewOpener(workspace string, signers []string, sealerKey string, curve nkeys.KeyPair) (*Opener, error) {
+	if curve == nil || !canSeal(curve) {
+		return nil, errors.New("protocol: workspace key is not a curve key with a seed")
+	}
+	o, err := NewVerifier(workspace, signers)
+	if err != nil {
+		return nil, err
+	}
+	if !nkeys.IsValidPublicCurveKey(sealerKey) {
+		return nil, fmt.Errorf("protocol: pinned sealing key is not a curve public nkey%s", seedHint(sealerKey))
+	}
+	o.sealerKey, o.curve = sealerKey, curve
+	return o, nil
+}
+
+// ErrVerifyOnly is Open on an Opener made by NewVerifier.
+var ErrVerifyOnly = errors.New("protocol: verify-only opener has no workspace key")
+
+// NewVerifier returns an Opener that can Verify records of workspace signed
+// by any of signers but cannot Open values: what the secrets service uses to
+// read back the versions of records it wrote.
+func NewVerifier(workspace string, signers []string) (*Opener, error) {
 	if err := ValidateID(workspace); err != nil {
 		return nil, fmt.Errorf("workspace: %w", err)
 	}
 	if len(signers) == 0 {
 		return nil, errors.New("protocol: no pinned signing key")
 	}
-	o := &Opener{workspace: workspace, sealerKey: sealerKey, curve: curve}
+	o := &Opener{workspace: workspace}
 	// The errors below never quote a key: a seed pinned by mistake would
 	// end up in a log.
 	for i, pub := range signers {
@@ -467,12 +488,6 @@ func NewOpener(workspace string, signers []string, sealerKey string, curve nkeys
 			return nil, fmt.Errorf("protocol: pinned signing key %d is not an ed25519 public nkey%s", i+1, seedHint(pub))
 		}
 		o.signers = append(o.signers, kp)
-	}
-	if !nkeys.IsValidPublicCurveKey(sealerKey) {
-		return nil, fmt.Errorf("protocol: pinned sealing key is not a curve public nkey%s", seedHint(sealerKey))
-	}
-	if curve == nil || !canSeal(curve) {
-		return nil, errors.New("protocol: workspace key is not a curve key with a seed")
 	}
 	return o, nil
 }
@@ -536,6 +551,9 @@ func (o *Opener) Verify(key string, data []byte) (*Record, error) {
 // Open verifies a record stored under key (see Verify) and, for a put,
 // opens its value and checks that the value was sealed for this record.
 func (o *Opener) Open(key string, data []byte) (*Secret, error) {
+	if o.curve == nil {
+		return nil, ErrVerifyOnly
+	}
 	r, err := o.Verify(key, data)
 	if err != nil {
 		return nil, err

@@ -631,3 +631,22 @@ func TestPutDetMatchesPut(t *testing.T) {
 		t.Errorf("Put %+v\nputDet %+v", sa.Record, sb.Record)
 	}
 }
+
+func TestVerifierVerifiesButCannotOpen(t *testing.T) {
+	f := newFixture(t)
+	data := f.put(t, f.toA, "s1", "TOKEN", 4, "verifier-value")
+	v, err := NewVerifier(wsA, []string{publicKey(t, f.sign)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := v.Verify(RecordKey(wsA, "s1"), data)
+	if err != nil || r.Version != 4 {
+		t.Fatalf("Verify = %+v, %v", r, err)
+	}
+	if _, err := v.Open(RecordKey(wsA, "s1"), data); !errors.Is(err, ErrVerifyOnly) {
+		t.Errorf("Open on a verifier: %v, want ErrVerifyOnly", err)
+	}
+	if _, err := NewVerifier(wsA, []string{"not a key"}); err == nil {
+		t.Error("NewVerifier accepted a bad signing key")
+	}
+}
