@@ -60,9 +60,10 @@ type Shadow struct {
 
 // Desired is an immutable snapshot of the workspace's desired environment.
 type Desired struct {
-	Gen      uint64         // increases with every published change
-	Env      map[string]Var // variable name → value
-	Shadowed []Shadow       // secrets hidden by a same-named one
+	Gen       uint64         // increases with every published change
+	ChangedAt time.Time      // when the newest record in it was stored in JetStream (zero: unknown)
+	Env       map[string]Var // variable name → value
+	Shadowed  []Shadow       // secrets hidden by a same-named one
 }
 
 // Names returns the variable names in order.
@@ -85,6 +86,7 @@ type store struct {
 	puts     map[string]*protocol.Secret // secret id → current value
 	desired  *Desired                    // last published snapshot
 	dirty    bool                        // puts changed since the last publish
+	changed  time.Time                   // stream time of the newest record since the last publish
 	loaded   chan struct{}               // closed once the first full load is published
 	isLoaded bool
 	lastSync time.Time
@@ -105,10 +107,10 @@ func newStore(ws Workspace) *store {
 	}
 }
 
-// apply takes one opened record. It refuses a record whose scope the
-// workspace may not have and ignores one not newer than what it holds. The
-// change is not visible until publish.
-func (s *store) apply(sec *protocol.Secret) error {
+// apply takes one opened record, stored in JetStream at at. It refuses a
+// record whose scope the workspace may not have and ignores one not newer
+// than what it holds. The change is not visible until publish.
+func (s *store) apply(sec *protocol.Secret, at time.Time) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if v, ok := s.versions[sec.SecretID]; ok && sec.Version <= v {
@@ -128,6 +130,9 @@ func (s *store) apply(sec *protocol.Secret) error {
 		delete(s.puts, sec.SecretID)
 	}
 	s.dirty = true
+	if at.After(s.changed) {
+		s.changed = at
+	}
 	s.applied++
 	return nil
 }
@@ -159,6 +164,7 @@ func (s *store) publish(now time.Time) {
 	}
 	s.dirty = false
 	s.desired = buildDesired(s.desired.Gen+1, s.puts)
+	s.desired.ChangedAt, s.changed = s.changed, time.Time{}
 	if !s.isLoaded {
 		s.isLoaded = true
 		close(s.loaded)

@@ -46,7 +46,7 @@ func TestStoreApply(t *testing.T) {
 	st := newStore(aliceWS)
 	mustApply := func(s *protocol.Secret) {
 		t.Helper()
-		if err := st.apply(s); err != nil {
+		if err := st.apply(s, time.Time{}); err != nil {
 			t.Fatalf("apply %s v%d: %v", s.SecretID, s.Version, err)
 		}
 	}
@@ -54,17 +54,17 @@ func TestStoreApply(t *testing.T) {
 	mustApply(put("s2", "TOKEN", 4, projP, "two"))
 
 	// Replays and out-of-scope records are refused and change nothing.
-	if err := st.apply(put("s1", "DB-PASSWORD", 1, alice, "old")); !errors.Is(err, errStale) {
+	if err := st.apply(put("s1", "DB-PASSWORD", 1, alice, "old"), time.Time{}); !errors.Is(err, errStale) {
 		t.Errorf("same version: %v, want errStale", err)
 	}
 	mustApply(put("s1", "DB-PASSWORD", 3, alice, "three"))
-	if err := st.apply(put("s1", "DB-PASSWORD", 2, alice, "older")); !errors.Is(err, errStale) {
+	if err := st.apply(put("s1", "DB-PASSWORD", 2, alice, "older"), time.Time{}); !errors.Is(err, errStale) {
 		t.Errorf("older version: %v, want errStale", err)
 	}
-	if err := st.apply(put("s9", "OTHER", 1, bob, "bobs")); !errors.Is(err, ErrScopeNotAllowed) {
+	if err := st.apply(put("s9", "OTHER", 1, bob, "bobs"), time.Time{}); !errors.Is(err, ErrScopeNotAllowed) {
 		t.Errorf("bob's secret: %v, want ErrScopeNotAllowed", err)
 	}
-	if err := st.apply(put("s8", "OTHER", 1, projQ, "q")); !errors.Is(err, ErrScopeNotAllowed) {
+	if err := st.apply(put("s8", "OTHER", 1, projQ, "q"), time.Time{}); !errors.Is(err, ErrScopeNotAllowed) {
 		t.Errorf("project q: %v, want ErrScopeNotAllowed", err)
 	}
 	if d, loaded := st.snapshot(); loaded || len(d.Env) != 0 {
@@ -83,7 +83,7 @@ func TestStoreApply(t *testing.T) {
 	}
 	// A tombstone removes; a put older than the tombstone cannot revive.
 	mustApply(del("s2", "TOKEN", 5, projP))
-	if err := st.apply(put("s2", "TOKEN", 4, projP, "two")); !errors.Is(err, errStale) {
+	if err := st.apply(put("s2", "TOKEN", 4, projP, "two"), time.Time{}); !errors.Is(err, errStale) {
 		t.Errorf("put older than tombstone: %v, want errStale", err)
 	}
 	st.publish(time.Now())
@@ -101,7 +101,7 @@ func TestPrecedence(t *testing.T) {
 		put("d-proj", "OTHER", 1, projP, "x"),
 		put("c-proj", "OTHER", 1, projP, "y"),
 	} {
-		if err := st.apply(s); err != nil {
+		if err := st.apply(s, time.Time{}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -117,7 +117,7 @@ func TestPrecedence(t *testing.T) {
 		t.Errorf("shadowed = %+v, want 3", d.Shadowed)
 	}
 	// The user's secret going away lets the project's show again.
-	if err := st.apply(del("c-user", "KEY", 2, alice)); err != nil {
+	if err := st.apply(del("c-user", "KEY", 2, alice), time.Time{}); err != nil {
 		t.Fatal(err)
 	}
 	st.publish(time.Now())

@@ -242,8 +242,8 @@ func (ks *kernels) follow(ctx context.Context, w *worker, sess session, wake <-c
 				ks.metrics.reseedFailed()
 				return err
 			}
+			ks.metrics.reseeded(time.Since(start), p.Full, d.ChangedAt)
 			held = holdings(d)
-			ks.metrics.reseeded(time.Since(start))
 			log.Info("re-seeded", "gen", d.Gen, "full", p.Full, "set", sortedKeys(p.Set), "unset", p.Unset)
 			w.update(func(s *KernelStatus) {
 				s.State, s.Holds, s.LastReseed, s.LastError = StateLive, held, time.Now(), ""

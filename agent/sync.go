@@ -107,7 +107,11 @@ func (s *syncer) handle(msg jetstream.Msg) {
 		s.refuse(key, reason(err), err)
 		return
 	}
-	if err := s.st.apply(sec); err != nil {
+	var at time.Time
+	if meta, err := msg.Metadata(); err == nil {
+		at = meta.Timestamp
+	}
+	if err := s.st.apply(sec, at); err != nil {
 		if errors.Is(err, errStale) {
 			if v, ok := s.st.version(sec.SecretID); ok && v == sec.Version {
 				s.log.Debug("record already held", "key", key, "version", sec.Version)

@@ -50,10 +50,11 @@ func (k *fakeKernel) dialer(mode Mode) dialer {
 	}
 }
 
-func (s *fakeSession) Describe() Description           { return Description{Language: "python", Mode: s.mode} }
-func (s *fakeSession) Probe(ctx context.Context) error { return nil }
-func (s *fakeSession) Close() error                    { return nil }
-func (s *fakeSession) Done() <-chan struct{}           { return nil }
+func (s *fakeSession) Describe() Description                            { return Description{Language: "python", Mode: s.mode} }
+func (s *fakeSession) Probe(ctx context.Context) error                  { return nil }
+func (s *fakeSession) Close() error                                     { return nil }
+func (s *fakeSession) Done() <-chan struct{}                            { return nil }
+func (s *fakeSession) Shutdown(ctx context.Context, restart bool) error { return nil }
 func (s *fakeSession) Apply(ctx context.Context, p Plan, managed string) error {
 	s.k.mu.Lock()
 	block := s.k.block
@@ -145,7 +146,7 @@ func TestWorkerFollowsChanges(t *testing.T) {
 	_, dir := startKernels(t, st, k.dialer(ModeControl))
 	writeConnFile(t, dir, "k1") // found by fsnotify before the records are loaded
 
-	if err := st.apply(put("s1", "API-KEY", 1, alice, "v1")); err != nil {
+	if err := st.apply(put("s1", "API-KEY", 1, alice, "v1"), time.Time{}); err != nil {
 		t.Fatal(err)
 	}
 	st.publish(time.Now())
@@ -164,7 +165,7 @@ func TestWorkerFollowsChanges(t *testing.T) {
 	k.mu.Lock()
 	k.block = make(chan struct{})
 	k.mu.Unlock()
-	if err := st.apply(put("s1", "API-KEY", 2, alice, "v2")); err != nil {
+	if err := st.apply(put("s1", "API-KEY", 2, alice, "v2"), time.Time{}); err != nil {
 		t.Fatal(err)
 	}
 	st.publish(time.Now())
@@ -178,7 +179,7 @@ func TestWorkerFollowsChanges(t *testing.T) {
 				return nil
 			})
 		}
-		if err := st.apply(put("s1", "API-KEY", v, alice, fmt.Sprintf("v%d", v))); err != nil {
+		if err := st.apply(put("s1", "API-KEY", v, alice, fmt.Sprintf("v%d", v)), time.Time{}); err != nil {
 			t.Fatal(err)
 		}
 		st.publish(time.Now())
@@ -210,7 +211,7 @@ func TestWorkerReconnectsAfterFailure(t *testing.T) {
 	k.mu.Lock()
 	k.fail = 1
 	k.mu.Unlock()
-	if err := st.apply(put("s1", "TOKEN", 1, projP, "t1")); err != nil {
+	if err := st.apply(put("s1", "TOKEN", 1, projP, "t1"), time.Time{}); err != nil {
 		t.Fatal(err)
 	}
 	st.publish(time.Now())

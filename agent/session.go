@@ -2,8 +2,6 @@ package agent
 
 import (
 	"context"
-	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -43,6 +41,9 @@ type session interface {
 	// Done is closed when the connection to the kernel is lost (the kernel
 	// died or restarted); nil if the session cannot tell.
 	Done() <-chan struct{}
+	// Shutdown asks the kernel to exit (shutdown_request on control, with
+	// restart set as a hint to its manager, which does the restarting).
+	Shutdown(ctx context.Context, restart bool) error
 	Close() error
 }
 
@@ -120,6 +121,11 @@ func (s *jupyterSession) Apply(ctx context.Context, p Plan, managed string) erro
 
 func (s *jupyterSession) Done() <-chan struct{} { return s.c.Done() }
 
+func (s *jupyterSession) Shutdown(ctx context.Context, restart bool) error {
+	_, err := s.c.Request(ctx, jupyter.Control, "shutdown_request", map[string]any{"restart": restart}, nil)
+	return err
+}
+
 func (s *jupyterSession) Probe(ctx context.Context) error {
 	ch := jupyter.Control // answered while a cell runs on shell (ipykernel >= 6)
 	_, err := s.c.Request(ctx, ch, "kernel_info_request", map[string]any{}, nil)
@@ -127,26 +133,6 @@ func (s *jupyterSession) Probe(ctx context.Context) error {
 }
 
 func (s *jupyterSession) Close() error { return s.c.Close() }
-
-// pythonReseed is one silent Python expression that applies p: it binds no
-// name in the user's namespace (lambda arguments only), prints nothing, and
-// carries the values base64-encoded so that no value appears literally in
-// the code, should a traceback ever quote it.
-func pythonReseed(p Plan, managed string) (string, error) {
-	unset := p.Unset
-	if unset == nil {
-		unset = []string{}
-	}
-	payload, err := json.Marshal(map[string]any{"set": p.Set, "unset": unset, "full": p.Full, "managed": managed})
-	if err != nil {
-		return "", fmt.Errorf("encoding re-seed: %w", err)
-	}
-	enc := base64.StdEncoding.EncodeToString(payload)
-	clear(payload)
-	return "(lambda o, p: ([o.environ.pop(k, None) for k in ((set(o.environ.get('" + ManagedVar + "', '').split(',')) - set(p['set']) - {''}) if p['full'] else p['unset'])], " +
-		"o.environ.update(p['set']), o.environ.__setitem__('" + ManagedVar + "', p['managed'])) and None)" +
-		"(__import__('os'), __import__('json').loads(__import__('base64').b64decode('" + enc + "')))", nil
-}
 
 // backoff is the retry delay schedule for a kernel that does not answer.
 type backoff struct{ cur, min, max time.Duration }
