@@ -540,3 +540,57 @@ func TestKernelRestartReseeded(t *testing.T) {
 	c2 := k.Client(t)
 	waitEnv(t, c2, "SURVIVES", v)
 }
+
+// TestAgentFindsKernelMidCell: an agent that starts while a kernel runs a
+// long cell serves it at once (kernel_info on control), and the running
+// cell sees the value; the session tracks the kernel as busy meanwhile.
+func TestAgentFindsKernelMidCell(t *testing.T) {
+	h := newHarness(t)
+	k := kerneltest.Start(t, kerneltest.Options{Dir: h.dir})
+	c := k.Client(t)
+	v := secretValue("midcell")
+	h.put("s1", "ARRIVES", 1, v)
+	marker := filepath.Join(t.TempDir(), "started")
+	cell := fmt.Sprintf(`import os, time, hashlib
+open(%q, "w").close()
+deadline = time.time() + 30
+while time.time() < deadline and hashlib.sha256(os.environ.get("ARRIVES", "").encode()).hexdigest() != %q:
+    time.sleep(0.005)
+print("seen" if time.time() < deadline else "timeout")`, marker, digest(v))
+	out := make(chan string, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
+		defer cancel()
+		res, err := c.Run(ctx, cell)
+		if err != nil {
+			out <- "error: " + err.Error()
+			return
+		}
+		out <- strings.TrimSpace(res.Stdout)
+	}()
+	waitFor(t, 20*time.Second, func() error {
+		if _, err := os.Stat(marker); err != nil {
+			return errors.New("cell not started")
+		}
+		return nil
+	})
+	// A session of our own, to see the busy tracking.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	sess, err := dialJupyter(ctx, k.ConnFile)
+	if err != nil {
+		t.Fatalf("dial while a cell runs: %v", err)
+	}
+	defer sess.Close()
+	js := sess.(*jupyterSession)
+	if !js.Busy() {
+		t.Error("session says idle while a cell runs")
+	}
+	h.startAgent()
+	if got := <-out; got != "seen" {
+		t.Fatalf("the running cell did not get the value from an agent started mid-cell: %s", got)
+	}
+	if err := js.WaitIdle(ctx); err != nil {
+		t.Errorf("WaitIdle after the cell: %v", err)
+	}
+}

@@ -2,8 +2,10 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/nbsecrets/nbsecrets/protocol/jupyter"
@@ -68,14 +70,27 @@ func dialJupyter(ctx context.Context, connFile string) (session, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connecting: %w", err)
 	}
-	ki, err := c.KernelInfo(ctx)
+	// Ask on control first: ipykernel >= 6 answers there while a cell runs
+	// on shell, so a kernel found mid-cell (an agent restarted under running
+	// notebooks) is served at once. Kernels whose control channel does not
+	// answer (IRkernel) are asked on shell.
+	cctx, cancel := context.WithTimeout(ctx, time.Second)
+	ki, err := c.KernelInfoOn(cctx, jupyter.Control)
+	cancel()
+	if err != nil && ctx.Err() == nil {
+		ki, err = c.KernelInfo(ctx)
+	}
 	if err != nil {
 		_ = c.Close()
 		return nil, fmt.Errorf("kernel_info: %w", err)
 	}
-	s := &jupyterSession{c: c, desc: Description{
+	sctx, stop := context.WithCancel(context.Background())
+	s := &jupyterSession{c: c, stop: stop, busy: newBusyTracker(), desc: Description{
 		Language: ki.LanguageInfo.Name, Implementation: ki.Implementation, Protocol: ki.ProtocolVersion, Mode: ModeNone,
 	}}
+	s.wg.Add(2)
+	go func() { defer s.wg.Done(); s.busy.follow(c.IOPub(), c.Session()) }()
+	go func() { defer s.wg.Done(); s.busy.probeShell(sctx, c) }()
 	if ki.LanguageInfo.Name == "python" {
 		s.desc.Mode = ModeControl
 		s.ch = jupyter.Control
@@ -94,7 +109,17 @@ type jupyterSession struct {
 	desc     Description
 	ch       jupyter.Channel
 	subshell string
+	busy     *busyTracker
+	stop     context.CancelFunc
+	wg       sync.WaitGroup
 }
+
+// Busy reports whether a cell is running on the kernel's shell, as far as
+// its iopub status messages tell.
+func (s *jupyterSession) Busy() bool { return s.busy.isBusy() }
+
+// WaitIdle waits until no cell runs on the kernel's shell, or ctx ends.
+func (s *jupyterSession) WaitIdle(ctx context.Context) error { return s.busy.waitIdle(ctx) }
 
 func (s *jupyterSession) Describe() Description { return s.desc }
 
@@ -132,7 +157,91 @@ func (s *jupyterSession) Probe(ctx context.Context) error {
 	return err
 }
 
-func (s *jupyterSession) Close() error { return s.c.Close() }
+func (s *jupyterSession) Close() error {
+	s.stop()
+	err := s.c.Close() // closes IOPub, which ends follow
+	s.wg.Wait()
+	return err
+}
+
+// busyTracker follows a kernel's execution state from its iopub status
+// messages about other clients' execute requests (ours are ignored). Until
+// it knows, it assumes busy: the safe side for a shell-only re-seed or a
+// restart that must wait for idle.
+type busyTracker struct {
+	mu   sync.Mutex
+	seen bool // a status about another client's request has been seen
+	busy bool
+	idle chan struct{} // closed while idle; replaced when busy again
+}
+
+func newBusyTracker() *busyTracker { return &busyTracker{busy: true, idle: make(chan struct{})} }
+
+// set records the state; from the shell probe (fromStatus false) only
+// while no status message has been seen, since the probe's reply and a
+// status about a cell started just after it travel on different sockets.
+func (b *busyTracker) set(busy, fromStatus bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !fromStatus && b.seen {
+		return
+	}
+	b.seen = b.seen || fromStatus
+	switch {
+	case busy && !b.busy:
+		b.idle = make(chan struct{})
+	case !busy && b.busy:
+		close(b.idle)
+	}
+	b.busy = busy
+}
+
+func (b *busyTracker) isBusy() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.busy
+}
+
+func (b *busyTracker) waitIdle(ctx context.Context) error {
+	b.mu.Lock()
+	idle := b.idle
+	b.mu.Unlock()
+	select {
+	case <-idle:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// follow reads iopub until it closes.
+func (b *busyTracker) follow(iopub <-chan *jupyter.Message, ours string) {
+	for m := range iopub {
+		if m.Header.MsgType != "status" || m.ParentHeader == nil || m.ParentHeader.Session == ours ||
+			m.ParentHeader.MsgType != "execute_request" {
+			continue
+		}
+		var st struct {
+			State string `json:"execution_state"`
+		}
+		if json.Unmarshal(m.Content, &st) == nil {
+			switch st.State {
+			case "busy":
+				b.set(true, true)
+			case "idle":
+				b.set(false, true)
+			}
+		}
+	}
+}
+
+// probeShell learns the state at connect: a kernel_info_request on shell
+// is answered only once the shell is free, so its reply means idle then.
+func (b *busyTracker) probeShell(ctx context.Context, c *jupyter.Client) {
+	if _, err := c.KernelInfo(ctx); err == nil {
+		b.set(false, false)
+	}
+}
 
 // backoff is the retry delay schedule for a kernel that does not answer.
 type backoff struct{ cur, min, max time.Duration }

@@ -36,6 +36,13 @@ func (c *Client) KernelInfo(ctx context.Context) (*KernelInfo, error) {
 	return c.kernelInfo(ctx, Shell)
 }
 
+// KernelInfoOn is KernelInfo on a channel of choice: on Control, ipykernel
+// >= 6 answers while a cell runs on shell; kernels whose control channel
+// only handles shutdown (IRkernel) do not answer there at all.
+func (c *Client) KernelInfoOn(ctx context.Context, ch Channel) (*KernelInfo, error) {
+	return c.kernelInfo(ctx, ch)
+}
+
 func (c *Client) kernelInfo(ctx context.Context, ch Channel) (*KernelInfo, error) {
 	r, err := c.Request(ctx, ch, "kernel_info_request", nil, nil)
 	if err != nil {
