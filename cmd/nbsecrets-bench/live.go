@@ -1,0 +1,403 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/nbsecrets/nbsecrets/protocol/jupyter"
+)
+
+// packet is one UDP datagram from the kernel, stamped when it arrived.
+type packet struct {
+	kind byte // 'E' the poller saw a new value, 'P' putenv ran, 'B' the busy cell started
+	n    int  // the sample number: the N of "bench-N"
+	at   time.Time
+}
+
+// listenUDP opens the bench's loopback UDP port and reads it until the
+// socket is closed. Each datagram is "E N", "P N" or "B".
+func listenUDP() (*net.UDPConn, <-chan packet, error) {
+	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		return nil, nil, fmt.Errorf("UDP listener: %w", err)
+	}
+	ch := make(chan packet, 1024)
+	go func() { // ends when conn is closed
+		defer close(ch)
+		buf := make([]byte, 64)
+		for {
+			n, _, err := conn.ReadFromUDP(buf)
+			at := time.Now()
+			if err != nil {
+				if errors.Is(err, net.ErrClosed) {
+					return
+				}
+				continue
+			}
+			p, ok := parsePacket(buf[:n])
+			if !ok {
+				continue
+			}
+			p.at = at
+			select {
+			case ch <- p:
+			default: // nobody is reading: drop rather than block the reader
+			}
+		}
+	}()
+	return conn, ch, nil
+}
+
+func parsePacket(b []byte) (packet, bool) {
+	if len(b) == 1 && b[0] == 'B' {
+		return packet{kind: 'B'}, true
+	}
+	if len(b) < 3 || (b[0] != 'E' && b[0] != 'P') || b[1] != ' ' {
+		return packet{}, false
+	}
+	n, err := strconv.Atoi(string(b[2:]))
+	if err != nil {
+		return packet{}, false
+	}
+	return packet{kind: b[0], n: n}, true
+}
+
+// setupCell installs, in the live kernel, the audit hook that reports each
+// putenv of the bench's variable ("P N", from the thread that runs the
+// re-seed, as it happens) and the daemon thread that polls os.environ every
+// 0.2 ms and reports each new value ("E N"). It prints the versions of
+// what runs the kernel as JSON.
+const setupCell = `
+def _nbsecrets_bench_setup(addr, name):
+    import os, socket, sys, threading, time
+    hook_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    bname = name.encode()
+    def hook(event, args):
+        if event == 'os.putenv' and args and args[0] in (name, bname):
+            v = args[1]
+            if isinstance(v, bytes):
+                v = v.decode('utf-8', 'replace')
+            if v.startswith('bench-'):
+                hook_sock.sendto(b'P ' + v[6:].encode(), addr)
+    sys.addaudithook(hook)
+    def poll():
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        last = os.environ.get(name)
+        while True:
+            v = os.environ.get(name)
+            if v != last:
+                last = v
+                if v is not None and v.startswith('bench-'):
+                    s.sendto(b'E ' + v[6:].encode(), addr)
+            time.sleep(0.0002)
+    threading.Thread(target=poll, name='nbsecrets-bench-poll', daemon=True).start()
+_nbsecrets_bench_setup(('127.0.0.1', %d), %q)
+del _nbsecrets_bench_setup
+import json as _j, sys as _s, IPython as _I, ipykernel as _k, jupyter_client as _c
+print(_j.dumps({'python': _s.version.split()[0], 'ipykernel': _k.__version__, 'ipython': _I.__version__, 'jupyter_client': _c.__version__, 'switch_interval_s': _s.getswitchinterval()}))
+del _j, _s, _I, _k, _c
+`
+
+// busyCell is a pure-Python CPU-bound loop: it holds the GIL but for the
+// interpreter's switch interval. It says "B" first so the bench knows it
+// runs.
+const busyCell = `import socket as _sk
+_sk.socket(_sk.AF_INET, _sk.SOCK_DGRAM).sendto(b'B', ('127.0.0.1', %d))
+x = 0
+while True:
+    x += 1
+`
+
+// versions is what the set-up cell prints.
+type versions struct {
+	Python         string  `json:"python"`
+	IPyKernel      string  `json:"ipykernel"`
+	IPython        string  `json:"ipython"`
+	JupyterClient  string  `json:"jupyter_client"`
+	SwitchInterval float64 `json:"switch_interval_s"`
+}
+
+// liveSample is one live re-seed, all times from the moment Update
+// returned.
+type liveSample struct {
+	Latency time.Duration // to the poller's packet: the measurement
+	Putenv  time.Duration // to the putenv packet; may be negative
+	Update  time.Duration // the Update call itself, request to reply
+	GotPut  bool          // the putenv packet arrived
+	// Published is when the record message for the workspace reached a
+	// plain subscriber of its subject; negative: before Update returned.
+	Published time.Duration
+	GotPub    bool
+}
+
+// liveRow is a live phase's result.
+type liveRow struct {
+	Samples []liveSample
+	Lost    int // samples whose packet did not come within the timeout
+}
+
+func (r *liveRow) latencies() []time.Duration {
+	var out []time.Duration
+	for _, s := range r.Samples {
+		out = append(out, s.Latency)
+	}
+	return out
+}
+
+// execResult is what a non-waiting Execute came back with.
+type execResult struct {
+	r   *jupyter.ExecuteReply
+	err error
+}
+
+// liveBench drives the live measurements against one kernel.
+type liveBench struct {
+	cfg     *config
+	w       *world
+	k       *kernel
+	c       *jupyter.Client
+	packets <-chan packet
+	port    int
+	seq     *int // the last sample number given out (shared with the restart rows)
+}
+
+// measure takes warmup unrecorded and n recorded samples: for each, update
+// the secret to "bench-<seq>", start the clock when Update returns, stop it
+// when the poller's packet for seq arrives; then wait cfg.pause.
+func (lb *liveBench) measure(ctx context.Context, name string, n int) (*liveRow, error) {
+	row := &liveRow{}
+	consecutiveLost := 0
+	for i := -lb.cfg.warmup; i < n; i++ {
+		if err := lb.w.agent.alive(); err != nil {
+			return nil, err
+		}
+		*lb.seq++
+		s := *lb.seq
+		drain(lb.w.records)
+		t0 := time.Now()
+		if _, err := lb.w.client.Update(ctx, secretName, []byte(sampleValue(s))); err != nil {
+			return nil, fmt.Errorf("%s: update %d: %w", name, s, err)
+		}
+		start := time.Now()
+		smp, ok, err := lb.wait(ctx, s, start)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+		smp.Update = start.Sub(t0)
+		select {
+		case at := <-lb.w.records:
+			smp.Published, smp.GotPub = at.Sub(start), true
+		default:
+		}
+		if i >= 0 {
+			if ok {
+				row.Samples = append(row.Samples, smp)
+			} else {
+				row.Lost++
+			}
+		}
+		if ok {
+			consecutiveLost = 0
+		} else if consecutiveLost++; consecutiveLost >= 10 {
+			return nil, fmt.Errorf("%s: 10 samples in a row never reached the kernel (timeout %v each); is the agent serving it?", name, lb.cfg.timeout)
+		}
+		if err := sleepCtx(ctx, lb.cfg.pause); err != nil {
+			return nil, err
+		}
+	}
+	return row, nil
+}
+
+// wait waits for the packets of sample s: it returns at the poller's
+// packet, or with ok false after cfg.timeout.
+func (lb *liveBench) wait(ctx context.Context, s int, start time.Time) (liveSample, bool, error) {
+	var smp liveSample
+	timer := time.NewTimer(lb.cfg.timeout)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return smp, false, ctx.Err()
+		case <-timer.C:
+			return smp, false, nil
+		case p, ok := <-lb.packets:
+			if !ok {
+				return smp, false, errors.New("UDP listener closed")
+			}
+			if p.n != s {
+				continue // a late packet of an earlier sample
+			}
+			switch p.kind {
+			case 'P':
+				smp.Putenv, smp.GotPut = p.at.Sub(start), true
+			case 'E':
+				smp.Latency = p.at.Sub(start)
+				return smp, true, nil
+			}
+		}
+	}
+}
+
+// drain empties ch.
+func drain(ch chan time.Time) {
+	for {
+		select {
+		case <-ch:
+		default:
+			return
+		}
+	}
+}
+
+func sampleValue(n int) string { return "bench-" + strconv.Itoa(n) }
+
+// setUpLiveKernel starts the kernel in the agent's runtime dir, waits until
+// the agent serves it live with the current version, connects the bench's
+// own client and runs the set-up cell.
+func setUpLiveKernel(ctx context.Context, lb *liveBench, version uint64, cl *cleanups) (*versions, error) {
+	k, err := newKernel(lb.w.agent.runtimeDir, lb.cfg.python, nil, kernelEnv(lb.w.agent.runtimeDir, lb.w.dir+"/ipython"))
+	if err != nil {
+		return nil, err
+	}
+	cl.add(k.kill)
+	lb.k = k
+	for attempt := 1; ; attempt++ {
+		if err := k.start(); err != nil {
+			return nil, err
+		}
+		lb.c, _, err = k.connect(ctx)
+		if err == nil {
+			break
+		}
+		_ = k.kill()
+		if !errors.Is(err, errPortTaken) || attempt == 5 {
+			return nil, fmt.Errorf("starting the live kernel: %w", err)
+		}
+		if err := k.newPorts(); err != nil {
+			return nil, err
+		}
+	}
+	cl.add(lb.c.Close)
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := lb.w.agent.waitFor(wctx, kernelLive(k.ConnFile, version)); err != nil {
+		return nil, fmt.Errorf("the agent did not serve the live kernel: %w", err)
+	}
+	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	res, err := lb.c.Run(rctx, fmt.Sprintf(setupCell, lb.port, secretName))
+	if err != nil {
+		return nil, fmt.Errorf("set-up cell: %w", err)
+	}
+	if err := res.Reply.Err(); err != nil {
+		return nil, fmt.Errorf("set-up cell: %w (%s)", err, res.Stderr)
+	}
+	var v versions
+	if err := json.Unmarshal([]byte(strings.TrimSpace(res.Stdout)), &v); err != nil {
+		return nil, fmt.Errorf("set-up cell printed %q: %w", res.Stdout, err)
+	}
+	return &v, nil
+}
+
+// measureBusy runs the busy cell on shell without waiting for it, takes the
+// samples while it runs, then interrupts it (SIGINT to the kernel process,
+// as jupyter_client does) and checks that the kernel is idle again.
+func (lb *liveBench) measureBusy(ctx context.Context, n int) (*liveRow, error) {
+	cellCtx, cancelCell := context.WithCancel(ctx)
+	defer cancelCell()
+	done := make(chan execResult, 1)
+	go func() { // ends when the cell ends or cellCtx is cancelled
+		r, err := lb.c.Execute(cellCtx, jupyter.Shell, fmt.Sprintf(busyCell, lb.port), jupyter.ExecuteOptions{})
+		done <- execResult{r, err}
+	}()
+	if err := lb.waitBusy(ctx, done); err != nil {
+		return nil, err
+	}
+	row, err := lb.measure(ctx, "live busy", n)
+	if err != nil {
+		return nil, err
+	}
+	select {
+	case r := <-done:
+		return nil, fmt.Errorf("live busy: the busy cell ended before the interrupt (%v %v): the samples were not all taken while it ran", r.err, replyErr(r.r))
+	default:
+	}
+	if err := syscall.Kill(lb.k.PID(), syscall.SIGINT); err != nil {
+		return nil, fmt.Errorf("interrupting the kernel: %w", err)
+	}
+	select {
+	case r := <-done:
+		if r.err != nil {
+			return nil, fmt.Errorf("busy cell: %w", r.err)
+		}
+		if r.r.EName != "KeyboardInterrupt" {
+			return nil, fmt.Errorf("busy cell ended with status %q %q, not KeyboardInterrupt", r.r.Status, r.r.EName)
+		}
+	case <-time.After(10 * time.Second):
+		return nil, errors.New("the kernel did not stop the busy cell within 10s of SIGINT")
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	ictx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	res, err := lb.c.Run(ictx, "pass")
+	if err != nil {
+		return nil, fmt.Errorf("kernel not idle after the interrupt: %w", err)
+	}
+	if err := res.Reply.Err(); err != nil {
+		return nil, fmt.Errorf("kernel not idle after the interrupt: %w", err)
+	}
+	return row, nil
+}
+
+// waitBusy waits for the busy cell's "B" packet.
+func (lb *liveBench) waitBusy(ctx context.Context, done <-chan execResult) error {
+	timer := time.NewTimer(30 * time.Second)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case r := <-done:
+			return fmt.Errorf("the busy cell ended before it started looping (%v %v)", r.err, replyErr(r.r))
+		case <-timer.C:
+			return errors.New("the busy cell did not start within 30s")
+		case p, ok := <-lb.packets:
+			if !ok {
+				return errors.New("UDP listener closed")
+			}
+			if p.kind == 'B' {
+				return nil
+			}
+		}
+	}
+}
+
+func replyErr(r *jupyter.ExecuteReply) error {
+	if r == nil {
+		return nil
+	}
+	return r.Err()
+}
+
+// sleepCtx sleeps d or until ctx ends.
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return ctx.Err()
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}

@@ -1,0 +1,324 @@
+// Command nbsecrets-bench measures how long a changed secret takes to reach
+// a running Jupyter kernel through nbsecrets, and how long the same change
+// takes the way users get it today: by restarting the kernel. It is a
+// benchmark, not a test: it reports what it measures and judges it against
+// the targets of issue 3, and it fails only when it cannot measure.
+//
+// Usage:
+//
+//	make bench                                  # builds bin/nbsecrets, writes bench.json
+//	go run ./cmd/nbsecrets-bench [flags]
+//
+// It needs bin/nbsecrets (make build) and /usr/bin/python3 with Debian's
+// python3-ipykernel and python3-jupyter-client (make deps).
+//
+// # Set-up
+//
+// Everything is real and on loopback, under a fresh temporary directory:
+//
+//   - an embedded nats-server (127.0.0.1, a random port, JetStream, its
+//     store in the temporary directory);
+//   - the secrets service (controlplane) in this process, with a directory
+//     of one user, one project and one workspace, and fresh keys;
+//   - the user's controlplane.Client on its own NATS connection; it creates
+//     the secret BENCH_TOKEN, private to the user. Its values are made up
+//     ("bench-N", N the sample number); no real secret is involved, and
+//     none is printed or logged;
+//   - the agent as a separate process, `bin/nbsecrets agent --nats URL
+//     --workspace ... --owner ... --projects ... --service-key PUB
+//     --service-curve-key PUB --workspace-key FILE --runtime-dir DIR
+//     --socket PATH --log-level warn`, so that its memory can be measured;
+//   - a real ipykernel, `/usr/bin/python3 -m ipykernel_launcher -f FILE`,
+//     its connection file (free loopback ports, mode 0600) written into the
+//     agent's runtime dir so that the agent discovers it as it discovers
+//     Jupyter's kernels. The bench waits until the agent's status shows the
+//     kernel live with the secret's first version.
+//
+// In the live kernel a set-up cell starts a daemon thread that reads
+// os.environ['BENCH_TOKEN'] every 0.2 ms and, when it changes, sends the
+// sample number in a UDP datagram to the bench's loopback port. It also
+// installs an audit hook (sys.addaudithook) that sends a second datagram
+// the moment os.putenv sets BENCH_TOKEN, from the thread that runs the
+// re-seed; that one only splits the time, it is not the measurement. For
+// the same purpose the bench's NATS connection subscribes to the
+// workspace's record subjects and notes when each record message arrives.
+//
+// # Measurements
+//
+// Each sample updates the secret with Client.Update and waits for its
+// result before the next sample; between samples the bench pauses (-pause).
+// The first -warmup samples of each live row are taken but not recorded.
+//
+//  1. Live, idle kernel (-n samples). The clock starts when Client.Update
+//     returns: the service has written the signed, sealed records to
+//     JetStream, had them acknowledged, and replied. It stops when the
+//     poller's UDP datagram for that sample arrives at the bench. So it
+//     covers the agent receiving and opening the record, the re-seed
+//     (a silent execute_request on the kernel's control channel), and the
+//     poller noticing (at most one 0.2 ms poll plus its wake-up).
+//  2. Live, kernel running a cell (-n samples): the same, while the
+//     kernel's shell runs a pure-Python CPU-bound loop (`while True:
+//     x += 1`, which holds the GIL but for Python's switch interval),
+//     started with an execute_request the bench does not wait for. The
+//     cell reports that it runs before the first sample. Afterwards the
+//     bench interrupts it (SIGINT to the kernel process, as
+//     jupyter_client does), waits for its KeyboardInterrupt reply and runs
+//     an empty cell to check that the kernel is idle again. Here the poller
+//     competes for the GIL with the loop, so its wake-up can take up to a
+//     switch interval: the putenv split shows how much.
+//  3. Restart baseline (-restarts samples): what users do today. The clock
+//     starts when Client.Update returns; the bench then kills the kernel
+//     (SIGKILL to its process group, waiting until it is reaped), starts a
+//     fresh kernel with the new value in its environment on the same
+//     connection file (same ports, as Jupyter Server's restart), dials it,
+//     waits until it answers kernel_info with iopub live, and runs a cell
+//     that prints the value, again until it prints the new one. The clock
+//     stops when that cell's stdout stream message arrives on iopub. This
+//     kernel's connection file is outside the agent's runtime dir: today
+//     there is no agent. It is a lower bound of what a user waits: no
+//     frontend, no shutdown grace period, no kernel manager polling.
+//  4. Restart via injector (-restarts samples): the same restart, but the
+//     kernel is started as `bin/nbsecrets inject --socket SOCK --
+//     /usr/bin/python3 -m ipykernel_launcher -f FILE` with no value in its
+//     environment: the injector asks the agent. Its connection file is in
+//     the agent's runtime dir, as a Jupyter kernel's would be. The check
+//     cell also says whether the value was in the process's start
+//     environment (/proc/self/environ) or came from a live re-seed; if the
+//     unrecorded first start does not have it from the start, the injector
+//     does not supply values and the row is reported as skipped, with the
+//     reason.
+//
+// Each restart row begins with one unrecorded start (it warms the page
+// cache and checks the row can be measured). Then the two rows alternate,
+// sample by sample, so that both see the same machine load; both kernels
+// stay up meanwhile, one idle while the other restarts. A restart whose new
+// kernel cannot bind a port yet is retried within the clock and counted.
+//
+// After the run the bench reads VmRSS and VmHWM from /proc/<agent
+// pid>/status (VmRSS also once after set-up).
+//
+// # Report
+//
+// A table on stdout: one row per measurement with n, lost samples (no
+// datagram within -timeout), and p50, p95, p99 and max in milliseconds
+// (nearest-rank percentiles over the recorded samples: every figure is a
+// measured sample); the ratios restart-baseline p50 / live p50; the agent's
+// memory; the targets with met or NOT MET (live idle p50 <= 5 ms and p99 <=
+// 15 ms; live busy p99 <= 20 ms; agent VmRSS <= 20 MB, 1 MB = 10^6 bytes; a
+// row with lost samples does not meet its targets); and where the time
+// goes: the Update call, Update return to putenv in the kernel, putenv to
+// the poller, and for restarts the steps from Update return. The same
+// figures, every sample and the machine (cores, Go, Python, ipykernel,
+// IPython and jupyter_client versions, CPU, load average) go as JSON to the
+// -out file. Nothing is tuned after the fact.
+//
+// # Flags
+//
+//	-n N            live samples per live row (default 200)
+//	-restarts N     samples per restart row (default 20)
+//	-warmup N       unrecorded live samples before each live row (default 5)
+//	-pause D        pause between samples (default 20ms)
+//	-timeout D      how long a live sample may take before it counts as lost (default 2s)
+//	-out FILE       write the JSON report there (default: none)
+//	-nbsecrets BIN  the nbsecrets binary for the agent and the injector (default bin/nbsecrets)
+//	-python PATH    the kernels' interpreter (default /usr/bin/python3)
+//
+// # Clean-up
+//
+// The bench stops everything it started, on every path, including errors
+// and SIGINT/SIGTERM (Ctrl-C): kernels (SIGKILL to their process groups),
+// the agent (SIGTERM, then SIGKILL after 5s), the service, the NATS
+// connections and server; then it removes the temporary directory. Every
+// child runs in a process group of its own with a parent-death signal, so
+// a Ctrl-C on the terminal reaches only the bench, and a bench that is
+// killed outright (SIGKILL) takes its children with it; only its
+// temporary directory then stays behind. Exit status: 0 when it
+// measured (whether or not the targets are met), 1 on failure, 130 when
+// interrupted.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/nbsecrets/nbsecrets/controlplane"
+)
+
+func main() {
+	err := run(os.Args[1:])
+	switch {
+	case err == nil:
+	case errors.Is(err, context.Canceled):
+		fmt.Fprintln(os.Stderr, "nbsecrets-bench: interrupted; everything it started is stopped")
+		os.Exit(130)
+	case errors.Is(err, flag.ErrHelp):
+		os.Exit(0)
+	default:
+		fmt.Fprintln(os.Stderr, "nbsecrets-bench:", err)
+		os.Exit(1)
+	}
+}
+
+// config is the command line.
+type config struct {
+	n, restarts, warmup int
+	pause, timeout      time.Duration
+	out                 string
+	nbsecrets, python   string
+}
+
+func parseFlags(args []string) (*config, error) {
+	var c config
+	fs := flag.NewFlagSet("nbsecrets-bench", flag.ContinueOnError)
+	fs.IntVar(&c.n, "n", 200, "live samples per live row")
+	fs.IntVar(&c.restarts, "restarts", 20, "samples per restart row")
+	fs.IntVar(&c.warmup, "warmup", 5, "unrecorded live samples before each live row")
+	fs.DurationVar(&c.pause, "pause", 20*time.Millisecond, "pause between samples")
+	fs.DurationVar(&c.timeout, "timeout", 2*time.Second, "how long a live sample may take before it counts as lost")
+	fs.StringVar(&c.out, "out", "", "write the JSON report to this file")
+	fs.StringVar(&c.nbsecrets, "nbsecrets", filepath.Join("bin", "nbsecrets"), "the nbsecrets binary (agent and injector)")
+	fs.StringVar(&c.python, "python", "/usr/bin/python3", "the kernels' Python interpreter")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	switch {
+	case fs.NArg() > 0:
+		return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
+	case c.n < 1 || c.restarts < 1 || c.warmup < 0:
+		return nil, errors.New("-n and -restarts must be at least 1, -warmup at least 0")
+	case c.timeout <= 0:
+		return nil, errors.New("-timeout must be positive")
+	}
+	bin, err := filepath.Abs(c.nbsecrets)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := os.Stat(bin); err != nil {
+		return nil, fmt.Errorf("the nbsecrets binary: %w (build it with `make build`, or give -nbsecrets)", err)
+	}
+	c.nbsecrets = bin
+	if out, err := exec.Command(c.python, "-c", "import ipykernel, jupyter_client").CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("%s cannot import ipykernel (%v: %s); install with `make deps`", c.python, err, out)
+	}
+	return &c, nil
+}
+
+func run(args []string) (err error) {
+	cfg, err := parseFlags(args)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	started := time.Now()
+	m := &measurements{loadStart: loadavg()}
+
+	var cl cleanups
+	defer func() {
+		if cerr := cl.run(); cerr != nil {
+			err = errors.Join(err, fmt.Errorf("cleaning up: %w", cerr))
+		}
+	}()
+	dir, err := os.MkdirTemp("", "nbsecrets-bench-")
+	if err != nil {
+		return err
+	}
+	cl.add(func() error { return os.RemoveAll(dir) }) // runs last
+	m.tempFS = fsType(dir)
+
+	progress("setting up NATS, the secrets service and the agent")
+	w, err := setUp(ctx, cfg, dir, &cl)
+	if err != nil {
+		return err
+	}
+	m.agentPID = w.agent.PID()
+	udp, packets, err := listenUDP()
+	if err != nil {
+		return err
+	}
+	cl.add(func() error { udp.Close(); return nil })
+
+	seq := 0
+	info, err := w.client.Create(ctx, secretName, []byte(sampleValue(seq)), controlplane.CreateOptions{})
+	if err != nil {
+		return fmt.Errorf("creating the secret: %w", err)
+	}
+	lb := &liveBench{cfg: cfg, w: w, packets: packets, port: udp.LocalAddr().(*net.UDPAddr).Port, seq: &seq}
+	progress("starting the live kernel")
+	if m.versions, err = setUpLiveKernel(ctx, lb, info.Version, &cl); err != nil {
+		return err
+	}
+	if m.memStart, err = readMemory(m.agentPID); err != nil {
+		return err
+	}
+	if st, err := w.agent.status(ctx); err == nil {
+		for _, k := range st.Kernels {
+			if k.ConnectionFile == lb.k.ConnFile {
+				m.mode = string(k.Mode)
+			}
+		}
+	}
+
+	progress(fmt.Sprintf("live, idle kernel: %d samples", cfg.n))
+	if m.idle, err = lb.measure(ctx, "live idle", cfg.n); err != nil {
+		return err
+	}
+	progress(fmt.Sprintf("live, busy kernel: %d samples", cfg.n))
+	if m.busy, err = lb.measureBusy(ctx, cfg.n); err != nil {
+		return err
+	}
+	// The live kernel is done: stop it as Jupyter would (its connection
+	// file goes), so that the agent forgets it.
+	_ = lb.c.Close()
+	if err := lb.k.kill(); err != nil {
+		return err
+	}
+	_ = os.Remove(lb.k.ConnFile)
+
+	progress(fmt.Sprintf("restarts, baseline and via injector alternating: %d each", cfg.restarts))
+	bk, err := newRestartKernel(cfg, w, filepath.Join(dir, "baseline-runtime"), nil, &cl)
+	if err != nil {
+		return err
+	}
+	ik, err := newRestartKernel(cfg, w, w.agent.runtimeDir,
+		[]string{cfg.nbsecrets, "inject", "--socket", w.agent.socket, "--"}, &cl)
+	if err != nil {
+		return err
+	}
+	base := &restartBench{cfg: cfg, w: w, k: bk, seq: &seq, valueInEnv: true}
+	inj := &restartBench{cfg: cfg, w: w, k: ik, seq: &seq}
+	if err := measureRestarts(ctx, cfg, []*restartBench{base, inj}, cfg.restarts); err != nil {
+		return err
+	}
+	m.baseline, m.injector = base.row, inj.row
+	_ = os.Remove(bk.ConnFile)
+	_ = os.Remove(ik.ConnFile)
+
+	if err := w.agent.alive(); err != nil {
+		return err
+	}
+	if m.mem, err = readMemory(m.agentPID); err != nil {
+		return err
+	}
+	r := build(cfg, m, started)
+	r.Duration = time.Since(started).Seconds()
+	r.writeTable(os.Stdout)
+	if cfg.out != "" {
+		if err := r.writeJSON(cfg.out); err != nil {
+			return fmt.Errorf("writing the JSON report: %w", err)
+		}
+		progress("JSON report in " + cfg.out)
+	}
+	return nil
+}
+
+func progress(msg string) { fmt.Fprintln(os.Stderr, "nbsecrets-bench:", msg) }

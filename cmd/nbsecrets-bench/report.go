@@ -1,0 +1,417 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// The targets of issue 3.
+const (
+	targetIdleP50 = 5 * time.Millisecond
+	targetIdleP99 = 15 * time.Millisecond
+	targetBusyP99 = 20 * time.Millisecond
+	targetRSS     = 20_000_000 // bytes: 20 MB, decimal, the stricter reading
+)
+
+// report is what the bench found; it is written as JSON to -out.
+type report struct {
+	Started  time.Time     `json:"started"`
+	Duration float64       `json:"duration_s"`
+	Machine  machine       `json:"machine"`
+	Config   configReport  `json:"config"`
+	Rows     []rowReport   `json:"rows"`
+	Ratios   ratios        `json:"ratios"`
+	Agent    agentReport   `json:"agent"`
+	Targets  []target      `json:"targets"`
+	Detail   detailReport  `json:"detail"`
+	Notes    []string      `json:"notes,omitempty"`
+	raw      *measurements // what the rows were made from
+}
+
+type machine struct {
+	Cores         int       `json:"cores"`
+	GoVersion     string    `json:"go_version"`
+	GOOS          string    `json:"goos"`
+	GOARCH        string    `json:"goarch"`
+	CPU           string    `json:"cpu_model,omitempty"`
+	Kernel        string    `json:"os_kernel,omitempty"`
+	Python        string    `json:"python"`
+	IPyKernel     string    `json:"ipykernel_version"`
+	IPython       string    `json:"ipython_version"`
+	JupyterClient string    `json:"jupyter_client_version"`
+	SwitchInt     float64   `json:"python_switch_interval_ms"`
+	LoadStart     string    `json:"loadavg_start,omitempty"`
+	LoadEnd       string    `json:"loadavg_end,omitempty"`
+	TempDirFS     string    `json:"temp_dir_fs,omitempty"`
+	Time          time.Time `json:"time"`
+}
+
+type configReport struct {
+	Samples         int     `json:"samples"`
+	Restarts        int     `json:"restarts"`
+	Warmup          int     `json:"warmup"`
+	PauseMS         float64 `json:"pause_ms"`
+	TimeoutMS       float64 `json:"timeout_ms"`
+	PollMS          float64 `json:"poll_interval_ms"`
+	AgentReseedMode string  `json:"agent_reseed_mode"`
+}
+
+type rowReport struct {
+	Name    string    `json:"name"`
+	N       int       `json:"n"`
+	Lost    int       `json:"lost"`
+	P50     float64   `json:"p50_ms,omitempty"`
+	P95     float64   `json:"p95_ms,omitempty"`
+	P99     float64   `json:"p99_ms,omitempty"`
+	Max     float64   `json:"max_ms,omitempty"`
+	Skipped string    `json:"skipped,omitempty"`
+	Failed  string    `json:"failed,omitempty"`
+	Samples []float64 `json:"samples_ms"`
+}
+
+type ratios struct {
+	BaselineOverIdle float64 `json:"baseline_p50_over_live_idle_p50,omitempty"`
+	BaselineOverBusy float64 `json:"baseline_p50_over_live_busy_p50,omitempty"`
+}
+
+type agentReport struct {
+	PID        int   `json:"pid"`
+	VmRSS      int64 `json:"vm_rss_bytes"`
+	VmHWM      int64 `json:"vm_hwm_bytes"`
+	VmRSSStart int64 `json:"vm_rss_bytes_after_start"`
+}
+
+type target struct {
+	Name  string  `json:"name"`
+	Limit float64 `json:"limit"`
+	Value float64 `json:"value"`
+	Unit  string  `json:"unit"`
+	Met   bool    `json:"met"`
+	Why   string  `json:"why_not,omitempty"`
+}
+
+// distribution is p50/p99 of a breakdown step, in ms.
+type distribution struct {
+	N   int     `json:"n"`
+	P50 float64 `json:"p50_ms,omitempty"`
+	P99 float64 `json:"p99_ms,omitempty"`
+	Max float64 `json:"max_ms,omitempty"`
+}
+
+func distOf(d []time.Duration) distribution {
+	s := summarize(d)
+	return distribution{N: s.N, P50: ms(s.P50), P99: ms(s.P99), Max: ms(s.Max)}
+}
+
+// liveDetail splits a live sample: the Update call, Update return to
+// putenv in the kernel, putenv to the poller's packet.
+type liveDetail struct {
+	UpdateCall   distribution `json:"update_call"`
+	Published    distribution `json:"update_return_to_record_published"`
+	ToPutenv     distribution `json:"update_return_to_putenv"`
+	PutenvToPoll distribution `json:"putenv_to_poller"`
+	NoPutenv     int          `json:"samples_without_putenv_packet,omitempty"`
+}
+
+// restartDetail splits a restart sample, each step from Update's return.
+type restartDetail struct {
+	UpdateCall   distribution `json:"update_call"`
+	Killed       distribution `json:"to_old_kernel_reaped"`
+	Dialled      distribution `json:"to_ports_accepting"`
+	Ready        distribution `json:"to_kernel_info_and_iopub"`
+	Output       distribution `json:"to_output"`
+	FromStartEnv int          `json:"value_in_start_env"`
+	ExtraCells   int          `json:"extra_cells"`
+	PortRetries  int          `json:"port_retries"`
+}
+
+type detailReport struct {
+	LiveIdle        liveDetail    `json:"live_idle"`
+	LiveBusy        liveDetail    `json:"live_busy"`
+	RestartBaseline restartDetail `json:"restart_baseline"`
+	RestartInjector restartDetail `json:"restart_injector"`
+}
+
+// measurements are the raw results of a run.
+type measurements struct {
+	idle, busy         *liveRow
+	baseline, injector *restartRow
+	mem, memStart      memory
+	agentPID           int
+	versions           *versions
+	mode               string
+	loadStart, tempFS  string
+}
+
+const (
+	rowIdle     = "live, idle kernel"
+	rowBusy     = "live, busy kernel"
+	rowBaseline = "restart (baseline)"
+	rowInjector = "restart via injector"
+)
+
+// build turns measurements into the report: rows, ratios, targets.
+func build(cfg *config, m *measurements, started time.Time) *report {
+	r := &report{Started: started, raw: m}
+	r.Machine = machineInfo()
+	r.Machine.Time = time.Now()
+	r.Machine.LoadStart, r.Machine.LoadEnd, r.Machine.TempDirFS = m.loadStart, loadavg(), m.tempFS
+	if v := m.versions; v != nil {
+		r.Machine.Python, r.Machine.IPyKernel, r.Machine.IPython, r.Machine.JupyterClient = v.Python, v.IPyKernel, v.IPython, v.JupyterClient
+		r.Machine.SwitchInt = v.SwitchInterval * 1000
+	}
+	r.Config = configReport{Samples: cfg.n, Restarts: cfg.restarts, Warmup: cfg.warmup, PauseMS: ms(cfg.pause),
+		TimeoutMS: ms(cfg.timeout), PollMS: 0.2, AgentReseedMode: m.mode}
+
+	idle := liveRowReport(rowIdle, m.idle)
+	busy := liveRowReport(rowBusy, m.busy)
+	base := restartRowReport(rowBaseline, m.baseline)
+	inj := restartRowReport(rowInjector, m.injector)
+	r.Rows = []rowReport{idle, busy, base, inj}
+	r.Detail = detailReport{LiveIdle: liveDetailOf(m.idle), LiveBusy: liveDetailOf(m.busy),
+		RestartBaseline: restartDetailOf(m.baseline), RestartInjector: restartDetailOf(m.injector)}
+
+	if base.N > 0 && idle.N > 0 && idle.P50 > 0 {
+		r.Ratios.BaselineOverIdle = base.P50 / idle.P50
+	}
+	if base.N > 0 && busy.N > 0 && busy.P50 > 0 {
+		r.Ratios.BaselineOverBusy = base.P50 / busy.P50
+	}
+	r.Agent = agentReport{PID: m.agentPID, VmRSS: m.mem.RSS, VmHWM: m.mem.HWM, VmRSSStart: m.memStart.RSS}
+	r.Targets = targets(idle, busy, m.mem)
+	if la := strings.Fields(m.loadStart); len(la) > 0 {
+		if l, err := strconv.ParseFloat(la[0], 64); err == nil && l >= float64(r.Machine.Cores) {
+			r.Notes = append(r.Notes, fmt.Sprintf("the machine was busy when the bench started: load average %.2f on %d cores; other processes competed for the CPUs", l, r.Machine.Cores))
+		}
+	}
+	return r
+}
+
+func liveRowReport(name string, lr *liveRow) rowReport {
+	row := rowReport{Name: name, Samples: []float64{}}
+	if lr == nil {
+		row.Failed = "not measured"
+		return row
+	}
+	fill(&row, lr.latencies())
+	row.Lost = lr.Lost
+	return row
+}
+
+func restartRowReport(name string, rr *restartRow) rowReport {
+	row := rowReport{Name: name, Samples: []float64{}}
+	if rr == nil {
+		row.Failed = "not measured"
+		return row
+	}
+	fill(&row, rr.latencies())
+	row.Skipped, row.Failed = rr.Skipped, rr.Failed
+	return row
+}
+
+func fill(row *rowReport, d []time.Duration) {
+	s := summarize(d)
+	row.N, row.P50, row.P95, row.P99, row.Max = s.N, ms(s.P50), ms(s.P95), ms(s.P99), ms(s.Max)
+	for _, v := range d {
+		row.Samples = append(row.Samples, ms(v))
+	}
+}
+
+func liveDetailOf(lr *liveRow) liveDetail {
+	var d liveDetail
+	if lr == nil {
+		return d
+	}
+	var upd, pubd, put, poll []time.Duration
+	for _, s := range lr.Samples {
+		upd = append(upd, s.Update)
+		if s.GotPub {
+			pubd = append(pubd, s.Published)
+		}
+		if s.GotPut {
+			put = append(put, s.Putenv)
+			poll = append(poll, s.Latency-s.Putenv)
+		} else {
+			d.NoPutenv++
+		}
+	}
+	d.UpdateCall, d.Published, d.ToPutenv, d.PutenvToPoll = distOf(upd), distOf(pubd), distOf(put), distOf(poll)
+	return d
+}
+
+func restartDetailOf(rr *restartRow) restartDetail {
+	var d restartDetail
+	if rr == nil {
+		return d
+	}
+	var upd, kill, dial, ready, out []time.Duration
+	for _, s := range rr.Samples {
+		upd, kill, dial = append(upd, s.Update), append(kill, s.Killed), append(dial, s.Dialled)
+		ready, out = append(ready, s.Ready), append(out, s.Latency)
+		if s.FromStart {
+			d.FromStartEnv++
+		}
+		d.ExtraCells += s.Cells - 1
+		d.PortRetries += s.PortRetries
+	}
+	d.UpdateCall, d.Killed, d.Dialled, d.Ready, d.Output = distOf(upd), distOf(kill), distOf(dial), distOf(ready), distOf(out)
+	return d
+}
+
+// targets judges the rows against issue 3's targets. A row with lost
+// samples or none at all does not meet its targets.
+func targets(idle, busy rowReport, mem memory) []target {
+	lat := func(name string, row rowReport, value float64, limit time.Duration) target {
+		t := target{Name: name, Limit: ms(limit), Value: value, Unit: "ms"}
+		switch {
+		case row.N == 0:
+			t.Why = "no samples"
+		case row.Lost > 0:
+			t.Why = fmt.Sprintf("%d samples lost", row.Lost)
+		default:
+			t.Met = value <= ms(limit)
+		}
+		return t
+	}
+	rss := target{Name: "agent VmRSS <= 20 MB", Limit: targetRSS / 1e6, Value: float64(mem.RSS) / 1e6, Unit: "MB"}
+	if mem.RSS == 0 {
+		rss.Why = "not measured"
+	} else {
+		rss.Met = mem.RSS <= targetRSS
+	}
+	return []target{
+		lat("live idle p50 <= 5 ms", idle, idle.P50, targetIdleP50),
+		lat("live idle p99 <= 15 ms", idle, idle.P99, targetIdleP99),
+		lat("live busy p99 <= 20 ms", busy, busy.P99, targetBusyP99),
+		rss,
+	}
+}
+
+// writeTable prints the report for people.
+func (r *report) writeTable(w io.Writer) {
+	m := r.Machine
+	fmt.Fprintf(w, "nbsecrets-bench: %d cores, %s, Python %s, ipykernel %s, agent re-seed mode %s\n",
+		m.Cores, m.GoVersion, m.Python, m.IPyKernel, r.Config.AgentReseedMode)
+	fmt.Fprintf(w, "load average at start %s, at end %s\n\n", m.LoadStart, m.LoadEnd)
+	fmt.Fprintf(w, "%-22s %5s %5s %10s %10s %10s %10s\n", "latency (ms)", "n", "lost", "p50", "p95", "p99", "max")
+	for _, row := range r.Rows {
+		switch {
+		case row.Skipped != "":
+			fmt.Fprintf(w, "%-22s skipped: %s\n", row.Name, row.Skipped)
+			continue
+		case row.N == 0:
+			fmt.Fprintf(w, "%-22s failed: %s\n", row.Name, row.Failed)
+			continue
+		}
+		fmt.Fprintf(w, "%-22s %5d %5d %10.2f %10.2f %10.2f %10.2f\n", row.Name, row.N, row.Lost, row.P50, row.P95, row.P99, row.Max)
+		if row.Failed != "" {
+			fmt.Fprintf(w, "%-22s   (stopped early: %s)\n", "", row.Failed)
+		}
+	}
+	fmt.Fprintln(w)
+	ratio := func(name string, v float64) {
+		if v == 0 {
+			fmt.Fprintf(w, "%s: n/a\n", name)
+			return
+		}
+		fmt.Fprintf(w, "%s: %.0fx\n", name, v)
+	}
+	ratio("restart baseline p50 / live idle p50", r.Ratios.BaselineOverIdle)
+	ratio("restart baseline p50 / live busy p50", r.Ratios.BaselineOverBusy)
+	fmt.Fprintf(w, "agent (pid %d) after the run: VmRSS %.1f MB, VmHWM %.1f MB (1 MB = 10^6 bytes); VmRSS after start %.1f MB\n\n",
+		r.Agent.PID, float64(r.Agent.VmRSS)/1e6, float64(r.Agent.VmHWM)/1e6, float64(r.Agent.VmRSSStart)/1e6)
+	fmt.Fprintln(w, "targets:")
+	for _, t := range r.Targets {
+		verdict := "met"
+		if !t.Met {
+			verdict = "NOT MET"
+			if t.Why != "" {
+				verdict += " (" + t.Why + ")"
+			}
+		}
+		fmt.Fprintf(w, "  %-26s %8.2f %-3s %s\n", t.Name, t.Value, t.Unit, verdict)
+	}
+	fmt.Fprintln(w, "\nwhere the time goes (p50 / p99 ms):")
+	ld := func(name string, d liveDetail) {
+		fmt.Fprintf(w, "  %s: Update call %.2f / %.2f; from Update return: record published %.2f / %.2f, putenv in kernel %.2f / %.2f; putenv -> poller %.2f / %.2f\n",
+			name, d.UpdateCall.P50, d.UpdateCall.P99, d.Published.P50, d.Published.P99, d.ToPutenv.P50, d.ToPutenv.P99, d.PutenvToPoll.P50, d.PutenvToPoll.P99)
+		if d.NoPutenv > 0 {
+			fmt.Fprintf(w, "    (%d samples without a putenv packet)\n", d.NoPutenv)
+		}
+	}
+	ld("live idle", r.Detail.LiveIdle)
+	ld("live busy", r.Detail.LiveBusy)
+	rd := func(name string, d restartDetail, n int) {
+		if n == 0 {
+			return
+		}
+		fmt.Fprintf(w, "  %s, from Update return: old kernel reaped %.1f / %.1f; ports accepting %.1f / %.1f; ready %.1f / %.1f; output %.1f / %.1f\n",
+			name, d.Killed.P50, d.Killed.P99, d.Dialled.P50, d.Dialled.P99, d.Ready.P50, d.Ready.P99, d.Output.P50, d.Output.P99)
+		fmt.Fprintf(w, "    value in the start environment in %d of %d; extra cells %d; port retries %d\n", d.FromStartEnv, n, d.ExtraCells, d.PortRetries)
+	}
+	rd("restart baseline", r.Detail.RestartBaseline, r.Rows[2].N)
+	rd("restart via injector", r.Detail.RestartInjector, r.Rows[3].N)
+	for _, n := range r.Notes {
+		fmt.Fprintf(w, "note: %s\n", n)
+	}
+}
+
+// writeJSON writes the report to path (0644; it holds no secret).
+func (r *report) writeJSON(path string) error {
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, append(b, '\n'), 0o644)
+}
+
+// machineInfo is what can be read of the machine without asking a kernel.
+func machineInfo() machine {
+	m := machine{Cores: runtime.NumCPU(), GoVersion: runtime.Version(), GOOS: runtime.GOOS, GOARCH: runtime.GOARCH}
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+				m.CPU = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		m.Kernel = strings.TrimSpace(string(b))
+	}
+	return m
+}
+
+// fsType names the file system that holds dir (the JetStream store and
+// the kernels' files live there).
+func fsType(dir string) string {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		return ""
+	}
+	names := map[int64]string{0x01021994: "tmpfs", 0xef53: "ext4", 0x794c7630: "overlayfs", 0x58465342: "xfs", 0x9123683e: "btrfs"}
+	if n, ok := names[int64(st.Type)]; ok {
+		return n
+	}
+	return fmt.Sprintf("fs type %#x", st.Type)
+}
+
+// loadavg is the first three fields of /proc/loadavg.
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return ""
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return ""
+	}
+	return strings.Join(f[:3], " ")
+}
