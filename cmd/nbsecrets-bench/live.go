@@ -115,6 +115,14 @@ while True:
     x += 1
 `
 
+// waitingCell is a cell that runs but mostly waits, releasing the GIL: a
+// sleep, as cells that wait on the network, on disk or in native code do.
+const waitingCell = `import socket as _sk, time as _t
+_sk.socket(_sk.AF_INET, _sk.SOCK_DGRAM).sendto(b'B', ('127.0.0.1', %d))
+while True:
+    _t.sleep(0.05)
+`
+
 // versions is what the set-up cell prints.
 type versions struct {
 	Python         string  `json:"python"`
@@ -309,24 +317,24 @@ func setUpLiveKernel(ctx context.Context, lb *liveBench, version uint64, cl *cle
 // measureBusy runs the busy cell on shell without waiting for it, takes the
 // samples while it runs, then interrupts it (SIGINT to the kernel process,
 // as jupyter_client does) and checks that the kernel is idle again.
-func (lb *liveBench) measureBusy(ctx context.Context, n int) (*liveRow, error) {
+func (lb *liveBench) measureBusy(ctx context.Context, n int, cell, label string) (*liveRow, error) {
 	cellCtx, cancelCell := context.WithCancel(ctx)
 	defer cancelCell()
 	done := make(chan execResult, 1)
 	go func() { // ends when the cell ends or cellCtx is cancelled
-		r, err := lb.c.Execute(cellCtx, jupyter.Shell, fmt.Sprintf(busyCell, lb.port), jupyter.ExecuteOptions{})
+		r, err := lb.c.Execute(cellCtx, jupyter.Shell, fmt.Sprintf(cell, lb.port), jupyter.ExecuteOptions{})
 		done <- execResult{r, err}
 	}()
 	if err := lb.waitBusy(ctx, done); err != nil {
 		return nil, err
 	}
-	row, err := lb.measure(ctx, "live busy", n)
+	row, err := lb.measure(ctx, label, n)
 	if err != nil {
 		return nil, err
 	}
 	select {
 	case r := <-done:
-		return nil, fmt.Errorf("live busy: the busy cell ended before the interrupt (%v %v): the samples were not all taken while it ran", r.err, replyErr(r.r))
+		return nil, fmt.Errorf("%s: the running cell ended before the interrupt (%v %v): the samples were not all taken while it ran", label, r.err, replyErr(r.r))
 	default:
 	}
 	if err := syscall.Kill(lb.k.PID(), syscall.SIGINT); err != nil {

@@ -272,8 +272,12 @@ func run(args []string) (err error) {
 	if m.idle, err = lb.measure(ctx, "live idle", cfg.n); err != nil {
 		return err
 	}
-	progress(fmt.Sprintf("live, busy kernel: %d samples", cfg.n))
-	if m.busy, err = lb.measureBusy(ctx, cfg.n); err != nil {
+	progress(fmt.Sprintf("live, cell waiting (GIL released): %d samples", cfg.n))
+	if m.waiting, err = lb.measureBusy(ctx, cfg.n, waitingCell, "live waiting"); err != nil {
+		return err
+	}
+	progress(fmt.Sprintf("live, cell computing (GIL held): %d samples", cfg.n))
+	if m.busy, err = lb.measureBusy(ctx, cfg.n, busyCell, "live busy"); err != nil {
 		return err
 	}
 	// The live kernel is done: stop it as Jupyter would (its connection

@@ -8,21 +8,21 @@ import (
 
 func TestTargets(t *testing.T) {
 	good := rowReport{N: 200, P50: 5, P99: 15}
-	ts := targets(good, rowReport{N: 200, P99: 20}, memory{RSS: targetRSS, HWM: targetRSS})
+	ts := targets(good, rowReport{N: 200, P99: 20}, rowReport{N: 200, P99: 20}, memory{RSS: targetRSS, HWM: targetRSS})
 	for _, tg := range ts {
 		if !tg.Met {
 			t.Errorf("%s: value %v at its limit %v: want met", tg.Name, tg.Value, tg.Limit)
 		}
 	}
 
-	over := targets(rowReport{N: 200, P50: 5.01, P99: 15.01}, rowReport{N: 200, P99: 20.01}, memory{RSS: targetRSS + 1})
+	over := targets(rowReport{N: 200, P50: 5.01, P99: 15.01}, rowReport{N: 200, P99: 20.01}, rowReport{N: 200, P99: 20.01}, memory{RSS: targetRSS + 1})
 	for _, tg := range over {
 		if tg.Met {
 			t.Errorf("%s: value %v over its limit %v: want not met", tg.Name, tg.Value, tg.Limit)
 		}
 	}
 
-	lost := targets(rowReport{N: 199, Lost: 1, P50: 1, P99: 1}, rowReport{}, memory{})
+	lost := targets(rowReport{N: 199, Lost: 1, P50: 1, P99: 1}, rowReport{N: 0}, rowReport{}, memory{})
 	for _, tg := range lost {
 		if tg.Met || tg.Why == "" {
 			t.Errorf("%s with lost samples, no samples or no measurement: got met=%v why=%q, want not met with a reason", tg.Name, tg.Met, tg.Why)
