@@ -1,0 +1,211 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nbsecrets/nbsecrets/agent"
+	"github.com/nbsecrets/nbsecrets/internal/kerneltest"
+	"github.com/nbsecrets/nbsecrets/protocol/jupyter"
+)
+
+// syncBuffer is a bytes.Buffer safe for a process's output and the test.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestEndToEnd builds the real binary and drives it as a user would:
+// `nbsecrets dev`, `secret create/update/delete`, a kernel started through
+// the injector, `status`, and a clean stop on SIGTERM.
+func TestEndToEnd(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary and runs real kernels")
+	}
+	kerneltest.Python(t)
+	tmp := t.TempDir()
+	bin := filepath.Join(tmp, "nbsecrets")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	state := filepath.Join(tmp, "state")
+	runtimeDir := filepath.Join(tmp, "runtime")
+	env := append(os.Environ(), "JUPYTER_DATA_DIR="+filepath.Join(tmp, "jupyter"), "JUPYTER_RUNTIME_DIR="+runtimeDir,
+		"NBSECRETS_LOG_LEVEL=debug")
+	nb := func(stdin string, args ...string) (string, error) {
+		t.Helper()
+		cmd := exec.Command(bin, args...)
+		cmd.Env = env
+		cmd.Stdin = strings.NewReader(stdin)
+		var out, errb bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &errb
+		err := cmd.Run()
+		if err != nil {
+			return out.String(), fmt.Errorf("nbsecrets %s: %w: %s", strings.Join(args, " "), err, errb.String())
+		}
+		return out.String(), nil
+	}
+
+	dev := exec.Command(bin, "dev", "--state-dir", state)
+	dev.Env = env
+	var devOut, devErr syncBuffer
+	dev.Stdout, dev.Stderr = &devOut, &devErr
+	if err := dev.Start(); err != nil {
+		t.Fatal(err)
+	}
+	devDone := make(chan error, 1)
+	go func() { devDone <- dev.Wait() }()
+	t.Cleanup(func() {
+		_ = dev.Process.Kill()
+		<-devDone
+	})
+	waitUntil(t, 30*time.Second, func() error {
+		if !strings.Contains(devOut.String(), "nbsecrets dev is running") {
+			return fmt.Errorf("dev not ready; stderr:\n%s", devErr.String())
+		}
+		return nil
+	})
+	info, err := readDevInfo(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	v1, v2 := "e2e-first-"+randHex(t), "e2e-second-"+randHex(t)
+	if _, err := nb(v1+"\n", "secret", "create", "--state-dir", state, "E2E_TOKEN"); err != nil {
+		t.Fatal(err)
+	}
+	// A kernel started through the injector has the value at start.
+	k := kerneltest.Start(t, kerneltest.Options{Dir: runtimeDir,
+		Prefix: []string{bin, "inject", "--socket", info.Socket, "--"}})
+	c := k.Client(t)
+	if got := kernelDigest(t, c, "E2E_TOKEN", "os.environ at start"); got != digest(v1) {
+		t.Fatal("the kernel did not start with the secret")
+	}
+	if got := kernelDigestNow(t, c, "import os; print(os.getpid())"); got != fmt.Sprint(k.PID()) {
+		t.Errorf("the kernel's pid %s is not the launched process %d: inject did not exec", got, k.PID())
+	}
+	// Live update and delete.
+	if _, err := nb(v2, "secret", "update", "--state-dir", state, "E2E_TOKEN"); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 20*time.Second, func() error {
+		if kernelDigest(t, c, "E2E_TOKEN", "update") != digest(v2) {
+			return fmt.Errorf("update not visible")
+		}
+		return nil
+	})
+	out, err := nb("", "secret", "delete", "--state-dir", state, "E2E_TOKEN")
+	if err != nil || !strings.Contains(out, "Secret destroyed") {
+		t.Fatalf("delete: %q %v", out, err)
+	}
+	waitUntil(t, 20*time.Second, func() error {
+		if kernelDigest(t, c, "E2E_TOKEN", "delete") != "unset" {
+			return fmt.Errorf("delete not visible")
+		}
+		return nil
+	})
+	// status: JSON for scripts, a table for people; never a value.
+	raw, err := nb("", "status", "--state-dir", state, "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st agent.Status
+	if err := json.Unmarshal([]byte(raw), &st); err != nil || len(st.Kernels) != 1 || st.Kernels[0].State != agent.StateLive {
+		t.Errorf("status --json: %v %+v", err, st.Kernels)
+	}
+	table, err := nb("", "status", "--state-dir", state)
+	if err != nil || !strings.Contains(table, "live") {
+		t.Errorf("status table: %v\n%s", err, table)
+	}
+	for _, s := range []string{raw, table, devOut.String(), devErr.String()} {
+		if strings.Contains(s, v1) || strings.Contains(s, v2) {
+			t.Error("a value appears in the output or logs of nbsecrets")
+		}
+	}
+	// A clean stop: exit 0, dev.json removed.
+	if err := dev.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-devDone:
+		devDone <- err // for the cleanup
+		if err != nil {
+			t.Errorf("dev after SIGTERM: %v\n%s", err, devErr.String())
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("dev did not stop within 20s of SIGTERM")
+	}
+	if _, err := os.Stat(filepath.Join(state, devInfoFile)); !os.IsNotExist(err) {
+		t.Errorf("dev.json left behind: %v", err)
+	}
+}
+
+func randHex(t *testing.T) string {
+	b := make([]byte, 8)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(b)
+}
+
+func digest(v string) string {
+	s := sha256.Sum256([]byte(v))
+	return hex.EncodeToString(s[:])
+}
+
+func kernelDigestNow(t *testing.T, c *jupyter.Client, code string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	res, err := c.Run(ctx, code)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(res.Stdout)
+}
+
+// kernelDigest is the sha256 of os.environ[name] in the kernel, or "unset".
+func kernelDigest(t *testing.T, c *jupyter.Client, name, what string) string {
+	t.Helper()
+	return kernelDigestNow(t, c, fmt.Sprintf("import os as _o, hashlib as _h\n_v = _o.environ.get(%q)\nprint('unset' if _v is None else _h.sha256(_v.encode()).hexdigest())\ndel _o, _h, _v", name))
+}
+
+func waitUntil(t *testing.T, total time.Duration, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(total)
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %v: %v", total, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
