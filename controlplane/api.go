@@ -17,10 +17,13 @@ const SubjectPrefix = "nbsecrets.api.v1."
 
 // The operations, each the last token of its subject.
 const (
-	opCreate = "create"
-	opUpdate = "update"
-	opDelete = "delete"
-	opList   = "list"
+	opCreate  = "create"
+	opUpdate  = "update"
+	opDelete  = "delete"
+	opList    = "list"
+	opClone   = "clone"
+	opShare   = "share"
+	opUnshare = "unshare"
 )
 
 // MaxClockSkew is how far a request's timestamp may be from the service's
@@ -49,12 +52,22 @@ type requestEnvelope struct {
 
 // requestBody is what a user signs.
 type requestBody struct {
-	Op      string    `json:"op"`   // must match the subject's last token
-	User    string    `json:"user"` // who signs
-	Time    time.Time `json:"ts"`
-	Nonce   string    `json:"nonce"` // random, never reused
-	Name    string    `json:"name,omitempty"`
-	Project string    `json:"project,omitempty"` // create: the project, "" = private
+	Op    string    `json:"op"`   // must match the subject's last token
+	User  string    `json:"user"` // who signs
+	Time  time.Time `json:"ts"`
+	Nonce string    `json:"nonce"` // random, never reused
+	Name  string    `json:"name,omitempty"`
+	// Project is, for create and clone, the project of the new secret ("" =
+	// private to the caller).
+	Project string `json:"project,omitempty"`
+	// In picks the secret called Name in this project instead of resolving
+	// the name by precedence (the caller's own first).
+	In string `json:"in,omitempty"`
+	// NewName is, for update, the secret's new name ("" = keep it) and, for
+	// clone, the copy's name.
+	NewName string `json:"new_name,omitempty"`
+	// Community is the community of share and unshare.
+	Community string `json:"community,omitempty"`
 	// EphemeralKey is the client's one-time curve public key; Sealed is the
 	// value box (sealedValue) from it to the service's curve key. Both are
 	// empty when the request carries no value.
@@ -85,12 +98,27 @@ type replyError struct {
 
 // SecretInfo describes a secret. It never holds a value.
 type SecretInfo struct {
-	ID        string         `json:"id"`
-	Name      string         `json:"name"`
-	Scope     protocol.Scope `json:"scope"`
-	Version   uint64         `json:"version"`
-	UpdatedAt time.Time      `json:"updated_at"`
-	UpdatedBy string         `json:"updated_by"`
+	ID    string         `json:"id"`
+	Name  string         `json:"name"`
+	Scope protocol.Scope `json:"scope"` // who owns it: user:<id> or project:<id>
+	// Version counts the secret's record changes: the user's and those a
+	// directory change caused (a workspace losing or gaining it).
+	Version   uint64    `json:"version"`
+	UpdatedAt time.Time `json:"updated_at"` // the last change a user made
+	UpdatedBy string    `json:"updated_by"`
+	CreatedBy string    `json:"created_by,omitempty"`
+	// Communities are those the secret is shared with.
+	Communities []string `json:"communities,omitempty"`
+	// Workspaces are those that receive it now.
+	Workspaces []string `json:"workspaces,omitempty"`
+	// In a list: whether the caller may change it, the community share
+	// through which the caller sees it when it is not in one of the
+	// caller's own scopes, and the scope of a same-named secret that wins
+	// over it in the caller's workspaces (private over project over
+	// community).
+	Editable   bool            `json:"editable"`
+	Via        string          `json:"via,omitempty"`
+	ShadowedBy *protocol.Scope `json:"shadowed_by,omitempty"`
 }
 
 // CreateOptions are the choices of a create. The zero value makes a secret

@@ -9,8 +9,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
-
-	"github.com/nbsecrets/nbsecrets/protocol"
 )
 
 // defaultTimeout bounds a request whose context has no deadline.
@@ -39,8 +37,8 @@ func NewClient(nc *nats.Conn, userID string, userKey nkeys.KeyPair, serviceCurve
 // shared with opt.Project. It fails with ErrExists when the scope already
 // has a secret of that name.
 func (c *Client) Create(ctx context.Context, name string, value []byte, opt CreateOptions) (*SecretInfo, error) {
-	if err := protocol.ValidateName(name); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+	if err := validName(name); err != nil {
+		return nil, err
 	}
 	if err := checkValue(value); err != nil {
 		return nil, err
@@ -52,16 +50,48 @@ func (c *Client) Create(ctx context.Context, name string, value []byte, opt Crea
 	return rep.secret()
 }
 
-// Update gives the secret called name a new value; nil keeps the value and
-// only re-sends it under a new version. The caller's own secret of that
-// name wins over a project's.
-func (c *Client) Update(ctx context.Context, name string, value []byte) (*SecretInfo, error) {
+// Option changes what an operation acts on. Each option's documentation
+// says which operations take it; the others ignore it.
+type Option func(*requestBody)
+
+// InProject picks the secret called name in project p (update, delete,
+// share; for clone, the source). Default: the name is resolved by
+// precedence, the caller's own secret first, then the one project secret
+// of that name among the caller's projects (ErrAmbiguous when there are
+// several).
+func InProject(p string) Option { return func(r *requestBody) { r.In = p } }
+
+// Rename gives the secret a new name in an update. Default: the name stays.
+// The secret keeps its id, so workspaces unset the old variable and set the
+// new one.
+func Rename(newName string) Option { return func(r *requestBody) { r.NewName = newName } }
+
+// ToProject puts a clone in project p. Default: private to the caller.
+func ToProject(p string) Option { return func(r *requestBody) { r.Project = p } }
+
+func apply(r *requestBody, opts []Option) *requestBody {
+	for _, o := range opts {
+		o(r)
+	}
+	return r
+}
+
+// Update gives the secret called name a new value; nil keeps the value
+// (and, without Rename, only re-sends it under a new version). Options:
+// Rename, InProject.
+func (c *Client) Update(ctx context.Context, name string, value []byte, opts ...Option) (*SecretInfo, error) {
 	if value != nil {
 		if err := checkValue(value); err != nil {
 			return nil, err
 		}
 	}
-	rep, err := c.call(ctx, &requestBody{Op: opUpdate, Name: name}, value)
+	req := apply(&requestBody{Op: opUpdate, Name: name}, opts)
+	if req.NewName != "" {
+		if err := validName(req.NewName); err != nil {
+			return nil, err
+		}
+	}
+	rep, err := c.call(ctx, req, value)
 	if err != nil {
 		return nil, err
 	}
@@ -69,14 +99,58 @@ func (c *Client) Update(ctx context.Context, name string, value []byte) (*Secret
 }
 
 // Delete destroys the secret called name: every workspace that had it gets
-// a signed tombstone.
-func (c *Client) Delete(ctx context.Context, name string) error {
-	_, err := c.call(ctx, &requestBody{Op: opDelete, Name: name}, nil)
+// a signed tombstone. Options: InProject.
+func (c *Client) Delete(ctx context.Context, name string, opts ...Option) error {
+	_, err := c.call(ctx, apply(&requestBody{Op: opDelete, Name: name}, opts), nil)
 	return err
 }
 
-// List returns the secrets the caller can see, their own first, then each
-// project's, by name within a scope. It never returns a value.
+// Clone makes newName, an independent copy (a new id) of the secret called
+// name, which may be one the caller can only use (shared through a
+// community). value is the copy's value; nil copies the source's. Later
+// changes to either leave the other alone. Options: ToProject (where the
+// copy goes), InProject (where the source is).
+func (c *Client) Clone(ctx context.Context, name, newName string, value []byte, opts ...Option) (*SecretInfo, error) {
+	if err := validName(newName); err != nil {
+		return nil, err
+	}
+	if value != nil {
+		if err := checkValue(value); err != nil {
+			return nil, err
+		}
+	}
+	rep, err := c.call(ctx, apply(&requestBody{Op: opClone, Name: name, NewName: newName}, opts), value)
+	if err != nil {
+		return nil, err
+	}
+	return rep.secret()
+}
+
+// Share shares the secret called name with community: it then reaches
+// every workspace of the community's projects. The caller must be an admin
+// of the community and allowed to change the secret. Options: InProject.
+func (c *Client) Share(ctx context.Context, name, community string, opts ...Option) (*SecretInfo, error) {
+	rep, err := c.call(ctx, apply(&requestBody{Op: opShare, Name: name, Community: community}, opts), nil)
+	if err != nil {
+		return nil, err
+	}
+	return rep.secret()
+}
+
+// Unshare withdraws the secret shared with community under name; only an
+// admin of the community may. Workspaces that had it only through the
+// share lose it.
+func (c *Client) Unshare(ctx context.Context, name, community string) (*SecretInfo, error) {
+	rep, err := c.call(ctx, &requestBody{Op: opUnshare, Name: name, Community: community}, nil)
+	if err != nil {
+		return nil, err
+	}
+	return rep.secret()
+}
+
+// List returns the secrets the caller can see: their own, their projects',
+// then those shared with their communities, with who receives each. It
+// never returns a value.
 func (c *Client) List(ctx context.Context) ([]SecretInfo, error) {
 	rep, err := c.call(ctx, &requestBody{Op: opList}, nil)
 	if err != nil {

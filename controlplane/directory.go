@@ -1,7 +1,12 @@
 package controlplane
 
 import (
+	"bytes"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
+	"os"
 	"slices"
 	"strings"
 
@@ -10,14 +15,19 @@ import (
 	"github.com/nbsecrets/nbsecrets/protocol"
 )
 
+// maxDirectorySize bounds a directory file.
+const maxDirectorySize = 16 << 20
+
 // Directory is who exists and who belongs where: the users, projects,
-// communities and workspaces the service serves. Issue 3's service reads it
-// once, in New; a later one will load it from the platform.
+// communities and workspaces the service serves. Its JSON form is the
+// directory file (see the package documentation and
+// deploy/directory.example.json).
 type Directory struct {
 	Users       []User      `json:"users"`
 	Projects    []Project   `json:"projects"`
 	Communities []Community `json:"communities"`
 	Workspaces  []Workspace `json:"workspaces"`
+	Comment     string      `json:"//,omitempty"` // free text, ignored: a note in the file
 }
 
 // User is a person. PublicKey is the user's ed25519 user nkey ("U..."): the
@@ -25,6 +35,7 @@ type Directory struct {
 type User struct {
 	ID        string `json:"id"`
 	PublicKey string `json:"publicKey"`
+	Comment   string `json:"//,omitempty"` // free text, ignored: a note in the file
 }
 
 // Project is a group of users; its secrets reach every workspace that lists
@@ -32,6 +43,7 @@ type User struct {
 type Project struct {
 	ID      string   `json:"id"`
 	Members []Member `json:"members"`
+	Comment string   `json:"//,omitempty"` // free text, ignored: a note in the file
 }
 
 // Member is a user's role in a project: RoleAdmin or RoleMember.
@@ -41,32 +53,133 @@ type Member struct {
 }
 
 // The roles of a project member. Any member may create a project secret;
-// a project admin, or the member who created the secret, may update or
-// delete it.
+// a project admin, or the member who created the secret, may update,
+// rename, delete or share it.
 const (
 	RoleAdmin  = "admin"
 	RoleMember = "member"
 )
 
-// Community is a group of projects with its own admins. Its secrets reach
-// every workspace of its projects (issue 4: nothing creates them yet).
+// Community is a group of projects with its own admins. Only an admin may
+// share a secret with it or withdraw one; a shared secret reaches every
+// workspace of the community's projects.
 type Community struct {
 	ID       string   `json:"id"`
 	Admins   []string `json:"admins"`
 	Projects []string `json:"projects"`
+	Comment  string   `json:"//,omitempty"` // free text, ignored: a note in the file
 }
 
 // Workspace is where kernels run, served by one agent. It receives its
-// owner's private secrets and the secrets of the projects it lists, sealed
-// to CurveKey, its curve public key ("X...").
+// owner's private secrets, the secrets of the projects it lists and those
+// shared with the communities of those projects, sealed to CurveKey, its
+// curve public key ("X...").
 type Workspace struct {
 	ID       string   `json:"id"`
 	Owner    string   `json:"owner"`
 	Projects []string `json:"projects"`
 	CurveKey string   `json:"curveKey"`
+	Comment  string   `json:"//,omitempty"` // free text, ignored: a note in the file
 }
 
-// directory is a checked Directory with its lookups.
+// LoadDirectory reads and checks a directory file. Unknown fields are
+// refused (a misspelt "member" would otherwise silently drop a person), and
+// every error names the field at fault, as in
+// `directory: workspaces[1].projects[0]: unknown project "ml2"`.
+func LoadDirectory(path string) (*Directory, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("directory: %w", err)
+	}
+	defer f.Close()
+	d, err := DecodeDirectory(f)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if err := d.Validate(); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return d, nil
+}
+
+// DecodeDirectory parses a directory file's JSON strictly (no unknown
+// fields, nothing after the object) without checking its content; see
+// Validate. nbsecrets dev uses it to fill in keys it generates.
+func DecodeDirectory(r io.Reader) (*Directory, error) {
+	data, err := io.ReadAll(io.LimitReader(r, maxDirectorySize+1))
+	if err != nil {
+		return nil, fmt.Errorf("directory: reading: %w", err)
+	}
+	if len(data) > maxDirectorySize {
+		return nil, fmt.Errorf("directory: larger than %d bytes", maxDirectorySize)
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	var d Directory
+	if err := dec.Decode(&d); err != nil {
+		var se *json.SyntaxError
+		if errors.As(err, &se) {
+			line := 1 + bytes.Count(data[:min(int(se.Offset), len(data))], []byte("\n"))
+			return nil, fmt.Errorf("directory: line %d: %w", line, err)
+		}
+		return nil, fmt.Errorf("directory: %w", err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, errors.New("directory: data after the JSON object")
+	}
+	return &d, nil
+}
+
+// Validate checks d: every id valid and unique, every reference known,
+// every key of the right kind. The error names the field at fault.
+func (d *Directory) Validate() error {
+	_, err := newDirectory(d)
+	return err
+}
+
+// Access is what one workspace may receive under a directory, as its agent
+// must be configured to check it (agent.Workspace; nbsecrets agent --owner,
+// --projects, --communities).
+type Access struct {
+	Owner string
+	// Projects are the workspace's projects that its owner is a member of:
+	// a project the owner left no longer reaches the workspace.
+	Projects []string
+	// Communities are those holding one of Projects, sorted: their shared
+	// secrets reach the workspace.
+	Communities []string
+}
+
+// AccessOf returns what workspace ws may receive, false if d has no such
+// workspace. d need not be valid.
+func (d *Directory) AccessOf(ws string) (Access, bool) {
+	for _, w := range d.Workspaces {
+		if w.ID != ws {
+			continue
+		}
+		a := Access{Owner: w.Owner}
+		for _, p := range d.Projects {
+			if slices.Contains(w.Projects, p.ID) && slices.ContainsFunc(p.Members, func(m Member) bool { return m.User == w.Owner }) {
+				a.Projects = append(a.Projects, p.ID)
+			}
+		}
+		slices.Sort(a.Projects)
+		a.Projects = slices.Compact(a.Projects)
+		for _, c := range d.Communities {
+			if slices.ContainsFunc(c.Projects, func(p string) bool { return slices.Contains(a.Projects, p) }) {
+				a.Communities = append(a.Communities, c.ID)
+			}
+		}
+		slices.Sort(a.Communities)
+		a.Communities = slices.Compact(a.Communities)
+		return a, true
+	}
+	return Access{}, false
+}
+
+// directory is a checked Directory with its lookups. It is never changed
+// once made: SetDirectory swaps in a new one. Its workspaces list only the
+// projects their owners are members of.
 type directory struct {
 	users       map[string]nkeys.KeyPair     // user -> public key
 	roles       map[string]map[string]string // project -> user -> role
@@ -74,8 +187,7 @@ type directory struct {
 	workspaces  []Workspace // sorted by ID
 }
 
-// newDirectory checks d: every id valid and unique, every reference known,
-// every key of the right kind.
+// newDirectory checks d and builds its lookups.
 func newDirectory(d *Directory) (*directory, error) {
 	if d == nil {
 		return nil, fmt.Errorf("%w: no directory", ErrInvalid)
@@ -85,89 +197,101 @@ func newDirectory(d *Directory) (*directory, error) {
 		roles:       make(map[string]map[string]string),
 		communities: make(map[string]Community),
 	}
-	for _, u := range d.Users {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("directory: "+format, args...)
+	}
+	for i, u := range d.Users {
 		if err := protocol.ValidateID(u.ID); err != nil {
-			return nil, fmt.Errorf("directory: user: %w", err)
+			return nil, bad("users[%d].id: %w", i, err)
 		}
 		if _, dup := x.users[u.ID]; dup {
-			return nil, fmt.Errorf("directory: user %s listed twice", u.ID)
+			return nil, bad("users[%d].id: user %s listed twice", i, u.ID)
 		}
 		if !nkeys.IsValidPublicUserKey(u.PublicKey) {
-			return nil, fmt.Errorf("directory: user %s: public key is not an ed25519 user nkey (U...)", u.ID)
+			return nil, bad("users[%d].publicKey: user %s: not an ed25519 user nkey (U...)", i, u.ID)
 		}
 		kp, err := nkeys.FromPublicKey(u.PublicKey)
 		if err != nil {
-			return nil, fmt.Errorf("directory: user %s: %w", u.ID, err)
+			return nil, bad("users[%d].publicKey: user %s: %w", i, u.ID, err)
 		}
 		x.users[u.ID] = kp
 	}
-	for _, p := range d.Projects {
+	for i, p := range d.Projects {
 		if err := protocol.ValidateID(p.ID); err != nil {
-			return nil, fmt.Errorf("directory: project: %w", err)
+			return nil, bad("projects[%d].id: %w", i, err)
 		}
 		if _, dup := x.roles[p.ID]; dup {
-			return nil, fmt.Errorf("directory: project %s listed twice", p.ID)
+			return nil, bad("projects[%d].id: project %s listed twice", i, p.ID)
 		}
 		roles := make(map[string]string)
-		for _, m := range p.Members {
+		for j, m := range p.Members {
 			if _, ok := x.users[m.User]; !ok {
-				return nil, fmt.Errorf("directory: project %s: unknown member %q", p.ID, m.User)
+				return nil, bad("projects[%d].members[%d].user: project %s: unknown user %q", i, j, p.ID, m.User)
+			}
+			if _, dup := roles[m.User]; dup {
+				return nil, bad("projects[%d].members[%d].user: project %s: %s listed twice", i, j, p.ID, m.User)
 			}
 			if m.Role != RoleAdmin && m.Role != RoleMember {
-				return nil, fmt.Errorf("directory: project %s: member %s: role %q is neither %q nor %q", p.ID, m.User, m.Role, RoleAdmin, RoleMember)
+				return nil, bad("projects[%d].members[%d].role: project %s: member %s: role %q is neither %q nor %q", i, j, p.ID, m.User, m.Role, RoleAdmin, RoleMember)
 			}
 			roles[m.User] = m.Role
 		}
 		x.roles[p.ID] = roles
 	}
-	for _, c := range d.Communities {
+	for i, c := range d.Communities {
 		if err := protocol.ValidateID(c.ID); err != nil {
-			return nil, fmt.Errorf("directory: community: %w", err)
+			return nil, bad("communities[%d].id: %w", i, err)
 		}
 		if _, dup := x.communities[c.ID]; dup {
-			return nil, fmt.Errorf("directory: community %s listed twice", c.ID)
+			return nil, bad("communities[%d].id: community %s listed twice", i, c.ID)
 		}
-		for _, a := range c.Admins {
+		for j, a := range c.Admins {
 			if _, ok := x.users[a]; !ok {
-				return nil, fmt.Errorf("directory: community %s: unknown admin %q", c.ID, a)
+				return nil, bad("communities[%d].admins[%d]: community %s: unknown user %q", i, j, c.ID, a)
 			}
 		}
-		for _, p := range c.Projects {
+		for j, p := range c.Projects {
 			if _, ok := x.roles[p]; !ok {
-				return nil, fmt.Errorf("directory: community %s: unknown project %q", c.ID, p)
+				return nil, bad("communities[%d].projects[%d]: community %s: unknown project %q", i, j, c.ID, p)
 			}
 		}
+		c.Admins, c.Projects = slices.Clone(c.Admins), slices.Clone(c.Projects)
 		x.communities[c.ID] = c
 	}
 	seen := make(map[string]bool)
-	for _, w := range d.Workspaces {
+	for i, w := range d.Workspaces {
 		if err := protocol.ValidateID(w.ID); err != nil {
-			return nil, fmt.Errorf("directory: workspace: %w", err)
+			return nil, bad("workspaces[%d].id: %w", i, err)
 		}
 		if seen[w.ID] {
-			return nil, fmt.Errorf("directory: workspace %s listed twice", w.ID)
+			return nil, bad("workspaces[%d].id: workspace %s listed twice", i, w.ID)
 		}
 		seen[w.ID] = true
 		if _, ok := x.users[w.Owner]; !ok {
-			return nil, fmt.Errorf("directory: workspace %s: unknown owner %q", w.ID, w.Owner)
+			return nil, bad("workspaces[%d].owner: workspace %s: unknown user %q", i, w.ID, w.Owner)
 		}
-		for _, p := range w.Projects {
+		for j, p := range w.Projects {
 			if _, ok := x.roles[p]; !ok {
-				return nil, fmt.Errorf("directory: workspace %s: unknown project %q", w.ID, p)
+				return nil, bad("workspaces[%d].projects[%d]: workspace %s: unknown project %q", i, j, w.ID, p)
 			}
 		}
 		if !nkeys.IsValidPublicCurveKey(w.CurveKey) {
-			return nil, fmt.Errorf("directory: workspace %s: curve key is not a curve public key (X...)", w.ID)
+			return nil, bad("workspaces[%d].curveKey: workspace %s: not a curve public key (X...)", i, w.ID)
 		}
-		w.Projects = slices.Clone(w.Projects)
+		// A project reaches the workspace only while its owner is a member.
+		w.Projects = slices.DeleteFunc(slices.Clone(w.Projects), func(p string) bool {
+			_, member := x.roles[p][w.Owner]
+			return !member
+		})
 		x.workspaces = append(x.workspaces, w)
 	}
 	slices.SortFunc(x.workspaces, func(a, b Workspace) int { return strings.Compare(a.ID, b.ID) })
 	return x, nil
 }
 
-// scopesOf are the scopes whose secrets user sees, in order of precedence:
-// the user's own, then each project the user is a member of, by id.
+// scopesOf are the scopes whose secrets user may change, in order of
+// precedence: the user's own, then each project the user is a member of, by
+// id.
 func (d *directory) scopesOf(user string) []protocol.Scope {
 	scopes := []protocol.Scope{{Kind: protocol.ScopeUser, ID: user}}
 	var projects []string
@@ -183,6 +307,23 @@ func (d *directory) scopesOf(user string) []protocol.Scope {
 	return scopes
 }
 
+// communitiesOf are the communities whose shared secrets user sees: those
+// holding a project the user is a member of, and those the user
+// administers. Sorted.
+func (d *directory) communitiesOf(user string) []protocol.Scope {
+	var out []protocol.Scope
+	for id, c := range d.communities {
+		if slices.Contains(c.Admins, user) || slices.ContainsFunc(c.Projects, func(p string) bool {
+			_, ok := d.roles[p][user]
+			return ok
+		}) {
+			out = append(out, protocol.Scope{Kind: protocol.ScopeCommunity, ID: id})
+		}
+	}
+	slices.SortFunc(out, func(a, b protocol.Scope) int { return strings.Compare(a.ID, b.ID) })
+	return out
+}
+
 // mayCreate reports why user may not create a secret in scope, or nil.
 func (d *directory) mayCreate(user string, scope protocol.Scope) error {
 	switch scope.Kind {
@@ -194,14 +335,15 @@ func (d *directory) mayCreate(user string, scope protocol.Scope) error {
 		if _, ok := d.roles[scope.ID][user]; ok {
 			return nil
 		}
-		return fmt.Errorf("%w: %s is not a member of project %q", ErrForbidden, user, scope.ID)
+		return fmt.Errorf("%w: %s is not a member of project %q (only members create its secrets)", ErrForbidden, user, scope.ID)
 	}
 	return fmt.Errorf("%w: %s may not create secrets in %s", ErrForbidden, user, scope)
 }
 
-// mayWrite reports why user may not update or delete a secret of scope that
-// creator created, or nil: a private secret only by its owner, a project
-// secret by a project admin or by the member who created it.
+// mayWrite reports why user may not change (update, rename, delete, share)
+// a secret of scope that creator created, or nil: a private secret only by
+// its owner, a project secret by a project admin or by the member who
+// created it. Nobody changes a secret through a community share.
 func (d *directory) mayWrite(user string, scope protocol.Scope, creator string) error {
 	switch scope.Kind {
 	case protocol.ScopeUser:
@@ -219,6 +361,19 @@ func (d *directory) mayWrite(user string, scope protocol.Scope, creator string) 
 	return fmt.Errorf("%w: %s may not change secrets of %s", ErrForbidden, user, scope)
 }
 
+// mayAdminister reports why user may not share with or unshare from
+// community c, or nil.
+func (d *directory) mayAdminister(user, community string) error {
+	c, ok := d.communities[community]
+	if !ok {
+		return fmt.Errorf("%w: no community %q", ErrNotFound, community)
+	}
+	if !slices.Contains(c.Admins, user) {
+		return fmt.Errorf("%w: only an admin of community %q may share secrets with it or withdraw them; %s is not one", ErrForbidden, community, user)
+	}
+	return nil
+}
+
 // recipients are the workspaces that receive a secret of scope, by id.
 func (d *directory) recipients(scope protocol.Scope) []Workspace {
 	var out []Workspace
@@ -233,8 +388,8 @@ func (d *directory) recipients(scope protocol.Scope) []Workspace {
 				out = append(out, w)
 			}
 		case protocol.ScopeCommunity:
-			c := d.communities[scope.ID]
-			if slices.ContainsFunc(w.Projects, func(p string) bool { return slices.Contains(c.Projects, p) }) {
+			c, ok := d.communities[scope.ID]
+			if ok && slices.ContainsFunc(w.Projects, func(p string) bool { return slices.Contains(c.Projects, p) }) {
 				out = append(out, w)
 			}
 		}

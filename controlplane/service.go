@@ -5,9 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -59,7 +59,8 @@ type Service struct {
 	signPub  string // public signing key, to read back our own records
 	curvePub string
 	curve    nkeys.KeyPair
-	dir      *directory
+	dir      atomic.Pointer[directory] // swapped by SetDirectory
+	dirMu    sync.Mutex                // serialises directory swaps and their reconciliation
 	log      hclog.Logger
 	now      func() time.Time
 	nonces   nonceCache
@@ -74,6 +75,7 @@ type Service struct {
 
 	mu       sync.Mutex
 	started  bool
+	ready    bool // Start has reconciled: SetDirectory must reconcile too
 	stopped  bool
 	sub      *nats.Subscription
 	inflight sync.WaitGroup
@@ -105,7 +107,7 @@ func New(opts Options) (*Service, error) {
 	}
 	s := &Service{
 		nc: opts.Conn, sealer: sealer, signPub: signPub, curvePub: curvePub, curve: opts.CurveKey,
-		dir: dir, log: opts.Logger, now: opts.Now, slots: make(chan struct{}, maxInFlight),
+		log: opts.Logger, now: opts.Now, slots: make(chan struct{}, maxInFlight),
 	}
 	if s.log == nil {
 		s.log = hclog.NewNullLogger()
@@ -114,6 +116,7 @@ func New(opts Options) (*Service, error) {
 	if s.now == nil {
 		s.now = time.Now
 	}
+	s.dir.Store(dir)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	return s, nil
 }
@@ -150,8 +153,19 @@ func (s *Service) Start(ctx context.Context) error {
 		return err
 	}
 	s.store = &store{kv: kv, curve: s.curve, pub: s.curvePub}
-	if err := s.reconcile(ctx); err != nil {
+	s.dirMu.Lock()
+	_, failed, err := s.reconcile(ctx, s.dir.Load(), nil)
+	if err == nil {
+		s.mu.Lock()
+		s.ready = true
+		s.mu.Unlock()
+	}
+	s.dirMu.Unlock()
+	if err != nil {
 		return err
+	}
+	for _, err := range failed {
+		s.log.Error("reconciling secret", "error", err)
 	}
 	sub, err := s.nc.QueueSubscribe(SubjectPrefix+"*", QueueGroup, s.dispatch)
 	if err != nil {
@@ -246,6 +260,12 @@ func (s *Service) handle(m *nats.Msg) {
 			rep.Secret, err = s.delete(ctx, req)
 		case opList:
 			rep.Secrets, err = s.list(ctx, req)
+		case opClone:
+			rep.Secret, err = s.clone(ctx, req, value)
+		case opShare:
+			rep.Secret, err = s.share(ctx, req)
+		case opUnshare:
+			rep.Secret, err = s.unshare(ctx, req)
 		default:
 			err = fmt.Errorf("%w: unknown operation %q", ErrInvalid, op)
 		}
@@ -305,7 +325,7 @@ func (s *Service) authenticate(op string, data []byte) (*requestBody, []byte, er
 	if err := decodeStrict(raw, &req); err != nil {
 		return nil, nil, fmt.Errorf("%w: signed request is malformed", ErrUnauthenticated)
 	}
-	key, ok := s.dir.users[req.User]
+	key, ok := s.dir.Load().users[req.User]
 	if !ok {
 		return nil, nil, fmt.Errorf("%w: unknown user %q", ErrUnauthenticated, printable(req.User))
 	}
@@ -369,336 +389,6 @@ func checkValue(value []byte) error {
 func checkLookupName(name string) error {
 	if err := protocol.ValidateName(name); err != nil && !errors.Is(err, protocol.ErrForbiddenName) {
 		return fmt.Errorf("%w: %w", ErrInvalid, err)
-	}
-	return nil
-}
-
-func (s *Service) create(ctx context.Context, req *requestBody, value []byte) (*SecretInfo, error) {
-	if err := protocol.ValidateName(req.Name); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
-	}
-	if err := checkValue(value); err != nil {
-		return nil, err
-	}
-	scope := protocol.Scope{Kind: protocol.ScopeUser, ID: req.User}
-	if req.Project != "" {
-		if err := protocol.ValidateID(req.Project); err != nil {
-			return nil, fmt.Errorf("%w: project: %w", ErrInvalid, err)
-		}
-		scope = protocol.Scope{Kind: protocol.ScopeProject, ID: req.Project}
-	}
-	if err := s.dir.mayCreate(req.User, scope); err != nil {
-		return nil, err
-	}
-	id := newSecretID()
-	if err := s.store.claimName(ctx, scope, req.Name, id); err != nil {
-		return nil, err
-	}
-	now := s.now().UTC()
-	m := &secretMeta{ID: id, Name: req.Name, Scope: scope, Version: 1,
-		CreatedAt: now, CreatedBy: req.User, UpdatedAt: now, UpdatedBy: req.User}
-	var err error
-	if m.Sealed, err = s.store.seal(id, value); err == nil {
-		s.target(m)
-		err = s.store.put(ctx, m, 0)
-	}
-	if err != nil {
-		return nil, errors.Join(err, s.store.releaseName(ctx, scope, req.Name, id))
-	}
-	if err := s.publish(ctx, m, value); err != nil {
-		return nil, err
-	}
-	s.log.Info("secret created", "op", opCreate, "user", req.User, "name", m.Name, "scope", m.Scope.String(),
-		"id", m.ID, "version", m.Version, "workspaces", len(m.Visible))
-	info := m.info()
-	return &info, nil
-}
-
-// update sets a secret's value; with value nil it keeps the value and only
-// bumps the version and re-sends the records.
-func (s *Service) update(ctx context.Context, req *requestBody, value []byte) (*SecretInfo, error) {
-	if value != nil {
-		if err := checkValue(value); err != nil {
-			return nil, err
-		}
-	}
-	found, err := s.resolve(ctx, req.User, req.Name)
-	if err != nil {
-		return nil, err
-	}
-	m, err := s.change(ctx, found.ID, req.User, func(m *secretMeta) error {
-		if value == nil {
-			return nil
-		}
-		sealed, err := s.store.seal(m.ID, value)
-		m.Sealed = sealed
-		return err
-	})
-	if err != nil {
-		return nil, err
-	}
-	if value == nil {
-		if value, err = s.store.open(m); err != nil {
-			return nil, err
-		}
-		defer clear(value)
-	}
-	if err := s.publish(ctx, m, value); err != nil {
-		return nil, err
-	}
-	s.log.Info("secret updated", "op", opUpdate, "user", req.User, "name", m.Name, "scope", m.Scope.String(),
-		"id", m.ID, "version", m.Version, "workspaces", len(m.Visible))
-	info := m.info()
-	return &info, nil
-}
-
-func (s *Service) delete(ctx context.Context, req *requestBody) (*SecretInfo, error) {
-	found, err := s.resolve(ctx, req.User, req.Name)
-	if err != nil {
-		return nil, err
-	}
-	m, err := s.change(ctx, found.ID, req.User, func(m *secretMeta) error {
-		m.Deleted = true
-		m.Sealed = nil
-		return nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	if err := s.publish(ctx, m, nil); err != nil {
-		return nil, err
-	}
-	if err := s.store.releaseName(ctx, m.Scope, m.Name, m.ID); err != nil {
-		return nil, err
-	}
-	s.log.Info("secret deleted", "op", opDelete, "user", req.User, "name", m.Name, "scope", m.Scope.String(),
-		"id", m.ID, "version", m.Version, "workspaces", len(m.Sent))
-	info := m.info()
-	return &info, nil
-}
-
-func (s *Service) list(ctx context.Context, req *requestBody) ([]SecretInfo, error) {
-	out := []SecretInfo{}
-	for _, scope := range s.dir.scopesOf(req.User) {
-		ms, err := s.store.inScope(ctx, scope)
-		if err != nil {
-			return nil, err
-		}
-		for _, m := range ms {
-			out = append(out, m.info())
-		}
-	}
-	s.log.Debug("secrets listed", "op", opList, "user", req.User, "count", len(out))
-	return out, nil
-}
-
-// resolve finds the secret user means by name: the user's own if there is
-// one, else the one project secret of that name among the user's projects.
-func (s *Service) resolve(ctx context.Context, user, name string) (*secretMeta, error) {
-	if err := checkLookupName(name); err != nil {
-		return nil, err
-	}
-	var found []*secretMeta
-	for _, scope := range s.dir.scopesOf(user) {
-		m, err := s.store.lookup(ctx, scope, name)
-		if errors.Is(err, ErrNotFound) {
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		if scope.Kind == protocol.ScopeUser {
-			return m, nil
-		}
-		found = append(found, m)
-	}
-	switch len(found) {
-	case 0:
-		return nil, fmt.Errorf("%w: %q is neither private to %s nor in one of their projects", ErrNotFound, name, user)
-	case 1:
-		return found[0], nil
-	}
-	var scopes []string
-	for _, m := range found {
-		scopes = append(scopes, m.Scope.String())
-	}
-	return nil, fmt.Errorf("%w: %q exists in %s", ErrAmbiguous, name, strings.Join(scopes, ", "))
-}
-
-// change applies fn to the secret id as user, bumps its version and writes
-// it with compare-and-set, reading and applying again when another writer
-// got there first. fn checks nothing about permissions: change does.
-func (s *Service) change(ctx context.Context, id, user string, fn func(*secretMeta) error) (*secretMeta, error) {
-	for attempt := 0; ; attempt++ {
-		m, rev, err := s.store.get(ctx, id)
-		if err != nil {
-			return nil, err
-		}
-		if m.Deleted {
-			return nil, fmt.Errorf("%w: %q in %s was deleted", ErrNotFound, m.Name, m.Scope)
-		}
-		if err := s.dir.mayWrite(user, m.Scope, m.CreatedBy); err != nil {
-			return nil, err
-		}
-		if err := fn(m); err != nil {
-			return nil, err
-		}
-		m.Version++
-		m.UpdatedAt = s.now().UTC()
-		m.UpdatedBy = user
-		s.target(m)
-		err = s.store.put(ctx, m, rev)
-		if errors.Is(err, errConflict) && attempt < maxCASRetries {
-			s.log.Debug("concurrent change, retrying", "id", id, "attempt", attempt+1)
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		return m, nil
-	}
-}
-
-// target sets which workspaces get m's value (none once deleted) and adds
-// them to those that ever got a record of it.
-func (s *Service) target(m *secretMeta) {
-	m.Visible = nil
-	if !m.Deleted {
-		for _, w := range s.dir.recipients(m.Scope) {
-			m.Visible = append(m.Visible, w.ID)
-		}
-	}
-	for _, ws := range m.Visible {
-		if !slices.Contains(m.Sent, ws) {
-			m.Sent = append(m.Sent, ws)
-		}
-	}
-}
-
-// publish writes m's record for every workspace that ever had the secret:
-// the value for those in m.Visible, a tombstone for the others.
-func (s *Service) publish(ctx context.Context, m *secretMeta, value []byte) error {
-	now := s.now()
-	var errs []error
-	for _, ws := range m.Sent {
-		var data []byte
-		var err error
-		if w, ok := s.dir.workspace(ws); ok && slices.Contains(m.Visible, ws) {
-			data, err = s.sealer.Put(protocol.Recipient{Workspace: ws, CurveKey: w.CurveKey}, m.ID, m.Name, m.Version, m.Scope, value, now)
-		} else {
-			data, err = s.sealer.Delete(ws, m.ID, m.Name, m.Version, m.Scope, now)
-		}
-		if err == nil {
-			err = s.writeRecord(ctx, ws, m.ID, m.Version, data)
-		}
-		if err != nil {
-			errs = append(errs, fmt.Errorf("record of %s for workspace %s: %w", m.ID, ws, err))
-		}
-	}
-	return errors.Join(errs...)
-}
-
-// writeRecord puts data under the workspace's key for the secret unless the
-// record there already has version or a later one, with compare-and-set:
-// when two writers race, the later version stays.
-func (s *Service) writeRecord(ctx context.Context, ws, id string, version uint64, data []byte) error {
-	key := protocol.RecordKey(ws, id)
-	for attempt := 0; ; attempt++ {
-		e, err := s.records.Get(ctx, key)
-		switch {
-		case errors.Is(err, jetstream.ErrKeyNotFound):
-			_, err = s.records.Create(ctx, key, data)
-		case err != nil:
-		default:
-			var have uint64
-			if have, err = s.recordVersion(ws, key, e.Value()); err != nil {
-				return fmt.Errorf("writing %s: %w", key, err)
-			}
-			if have >= version {
-				return nil
-			}
-			_, err = s.records.Update(ctx, key, data, e.Revision())
-		}
-		if err == nil {
-			return nil
-		}
-		if (errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists)) && attempt < maxCASRetries {
-			continue
-		}
-		return fmt.Errorf("writing %s: %w", key, err)
-	}
-}
-
-// recordVersion is the version of the record data under key in workspace
-// ws when it is one we signed, 0 when it is not (garbage, or signed by
-// another key): writeRecord then replaces it. An error means that records
-// cannot be checked at all; writeRecord must not write then, since without
-// the version check an older record could replace a newer one.
-func (s *Service) recordVersion(ws, key string, data []byte) (uint64, error) {
-	o, err := s.opener(ws)
-	if err != nil {
-		return 0, err
-	}
-	r, err := o.Verify(key, data)
-	if err != nil {
-		s.log.Warn("replacing a record that is not ours", "key", key, "error", err)
-		return 0, nil
-	}
-	return r.Version, nil
-}
-
-// opener returns the verify-only Opener that checks our records for
-// workspace ws (signature, workspace, key) to read their versions.
-func (s *Service) opener(ws string) (*protocol.Opener, error) {
-	if o, ok := s.openers.Load(ws); ok {
-		return o.(*protocol.Opener), nil
-	}
-	o, err := protocol.NewVerifier(ws, []string{s.signPub})
-	if err != nil {
-		return nil, fmt.Errorf("cannot verify records of workspace %s: %w", ws, err)
-	}
-	actual, _ := s.openers.LoadOrStore(ws, o)
-	return actual.(*protocol.Opener), nil
-}
-
-// reconcile rewrites every workspace's records from the store where they
-// are behind: an operation that stopped between the store and the records
-// (a crash) is finished here. A secret that cannot be reconciled is logged
-// and skipped.
-func (s *Service) reconcile(ctx context.Context) error {
-	ids, err := s.store.all(ctx)
-	if err != nil {
-		return fmt.Errorf("controlplane: %w", err)
-	}
-	for _, id := range ids {
-		if err := s.reconcileOne(ctx, id); err != nil {
-			if ctx.Err() != nil {
-				return fmt.Errorf("controlplane: reconciling: %w", err)
-			}
-			s.log.Error("reconciling secret", "id", id, "error", err)
-		}
-	}
-	s.log.Debug("reconciled records", "secrets", len(ids))
-	return nil
-}
-
-func (s *Service) reconcileOne(ctx context.Context, id string) error {
-	m, _, err := s.store.get(ctx, id)
-	if err != nil {
-		return err
-	}
-	var value []byte
-	if !m.Deleted {
-		if value, err = s.store.open(m); err != nil {
-			return err
-		}
-		defer clear(value)
-	}
-	if err := s.publish(ctx, m, value); err != nil {
-		return err
-	}
-	if m.Deleted {
-		return s.store.releaseName(ctx, m.Scope, m.Name, m.ID)
 	}
 	return nil
 }

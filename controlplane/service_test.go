@@ -585,7 +585,7 @@ func TestOlderRecordNeverReplacesNewer(t *testing.T) {
 		t.Fatal(err)
 	}
 	m.Version = 1
-	if err := f.svc.publish(ctx, m, []byte("stale")); err != nil {
+	if err := f.svc.publish(ctx, m, []byte("stale"), f.svc.dir.Load()); err != nil {
 		t.Fatal(err)
 	}
 	f.wantPut("ws-alice", info.ID, 2, "v2")

@@ -24,6 +24,7 @@ import (
 //
 //	secrets.<secret id>                   the secret (secretMeta JSON)
 //	names.<scope kind>.<scope id>.<name>  the id of the live secret of that name in that scope
+//	                                      (for a community: shared with it)
 const ServiceBucket = "nbsecrets_service"
 
 // secretMeta is one secret as the service keeps it.
@@ -40,15 +41,49 @@ type secretMeta struct {
 	// Sealed is the value (atRest JSON) in a box from the service's curve
 	// key to itself; nil once deleted.
 	Sealed []byte `json:"sealed,omitempty"`
-	// Visible are the workspaces that get the value at Version. Sent are
-	// all workspaces that were ever given a record of this secret, a
-	// superset of Visible: those not in Visible get a tombstone.
-	Visible []string `json:"visible,omitempty"`
-	Sent    []string `json:"sent,omitempty"`
+	// Shares are the communities the secret is shared with, sorted.
+	Shares []string `json:"shares,omitempty"`
+	// Visible are the workspaces that get the value at Version, sorted.
+	// Via maps those that get it only through a community share to that
+	// community (their records carry the community's scope). Sent are all
+	// workspaces that were ever given a record of this secret, a superset
+	// of Visible: those not in Visible get a tombstone.
+	Visible []string          `json:"visible,omitempty"`
+	Via     map[string]string `json:"via,omitempty"`
+	Sent    []string          `json:"sent,omitempty"`
 }
 
 func (m *secretMeta) info() SecretInfo {
-	return SecretInfo{ID: m.ID, Name: m.Name, Scope: m.Scope, Version: m.Version, UpdatedAt: m.UpdatedAt, UpdatedBy: m.UpdatedBy}
+	return SecretInfo{ID: m.ID, Name: m.Name, Scope: m.Scope, Version: m.Version, UpdatedAt: m.UpdatedAt, UpdatedBy: m.UpdatedBy,
+		CreatedBy: m.CreatedBy, Communities: slices.Clone(m.Shares), Workspaces: slices.Clone(m.Visible)}
+}
+
+// recordScope is the scope of the record workspace ws gets: the secret's
+// own, or that of the community share that brings it there.
+func (m *secretMeta) recordScope(ws string) protocol.Scope {
+	if c, ok := m.Via[ws]; ok {
+		return protocol.Scope{Kind: protocol.ScopeCommunity, ID: c}
+	}
+	return m.Scope
+}
+
+// names are the scopes under which m's name is claimed: its own and one
+// per community it is shared with.
+func (m *secretMeta) names() []protocol.Scope {
+	out := []protocol.Scope{m.Scope}
+	for _, c := range m.Shares {
+		out = append(out, protocol.Scope{Kind: protocol.ScopeCommunity, ID: c})
+	}
+	return out
+}
+
+// hasName reports whether m, live, is called name in scope: its own scope,
+// or a community it is shared with.
+func (m *secretMeta) hasName(scope protocol.Scope, name string) bool {
+	if m.Deleted || m.Name != name {
+		return false
+	}
+	return m.Scope == scope || scope.Kind == protocol.ScopeCommunity && slices.Contains(m.Shares, scope.ID)
 }
 
 // atRest is the plaintext of secretMeta.Sealed, bound to its secret.
@@ -207,13 +242,14 @@ func (st *store) releaseName(ctx context.Context, scope protocol.Scope, name, id
 }
 
 // live returns secret id if it exists, is not deleted and still has
-// name in scope; else ErrNotFound.
+// name in scope (its own, or a community it is shared with); else
+// ErrNotFound.
 func (st *store) live(ctx context.Context, id string, scope protocol.Scope, name string) (*secretMeta, error) {
 	m, _, err := st.get(ctx, id)
 	if err != nil {
 		return nil, err
 	}
-	if m.Deleted || m.Scope != scope || m.Name != name {
+	if !m.hasName(scope, name) {
 		return nil, fmt.Errorf("%w: %q in %s", ErrNotFound, name, scope)
 	}
 	return m, nil

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -8,9 +9,12 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
@@ -29,6 +33,8 @@ func runDev(ctx context.Context, env *cliEnv, args []string) error {
 	runtimeDir := fs.String("runtime-dir", jupyterRuntimeDir(), "Jupyter runtime dir to watch for kernels ($JUPYTER_RUNTIME_DIR)")
 	kernel := fs.String("kernel", "python3", "kernelspec to wrap with the injector")
 	noSpec := fs.Bool("no-kernelspec", false, "do not install the kernelspec wrapper")
+	dirFile := fs.String("directory", "", "directory file (users, projects, communities, workspaces); reloaded on change and SIGHUP. Default: one user, one project, one workspace")
+	wsFlag := fs.String("workspace", "", "with --directory: the workspace whose agent dev runs (default: the first owned by the current user, else the first)")
 	logLevel, logJSON := logFlags(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -62,19 +68,55 @@ func runDev(ctx context.Context, env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	wsKP, _, err := keyfile.LoadOrCreate(filepath.Join(keys, "workspace.curve.nk"), true, nkeys.PrefixByteCurve)
-	if err != nil {
-		return err
-	}
-	userID := currentUserID()
-	userKP, _, err := keyfile.LoadOrCreate(filepath.Join(keys, "users", userID+".nk"), false, nkeys.PrefixByteUser)
-	if err != nil {
-		return err
-	}
 	signPub, _ := signKP.PublicKey()
 	curvePub, _ := curveKP.PublicKey()
-	wsPub, _ := wsKP.PublicKey()
-	userPub, _ := userKP.PublicKey()
+	userID := currentUserID()
+	var (
+		dirc    *controlplane.Directory
+		dirData []byte
+		dirPath string
+		wsID    string
+		wsKP    nkeys.KeyPair
+	)
+	if *dirFile == "" {
+		// Today's one user, one project, one workspace.
+		var userKP nkeys.KeyPair
+		if wsKP, _, err = keyfile.LoadOrCreate(filepath.Join(keys, "workspace.curve.nk"), true, nkeys.PrefixByteCurve); err != nil {
+			return err
+		}
+		if userKP, _, err = keyfile.LoadOrCreate(filepath.Join(keys, "users", userID+".nk"), false, nkeys.PrefixByteUser); err != nil {
+			return err
+		}
+		wsPub, _ := wsKP.PublicKey()
+		userPub, _ := userKP.PublicKey()
+		wsID = "ws-" + userID
+		project := "default"
+		dirc = &controlplane.Directory{
+			Users:      []controlplane.User{{ID: userID, PublicKey: userPub}},
+			Projects:   []controlplane.Project{{ID: project, Members: []controlplane.Member{{User: userID, Role: "admin"}}}},
+			Workspaces: []controlplane.Workspace{{ID: wsID, Owner: userID, Projects: []string{project}, CurveKey: wsPub}},
+		}
+	} else {
+		if dirPath, err = filepath.Abs(*dirFile); err != nil {
+			return err
+		}
+		if dirData, err = os.ReadFile(dirPath); err != nil {
+			return fmt.Errorf("directory: %w", err)
+		}
+		if dirc, err = devDirectory(keys, dirPath, dirData, log); err != nil {
+			return err
+		}
+		if wsID, err = devWorkspace(dirc, *wsFlag, userID); err != nil {
+			return err
+		}
+		if wsKP, err = keyfile.Load(filepath.Join(keys, "workspaces", wsID+".curve.nk")); err != nil {
+			return err
+		}
+		if !slices.ContainsFunc(dirc.Users, func(u controlplane.User) bool { return u.ID == userID }) {
+			access, _ := dirc.AccessOf(wsID)
+			userID = access.Owner
+		}
+	}
 
 	// The embedded NATS server: loopback, a random port, JetStream under the state dir.
 	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true,
@@ -89,13 +131,6 @@ func runDev(ctx context.Context, env *cliEnv, args []string) error {
 	}
 	url := ns.ClientURL()
 
-	wsID := "ws-" + userID
-	project := "default"
-	dirc := &controlplane.Directory{
-		Users:      []controlplane.User{{ID: userID, PublicKey: userPub}},
-		Projects:   []controlplane.Project{{ID: project, Members: []controlplane.Member{{User: userID, Role: "admin"}}}},
-		Workspaces: []controlplane.Workspace{{ID: wsID, Owner: userID, Projects: []string{project}, CurveKey: wsPub}},
-	}
 	svcConn, err := nats.Connect(url, nats.Name("nbsecrets-service"), nats.MaxReconnects(-1))
 	if err != nil {
 		return fmt.Errorf("service connecting to NATS: %w", err)
@@ -111,27 +146,41 @@ func runDev(ctx context.Context, env *cliEnv, args []string) error {
 	}
 	defer svc.Stop()
 
-	agentConn, err := agent.Connect(url, log.Named("agent"), nats.Name("nbsecrets-agent-"+wsID))
-	if err != nil {
-		return err
-	}
-	defer agentConn.Close()
-	opener, err := protocol.NewOpener(wsID, []string{signPub}, curvePub, wsKP)
-	if err != nil {
-		return err
-	}
+	access, _ := dirc.AccessOf(wsID)
 	sock := filepath.Join(dir, agentSockName)
-	ag, err := agent.New(agent.Config{
-		Workspace: agent.Workspace{ID: wsID, Owner: userID, Projects: []string{project}},
-		Opener:    opener, Conn: agentConn, RuntimeDirs: []string{*runtimeDir}, Socket: sock, Logger: log.Named("agent"),
-	})
+	agents := &devAgents{url: url, wsID: wsID, signPub: signPub, curvePub: curvePub, wsKP: wsKP,
+		runtimeDir: *runtimeDir, sock: sock, log: log.Named("agent")}
+	ag, err := agents.start(ctx, access)
 	if err != nil {
 		return err
 	}
-	agentDone := make(chan error, 1)
-	actx, stopAgent := context.WithCancel(ctx)
-	defer func() { stopAgent(); <-agentDone }()
-	go func() { agentDone <- ag.Run(actx) }()
+	defer agents.stop()
+	if dirPath != "" {
+		watched := make(chan struct{})
+		wctx, stopWatch := context.WithCancel(ctx)
+		defer func() { stopWatch(); <-watched }()
+		go func() {
+			defer close(watched)
+			watchDirectory(wctx, dirPath, dirData, log.Named("directory"), func(data []byte) error {
+				d, err := devDirectory(keys, dirPath, data, log)
+				if err != nil {
+					return err
+				}
+				if err := svc.SetDirectory(d); err != nil {
+					return err
+				}
+				a, ok := d.AccessOf(wsID)
+				if !ok {
+					log.Warn("the agent's workspace left the directory; its agent keeps running with no secrets", "workspace", wsID)
+					return nil
+				}
+				if _, err := agents.restartIfChanged(wctx, a); err != nil {
+					return fmt.Errorf("restarting the agent: %w", err)
+				}
+				return nil
+			})
+		}()
+	}
 
 	specPath := ""
 	if !*noSpec {
@@ -162,10 +211,14 @@ func runDev(ctx context.Context, env *cliEnv, args []string) error {
 	}
 	fmt.Fprintf(env.stdout, `nbsecrets dev is running (pid %d)
   NATS          %s (JetStream in %s)
-  workspace     %s, owned by %s, project %q
+  workspace     %s, owned by %s, projects %s, communities %s
   agent socket  %s
   kernels       watched in %s
-`, os.Getpid(), url, filepath.Join(dir, "jetstream"), wsID, userID, project, sock, *runtimeDir)
+`, os.Getpid(), url, filepath.Join(dir, "jetstream"), wsID, access.Owner, orDash(access.Projects), orDash(access.Communities), sock, *runtimeDir)
+	if dirPath != "" {
+		fmt.Fprintf(env.stdout, "  directory     %s (%d users, %d workspaces; reloaded on change and SIGHUP; --as USER picks the caller)\n",
+			dirPath, len(dirc.Users), len(dirc.Workspaces))
+	}
 	if specPath != "" {
 		fmt.Fprintf(env.stdout, "  kernelspec    %q wrapped at %s\n", *kernel, specPath)
 	}
@@ -209,4 +262,153 @@ func processAlive(pid int) bool {
 	}
 	p, err := os.FindProcess(pid)
 	return err == nil && p.Signal(syscallZero) == nil
+}
+
+// devDirectory decodes a directory file for dev and fills in the keys dev
+// holds: every user's key is keys/users/<id>.nk and every workspace's curve
+// key keys/workspaces/<id>.curve.nk, generated when missing; an empty
+// publicKey or curveKey is filled from them. Then it checks the result.
+func devDirectory(keys, path string, data []byte, log hclog.Logger) (*controlplane.Directory, error) {
+	d, err := controlplane.DecodeDirectory(bytes.NewReader(data))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	for i, u := range d.Users {
+		if protocol.ValidateID(u.ID) != nil {
+			continue // Validate names the field
+		}
+		kp, _, err := keyfile.LoadOrCreate(filepath.Join(keys, "users", u.ID+".nk"), false, nkeys.PrefixByteUser)
+		if err != nil {
+			return nil, err
+		}
+		pub, _ := kp.PublicKey()
+		switch {
+		case u.PublicKey == "":
+			d.Users[i].PublicKey = pub
+		case u.PublicKey != pub:
+			log.Warn("the directory gives a user a key dev does not hold: --as that user will be refused", "user", u.ID)
+		}
+	}
+	for i, w := range d.Workspaces {
+		if protocol.ValidateID(w.ID) != nil {
+			continue
+		}
+		kp, _, err := keyfile.LoadOrCreate(filepath.Join(keys, "workspaces", w.ID+".curve.nk"), true, nkeys.PrefixByteCurve)
+		if err != nil {
+			return nil, err
+		}
+		pub, _ := kp.PublicKey()
+		switch {
+		case w.CurveKey == "":
+			d.Workspaces[i].CurveKey = pub
+		case w.CurveKey != pub:
+			log.Warn("the directory gives a workspace a curve key dev does not hold: dev cannot run its agent", "workspace", w.ID)
+		}
+	}
+	if err := d.Validate(); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return d, nil
+}
+
+// devWorkspace picks the workspace dev runs the agent of: want, else the
+// first owned by user, else the first.
+func devWorkspace(d *controlplane.Directory, want, user string) (string, error) {
+	if len(d.Workspaces) == 0 {
+		return "", errors.New("the directory has no workspace: dev needs one to run its agent")
+	}
+	if want != "" {
+		if _, ok := d.AccessOf(want); !ok {
+			return "", fmt.Errorf("--workspace %s: no such workspace in the directory", want)
+		}
+		return want, nil
+	}
+	for _, w := range d.Workspaces {
+		if w.Owner == user {
+			return w.ID, nil
+		}
+	}
+	return d.Workspaces[0].ID, nil
+}
+
+// devAgents runs dev's one agent and starts it again with a new
+// configuration when a directory change alters what its workspace may
+// receive (the agent checks every record's scope against it).
+type devAgents struct {
+	url, wsID, signPub, curvePub string
+	wsKP                         nkeys.KeyPair
+	runtimeDir, sock             string
+	log                          hclog.Logger
+
+	mu     sync.Mutex
+	access controlplane.Access
+	cancel context.CancelFunc
+	done   chan error
+	conn   *nats.Conn
+}
+
+// start starts the agent for access.
+func (d *devAgents) start(ctx context.Context, access controlplane.Access) (*agent.Agent, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.startLocked(ctx, access)
+}
+
+func (d *devAgents) startLocked(ctx context.Context, access controlplane.Access) (*agent.Agent, error) {
+	conn, err := agent.Connect(d.url, d.log, nats.Name("nbsecrets-agent-"+d.wsID))
+	if err != nil {
+		return nil, err
+	}
+	opener, err := protocol.NewOpener(d.wsID, []string{d.signPub}, d.curvePub, d.wsKP)
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	ag, err := agent.New(agent.Config{
+		Workspace: agent.Workspace{ID: d.wsID, Owner: access.Owner, Projects: access.Projects, Communities: access.Communities},
+		Opener:    opener, Conn: conn, RuntimeDirs: []string{d.runtimeDir}, Socket: d.sock, Logger: d.log,
+	})
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	actx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- ag.Run(actx) }()
+	d.access, d.cancel, d.done, d.conn = access, cancel, done, conn
+	return ag, nil
+}
+
+func (d *devAgents) stopLocked() {
+	if d.cancel == nil {
+		return
+	}
+	d.cancel()
+	if err := <-d.done; err != nil {
+		d.log.Error("agent stopped", "error", err)
+	}
+	d.conn.Close()
+	d.cancel = nil
+}
+
+// stop stops the agent.
+func (d *devAgents) stop() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.stopLocked()
+}
+
+// restartIfChanged starts the agent again when access differs from what it
+// runs with, and reports whether it did.
+func (d *devAgents) restartIfChanged(ctx context.Context, access controlplane.Access) (bool, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.access.Owner == access.Owner && slices.Equal(d.access.Projects, access.Projects) && slices.Equal(d.access.Communities, access.Communities) {
+		return false, nil
+	}
+	d.stopLocked()
+	d.log.Info("workspace access changed; restarting the agent", "workspace", d.wsID,
+		"projects", strings.Join(access.Projects, ","), "communities", strings.Join(access.Communities, ","))
+	_, err := d.startLocked(ctx, access)
+	return err == nil, err
 }

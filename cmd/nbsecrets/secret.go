@@ -21,14 +21,17 @@ import (
 	"github.com/nbsecrets/nbsecrets/protocol"
 )
 
-// The secret command: nbsecrets secret create|update|delete|list.
+// The secret command: nbsecrets secret
+// create|update|delete|clone|share|unshare|list.
 //
 // A value is read from standard input, or from the file named by
 // --from-file, never from the command line (where shell history and ps
 // would see it). One trailing newline ("\n", or "\r\n") is stripped, so
 // `echo hunter2 | nbsecrets secret create DB_PASSWORD` stores "hunter2"; a
 // value that really ends in a newline needs a second one. An empty value is
-// refused. The CLI finds the instance through dev.json in --state-dir, acts
+// refused by create and update, and means "no new value" where a value is
+// optional (update --rename, clone); there a terminal on standard input is
+// not read. The CLI finds the instance through dev.json in --state-dir, acts
 // as --as USER (default: the instance's user) with the key in
 // <state-dir>/keys/users/<USER>.nk, and seals the value to the service's
 // curve key from dev.json. No command prints a value.
@@ -36,13 +39,21 @@ import (
 const secretUsage = `Usage: nbsecrets secret <command> [flags] [NAME]
 
 Commands:
-  create NAME [--project P] [--from-file F]   make a secret, private or shared with project P
-  update NAME [--from-file F]                 give a secret a new value
-  delete NAME                                 destroy a secret in every workspace
-  list [--json]                               the secrets you can see (never a value)
+  create NAME [--project P] [--from-file F]    make a secret, private or in project P
+  update NAME [--rename NEW] [--project P]     a new value and/or a new name
+  delete NAME [--project P]                    destroy a secret in every workspace
+  clone NAME NEW [--project P] [--from-project P]
+                                               an independent copy, private or in project P
+  share NAME --community C [--project P]       share with community C (its admins only)
+  unshare NAME --community C                   withdraw it from community C (its admins only)
+  list [--json]                                the secrets you can see (never a value)
 
 The value comes from standard input or --from-file F, never from the command
-line. One trailing newline is stripped from it; an empty value is refused.
+line. One trailing newline is stripped from it. An empty value is refused by
+create and update; for update --rename and clone it means "keep the value".
+A NAME means your private secret first, then the one in your projects;
+--project P (update, delete, share) picks project P's. Secrets shared with
+you through a community can be used and cloned, not changed.
 Every command takes --state-dir DIR and --as USER.
 Run 'nbsecrets secret <command> --help' for its flags.
 `
@@ -55,10 +66,13 @@ const (
 )
 
 var secretCommands = map[string]func(ctx context.Context, env *cliEnv, args []string) error{
-	"create": runSecretCreate,
-	"update": runSecretUpdate,
-	"delete": runSecretDelete,
-	"list":   runSecretList,
+	"create":  runSecretCreate,
+	"update":  runSecretUpdate,
+	"delete":  runSecretDelete,
+	"list":    runSecretList,
+	"clone":   runSecretClone,
+	"share":   runSecretShare,
+	"unshare": runSecretUnshare,
 }
 
 func runSecret(ctx context.Context, env *cliEnv, args []string) error {
@@ -114,8 +128,10 @@ func (f *secretFlags) parse(env *cliEnv, args []string, want int) ([]string, err
 		switch {
 		case want == 1 && len(pos) == 0:
 			fmt.Fprintf(env.stderr, "%s: missing the secret's NAME\n", f.fs.Name())
-		case want == 1 && len(pos) == 2:
+		case want == 1 && len(pos) == 2, want == 2 && len(pos) == 3:
 			fmt.Fprintf(env.stderr, "%s: too many arguments; values are read from standard input or --from-file, never from the command line\n", f.fs.Name())
+		case len(pos) < want:
+			fmt.Fprintf(env.stderr, "%s: %d arguments, want %d\n", f.fs.Name(), len(pos), want)
 		default:
 			fmt.Fprintf(env.stderr, "%s: unexpected arguments %q\n", f.fs.Name(), pos[want:])
 		}
@@ -168,14 +184,26 @@ func runSecretCreate(ctx context.Context, env *cliEnv, args []string) error {
 }
 
 func runSecretUpdate(ctx context.Context, env *cliEnv, args []string) error {
-	f := newSecretFlags(env, "update", "NAME [--from-file F] [--state-dir DIR] [--as USER]  (value on standard input)")
+	f := newSecretFlags(env, "update", "NAME [--rename NEW] [--project P] [--from-file F] [--state-dir DIR] [--as USER]  (value on standard input)")
 	fromFile := f.fs.String("from-file", "", "read the value from this file instead of standard input")
+	rename := f.fs.String("rename", "", "give the secret this name (the value is then optional: empty input keeps it)")
+	project := f.fs.String("project", "", "the secret of this project (default: yours, else the one in your projects)")
 	pos, err := f.parse(env, args, 1)
 	if err != nil {
 		return err
 	}
 	name := pos[0]
-	value, err := readValue(env, *fromFile)
+	if *rename != "" {
+		if err := checkName(env, "update", *rename); err != nil {
+			return err
+		}
+	}
+	var value []byte
+	if *rename != "" {
+		value, err = readOptionalValue(env, *fromFile)
+	} else {
+		value, err = readValue(env, *fromFile)
+	}
 	if err != nil {
 		return err
 	}
@@ -187,16 +215,28 @@ func runSecretUpdate(ctx context.Context, env *cliEnv, args []string) error {
 	defer closeConn()
 	ctx, cancel := context.WithTimeout(ctx, secretTimeout)
 	defer cancel()
-	info, err := client.Update(ctx, name, value)
+	opts := []controlplane.Option{controlplane.InProject(*project)}
+	if *rename != "" {
+		opts = append(opts, controlplane.Rename(*rename))
+	}
+	info, err := client.Update(ctx, name, value, opts...)
 	if err != nil {
 		return fmt.Errorf("updating %s: %w", name, err)
 	}
-	fmt.Fprintf(env.stdout, "Updated secret %s (%s, version %d)\n", info.Name, describeScope(info.Scope, user), info.Version)
+	switch {
+	case info.Name != name && value != nil:
+		fmt.Fprintf(env.stdout, "Renamed secret %s to %s with a new value (%s, version %d)\n", name, info.Name, describeScope(info.Scope, user), info.Version)
+	case info.Name != name:
+		fmt.Fprintf(env.stdout, "Renamed secret %s to %s (%s, version %d)\n", name, info.Name, describeScope(info.Scope, user), info.Version)
+	default:
+		fmt.Fprintf(env.stdout, "Updated secret %s (%s, version %d)\n", info.Name, describeScope(info.Scope, user), info.Version)
+	}
 	return nil
 }
 
 func runSecretDelete(ctx context.Context, env *cliEnv, args []string) error {
-	f := newSecretFlags(env, "delete", "NAME [--state-dir DIR] [--as USER]")
+	f := newSecretFlags(env, "delete", "NAME [--project P] [--state-dir DIR] [--as USER]")
+	project := f.fs.String("project", "", "the secret of this project (default: yours, else the one in your projects)")
 	pos, err := f.parse(env, args, 1)
 	if err != nil {
 		return err
@@ -209,10 +249,99 @@ func runSecretDelete(ctx context.Context, env *cliEnv, args []string) error {
 	defer closeConn()
 	ctx, cancel := context.WithTimeout(ctx, secretTimeout)
 	defer cancel()
-	if err := client.Delete(ctx, name); err != nil {
+	if err := client.Delete(ctx, name, controlplane.InProject(*project)); err != nil {
 		return fmt.Errorf("deleting %s: %w", name, err)
 	}
 	fmt.Fprintln(env.stdout, "Secret destroyed")
+	return nil
+}
+
+func runSecretClone(ctx context.Context, env *cliEnv, args []string) error {
+	f := newSecretFlags(env, "clone", "NAME NEW [--project P] [--from-project P] [--from-file F] [--state-dir DIR] [--as USER]  (optional value on standard input)")
+	fromFile := f.fs.String("from-file", "", "read the copy's value from this file instead of standard input")
+	project := f.fs.String("project", "", "put the copy in this project (default: private to you)")
+	from := f.fs.String("from-project", "", "copy the secret of this project (default: yours, else the one in your projects or communities)")
+	pos, err := f.parse(env, args, 2)
+	if err != nil {
+		return err
+	}
+	name, newName := pos[0], pos[1]
+	if err := checkName(env, "clone", newName); err != nil {
+		return err
+	}
+	value, err := readOptionalValue(env, *fromFile)
+	if err != nil {
+		return err
+	}
+	defer clear(value)
+	client, user, closeConn, err := dialSecrets(*f.stateDir, *f.as)
+	if err != nil {
+		return err
+	}
+	defer closeConn()
+	ctx, cancel := context.WithTimeout(ctx, secretTimeout)
+	defer cancel()
+	info, err := client.Clone(ctx, name, newName, value, controlplane.ToProject(*project), controlplane.InProject(*from))
+	if err != nil {
+		return fmt.Errorf("cloning %s: %w", name, err)
+	}
+	how := "same value"
+	if value != nil {
+		how = "new value"
+	}
+	fmt.Fprintf(env.stdout, "Cloned secret %s to %s (%s, %s, version %d)\n", name, info.Name, describeScope(info.Scope, user), how, info.Version)
+	return nil
+}
+
+func runSecretShare(ctx context.Context, env *cliEnv, args []string) error {
+	return shareOrUnshare(ctx, env, args, true)
+}
+
+func runSecretUnshare(ctx context.Context, env *cliEnv, args []string) error {
+	return shareOrUnshare(ctx, env, args, false)
+}
+
+func shareOrUnshare(ctx context.Context, env *cliEnv, args []string, share bool) error {
+	cmd, synopsis := "share", "NAME --community C [--project P] [--state-dir DIR] [--as USER]"
+	if !share {
+		cmd, synopsis = "unshare", "NAME --community C [--state-dir DIR] [--as USER]"
+	}
+	f := newSecretFlags(env, cmd, synopsis)
+	community := f.fs.String("community", "", "the community (required; you must be one of its admins)")
+	var project *string
+	if share {
+		project = f.fs.String("project", "", "the secret of this project (default: yours, else the one in your projects)")
+	}
+	pos, err := f.parse(env, args, 1)
+	if err != nil {
+		return err
+	}
+	if *community == "" {
+		fmt.Fprintf(env.stderr, "%s: missing --community\n", f.fs.Name())
+		f.fs.Usage()
+		return errUsage
+	}
+	name := pos[0]
+	client, _, closeConn, err := dialSecrets(*f.stateDir, *f.as)
+	if err != nil {
+		return err
+	}
+	defer closeConn()
+	ctx, cancel := context.WithTimeout(ctx, secretTimeout)
+	defer cancel()
+	if share {
+		info, err := client.Share(ctx, name, *community, controlplane.InProject(*project))
+		if err != nil {
+			return fmt.Errorf("sharing %s: %w", name, err)
+		}
+		fmt.Fprintf(env.stdout, "Shared secret %s with community %s (version %d, %d workspaces)\n", info.Name, *community, info.Version, len(info.Workspaces))
+		return nil
+	}
+	info, err := client.Unshare(ctx, name, *community)
+	if err != nil {
+		return fmt.Errorf("unsharing %s: %w", name, err)
+	}
+	fmt.Fprintf(env.stdout, "Withdrew secret %s from community %s (version %d, %d workspaces)\n", info.Name, *community, info.Version, len(info.Workspaces))
 	return nil
 }
 
@@ -242,11 +371,31 @@ func runSecretList(ctx context.Context, env *cliEnv, args []string) error {
 		return enc.Encode(list)
 	}
 	tw := tabwriter.NewWriter(env.stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tSCOPE\tVERSION\tUPDATED")
+	fmt.Fprintln(tw, "NAME\tSCOPE\tVERSION\tUPDATED\tBY\tACCESS\tSHARED-WITH\tWORKSPACES\tNOTE")
 	for _, s := range list {
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\n", s.Name, s.Scope, s.Version, s.UpdatedAt.UTC().Format(time.RFC3339))
+		access := "use"
+		if s.Editable {
+			access = "edit"
+		}
+		note := "-"
+		switch {
+		case s.ShadowedBy != nil:
+			note = "hidden-by:" + s.ShadowedBy.String()
+		case s.Via != "":
+			note = "via:community:" + s.Via
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", s.Name, s.Scope, s.Version, s.UpdatedAt.UTC().Format(time.RFC3339),
+			s.UpdatedBy, access, orDash(s.Communities), orDash(s.Workspaces), note)
 	}
 	return tw.Flush()
+}
+
+// orDash joins a list with commas, "-" when it is empty.
+func orDash(l []string) string {
+	if len(l) == 0 {
+		return "-"
+	}
+	return strings.Join(l, ",")
 }
 
 // describeScope says who a secret belongs to, from user's point of view.
@@ -321,7 +470,7 @@ func readValue(env *cliEnv, path string) ([]byte, error) {
 	}
 	value = stripNewline(value)
 	if len(value) == 0 {
-		return nil, fmt.Errorf("empty value from %s: a secret needs a value (pipe it in or use --from-file)", src)
+		return nil, fmt.Errorf("%w from %s: a secret needs a value (pipe it in or use --from-file)", errEmptyValue, src)
 	}
 	if len(value) > protocol.MaxValueSize {
 		clear(value)
@@ -334,6 +483,20 @@ func readValue(env *cliEnv, path string) ([]byte, error) {
 	return value, nil
 }
 
+// readOptionalValue reads a value where one is optional: from the file
+// path, else from standard input unless it is a terminal. Empty input (or
+// a terminal) means no new value: nil.
+func readOptionalValue(env *cliEnv, path string) ([]byte, error) {
+	if path == "" && (env.stdin == nil || isTerminal(env.stdin)) {
+		return nil, nil
+	}
+	value, err := readValue(env, path)
+	if errors.Is(err, errEmptyValue) {
+		return nil, nil
+	}
+	return value, err
+}
+
 // stripNewline removes one trailing "\n" or "\r\n".
 func stripNewline(b []byte) []byte {
 	if n := len(b); n > 0 && b[n-1] == '\n' {
@@ -344,6 +507,9 @@ func stripNewline(b []byte) []byte {
 	}
 	return b
 }
+
+// errEmptyValue is empty input where a value is needed.
+var errEmptyValue = errors.New("empty value")
 
 // isTerminal reports whether r is a terminal, where a user types the value.
 func isTerminal(r io.Reader) bool {

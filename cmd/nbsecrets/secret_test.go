@@ -23,7 +23,8 @@ import (
 
 // secretInstance is a dev-like state dir in front of a real nats-server and
 // a running secrets service: dev.json, keys/users/{alice,bob}.nk, and one
-// workspace "ws1" owned by alice in project "ml" (bob is a member).
+// workspace "ws1" owned by alice in project "ml" (bob is a member), in
+// community "research" (alice is its admin).
 type secretInstance struct {
 	dir   string
 	nc    *nats.Conn
@@ -38,7 +39,8 @@ func newSecretInstance(t *testing.T) *secretInstance {
 	in := &secretInstance{dir: t.TempDir()}
 	var err error
 	dir := &controlplane.Directory{Projects: []controlplane.Project{{ID: "ml", Members: []controlplane.Member{
-		{User: "alice", Role: controlplane.RoleAdmin}, {User: "bob", Role: controlplane.RoleMember}}}}}
+		{User: "alice", Role: controlplane.RoleAdmin}, {User: "bob", Role: controlplane.RoleMember}}}},
+		Communities: []controlplane.Community{{ID: "research", Admins: []string{"alice"}, Projects: []string{"ml"}}}}
 	for _, u := range []string{"alice", "bob"} {
 		kp, created, err := keyfile.LoadOrCreate(filepath.Join(in.dir, "keys", "users", u+".nk"), false, nkeys.PrefixByteUser)
 		if err != nil || !created {
@@ -201,13 +203,13 @@ func TestSecretCommandLifecycle(t *testing.T) {
 		t.Fatalf("list: exit %d: %s", code, errs)
 	}
 	lines := strings.Split(strings.TrimSpace(out), "\n")
-	if len(lines) != 3 || strings.Join(strings.Fields(lines[0]), " ") != "NAME SCOPE VERSION UPDATED" {
+	if len(lines) != 3 || strings.Join(strings.Fields(lines[0]), " ") != "NAME SCOPE VERSION UPDATED BY ACCESS SHARED-WITH WORKSPACES NOTE" {
 		t.Fatalf("list table:\n%s", out)
 	}
-	if f := strings.Fields(lines[1]); len(f) != 4 || f[0] != "DB_PASSWORD" || f[1] != "user:alice" || f[2] != "2" {
+	if f := strings.Fields(lines[1]); len(f) != 9 || f[0] != "DB_PASSWORD" || f[1] != "user:alice" || f[2] != "2" || f[4] != "alice" || f[5] != "edit" || f[7] != "ws1" {
 		t.Fatalf("list row %q", lines[1])
 	}
-	if f := strings.Fields(lines[2]); len(f) != 4 || f[0] != "API_TOKEN" || f[1] != "project:ml" || f[2] != "1" {
+	if f := strings.Fields(lines[2]); len(f) != 9 || f[0] != "API_TOKEN" || f[1] != "project:ml" || f[2] != "1" || f[4] != "bob" {
 		t.Fatalf("list row %q", lines[2])
 	}
 	if _, err := time.Parse(time.RFC3339, strings.Fields(lines[1])[3]); err != nil {
@@ -226,6 +228,73 @@ func TestSecretCommandLifecycle(t *testing.T) {
 	}
 	if list := in.list(t, "bob"); len(list) != 1 {
 		t.Fatalf("bob's list: %+v", list)
+	}
+}
+
+// TestSecretCommandsRenameCloneShare: the other operations from the
+// command line, with optional values.
+func TestSecretCommandsRenameCloneShare(t *testing.T) {
+	in := newSecretInstance(t)
+	steps := []struct {
+		stdin string
+		args  []string
+		want  string
+	}{
+		{"v1", []string{"create", "OLD", "--project", "ml", "--as", "bob"}, "Created secret OLD (project ml, version 1)"},
+		{"", []string{"update", "OLD", "--rename", "NEW", "--as", "bob"}, "Renamed secret OLD to NEW (project ml, version 2)"},
+		{"v2\n", []string{"update", "--rename", "NEWER", "NEW"}, "Renamed secret NEW to NEWER with a new value (project ml, version 3)"},
+		{"", []string{"clone", "NEWER", "MY_COPY"}, "Cloned secret NEWER to MY_COPY (private, same value, version 1)"},
+		{"other", []string{"clone", "NEWER", "ML_COPY", "--project", "ml"}, "Cloned secret NEWER to ML_COPY (project ml, new value, version 1)"},
+		{"", []string{"share", "NEWER", "--community", "research"}, "Shared secret NEWER with community research (version 4, 1 workspaces)"},
+		{"", []string{"unshare", "NEWER", "--community", "research"}, "Withdrew secret NEWER from community research (version 5, 1 workspaces)"},
+		{"mine", []string{"create", "NEWER"}, "Created secret NEWER (private, version 1)"},
+		{"p", []string{"update", "NEWER", "--project", "ml"}, "Updated secret NEWER (project ml, version 6)"},
+	}
+	for _, s := range steps {
+		code, out, errs := in.run(s.stdin, s.args...)
+		if code != 0 || strings.TrimSpace(out) != s.want {
+			t.Fatalf("%v: exit %d\nstdout: %s\nstderr: %s\nwant %q", s.args, code, out, errs, s.want)
+		}
+	}
+	byName := map[string]string{}
+	for _, s := range in.list(t, "alice") {
+		byName[s.Scope.String()+"/"+s.Name] = s.ID
+	}
+	if sec := in.recordByID(t, byName["user:alice/MY_COPY"]); string(sec.Value) != "v2" {
+		t.Fatal("the clone does not have the source's value")
+	}
+	if sec := in.recordByID(t, byName["project:ml/ML_COPY"]); string(sec.Value) != "other" {
+		t.Fatal("the clone does not have its new value")
+	}
+	if sec := in.recordByID(t, byName["project:ml/NEWER"]); string(sec.Value) != "p" || sec.Name != "NEWER" {
+		t.Fatalf("the project secret: %s v%d", sec.Name, sec.Version)
+	}
+	// Both NEWER are listed; the project one is marked as hidden.
+	code, out, _ := in.run("", "list")
+	if code != 0 || !strings.Contains(out, "hidden-by:user:alice") || strings.Count(out, "NEWER ") != 2 {
+		t.Fatalf("list:\n%s", out)
+	}
+	for _, v := range []string{"v1", "v2", "other", "mine"} {
+		if strings.Contains(out, " "+v+" ") {
+			t.Fatalf("list shows a value")
+		}
+	}
+
+	code, _, errs := in.run("", "share", "NEWER", "--community", "research", "--as", "bob")
+	if code != 1 || !strings.Contains(errs, "only an admin of community \"research\"") {
+		t.Fatalf("share by a non-admin: exit %d: %s", code, errs)
+	}
+	code, _, errs = in.run("", "share", "NEWER")
+	if code != 2 || !strings.Contains(errs, "missing --community") {
+		t.Fatalf("share without a community: exit %d: %s", code, errs)
+	}
+	code, _, errs = in.run("", "update", "NEWER", "--rename", "9BAD")
+	if code != 2 || !strings.Contains(errs, "must start with a Latin letter") {
+		t.Fatalf("rename to a bad name: exit %d: %s", code, errs)
+	}
+	code, _, errs = in.run("", "clone", "NEWER")
+	if code != 2 {
+		t.Fatalf("clone without NEW: exit %d: %s", code, errs)
 	}
 }
 

@@ -1,0 +1,214 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+	"github.com/hashicorp/go-hclog"
+	"github.com/nats-io/nats.go"
+
+	"github.com/nbsecrets/nbsecrets/controlplane"
+	"github.com/nbsecrets/nbsecrets/internal/keyfile"
+)
+
+// runServe is `nbsecrets serve`: the secrets service alone, against a
+// production NATS with JetStream.
+//
+//	nbsecrets serve --nats URL [--creds FILE] --directory FILE
+//	                --sign-key FILE --curve-key FILE [--log-level LEVEL] [--log-json]
+//
+// --sign-key is the seed file (0600) of the ed25519 nkey that signs records
+// and --curve-key that of the curve key that seals them; agents pin their
+// public keys, which the service logs when it starts ("serving ...
+// sign_key=... curve_key=..."). The directory file (format: package
+// controlplane, deploy/directory.example.json) is reloaded without a
+// restart on SIGHUP and when it changes on disk (fsnotify on its
+// directory, and a check every reloadInterval; only when its bytes
+// changed). A file that does not load is refused with a log line and the
+// previous directory stays. Each flag has an environment variable.
+func runServe(ctx context.Context, env *cliEnv, args []string) error {
+	fs := newFlags(env, "serve", "--nats URL [--creds FILE] --directory FILE --sign-key FILE --curve-key FILE [flags]")
+	url := fs.String("nats", envOr("NATS_URL", nats.DefaultURL), "NATS server URL(s), comma-separated ($NATS_URL)")
+	creds := fs.String("creds", envOr("NATS_CREDS", ""), "NATS credentials file of the service's user ($NATS_CREDS)")
+	dirFile := fs.String("directory", envOr("NBSECRETS_DIRECTORY", ""), "directory file: users, projects, communities, workspaces (required) ($NBSECRETS_DIRECTORY)")
+	signKey := fs.String("sign-key", envOr("NBSECRETS_SIGN_KEY", ""), "seed file of the service's ed25519 signing nkey, mode 0600 (required) ($NBSECRETS_SIGN_KEY)")
+	curveKey := fs.String("curve-key", envOr("NBSECRETS_CURVE_KEY", ""), "seed file of the service's curve key, mode 0600 (required) ($NBSECRETS_CURVE_KEY)")
+	logLevel, logJSON := logFlags(fs)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	var missing []string
+	for _, f := range []struct{ name, v string }{{"--directory", *dirFile}, {"--sign-key", *signKey}, {"--curve-key", *curveKey}} {
+		if f.v == "" {
+			missing = append(missing, f.name)
+		}
+	}
+	if len(missing) > 0 || fs.NArg() != 0 {
+		if len(missing) > 0 {
+			fmt.Fprintf(env.stderr, "nbsecrets serve: missing %v\n", missing)
+		}
+		fs.Usage()
+		return errUsage
+	}
+	log, err := newLogger(env.stderr, *logLevel, *logJSON)
+	if err != nil {
+		return err
+	}
+	signKP, err := keyfile.Load(*signKey)
+	if err != nil {
+		return fmt.Errorf("signing key: %w", err)
+	}
+	curveKP, err := keyfile.Load(*curveKey)
+	if err != nil {
+		return fmt.Errorf("curve key: %w", err)
+	}
+	path, err := filepath.Abs(*dirFile)
+	if err != nil {
+		return err
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("directory: %w", err)
+	}
+	dir, err := parseDirectory(path, data)
+	if err != nil {
+		return err
+	}
+
+	opts := []nats.Option{nats.Name("nbsecrets-service"), nats.MaxReconnects(-1), nats.ReconnectWait(250 * time.Millisecond)}
+	if *creds != "" {
+		opts = append(opts, nats.UserCredentials(*creds))
+	}
+	nc, err := nats.Connect(*url, opts...)
+	if err != nil {
+		return fmt.Errorf("connecting to NATS at %s: %w", *url, err)
+	}
+	defer nc.Close()
+	svc, err := controlplane.New(controlplane.Options{Conn: nc, SignKey: signKP, CurveKey: curveKP, Directory: dir, Logger: log})
+	if err != nil {
+		return err
+	}
+	startCtx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	err = svc.Start(startCtx)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("starting the secrets service: %w", err)
+	}
+	defer svc.Stop()
+	log.Info("directory loaded", "path", path, "users", len(dir.Users), "projects", len(dir.Projects),
+		"communities", len(dir.Communities), "workspaces", len(dir.Workspaces))
+
+	watchDirectory(ctx, path, data, log.Named("directory"), func(data []byte) error {
+		d, err := parseDirectory(path, data)
+		if err != nil {
+			return err
+		}
+		return svc.SetDirectory(d)
+	})
+	log.Info("stopping")
+	return nil
+}
+
+// parseDirectory decodes and checks a directory file's bytes.
+func parseDirectory(path string, data []byte) (*controlplane.Directory, error) {
+	d, err := controlplane.DecodeDirectory(bytes.NewReader(data))
+	if err == nil {
+		err = d.Validate()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return d, nil
+}
+
+// reloadInterval is how often watchDirectory reads the file besides
+// fsnotify and SIGHUP, in case an event is missed (network filesystems,
+// a ConfigMap's symlink swap).
+const reloadInterval = 30 * time.Second
+
+// reloadSettle lets a burst of events (an editor's write, rename and
+// chmod) become one reload.
+const reloadSettle = 100 * time.Millisecond
+
+// watchDirectory runs until ctx ends. It calls apply with the file's bytes
+// on SIGHUP, and when fsnotify reports a change in the file's directory or
+// every reloadInterval, if the bytes differ from the last ones seen
+// (current at first). A failed apply is logged; the caller keeps its old
+// directory and the same bytes are not tried again until they change or
+// SIGHUP.
+func watchDirectory(ctx context.Context, path string, current []byte, log hclog.Logger, apply func([]byte) error) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+
+	var events <-chan fsnotify.Event
+	var errs <-chan error
+	if w, err := fsnotify.NewWatcher(); err != nil {
+		log.Warn("cannot watch the directory file; relying on SIGHUP and polling", "error", err)
+	} else {
+		defer w.Close()
+		if err := w.Add(filepath.Dir(path)); err != nil {
+			log.Warn("cannot watch the directory file; relying on SIGHUP and polling", "dir", filepath.Dir(path), "error", err)
+		} else {
+			events, errs = w.Events, w.Errors
+		}
+	}
+	tick := time.NewTicker(reloadInterval)
+	defer tick.Stop()
+	settle := time.NewTimer(time.Hour)
+	settle.Stop()
+	last := current
+	reload := func(force bool, why string) {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			log.Error("directory file unreadable; keeping the previous directory", "path", path, "error", err)
+			return
+		}
+		if !force && bytes.Equal(data, last) {
+			return
+		}
+		last = data
+		if err := apply(data); err != nil {
+			log.Error("directory refused; keeping the previous one", "path", path, "trigger", why, "error", err)
+			return
+		}
+		log.Info("directory reloaded", "path", path, "trigger", why)
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			reload(true, "SIGHUP")
+		case ev, ok := <-events:
+			if !ok {
+				events = nil
+				continue
+			}
+			if filepath.Clean(ev.Name) == path || filepath.Base(ev.Name) == "..data" {
+				settle.Reset(reloadSettle)
+			}
+		case err, ok := <-errs:
+			if !ok {
+				errs = nil
+				continue
+			}
+			if !errors.Is(err, fsnotify.ErrEventOverflow) {
+				log.Warn("watching the directory file", "error", err)
+			}
+			settle.Reset(reloadSettle)
+		case <-settle.C:
+			reload(false, "file changed")
+		case <-tick.C:
+			reload(false, "poll")
+		}
+	}
+}

@@ -1,0 +1,156 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nkeys"
+
+	"github.com/nbsecrets/nbsecrets/controlplane"
+	"github.com/nbsecrets/nbsecrets/internal/keyfile"
+	"github.com/nbsecrets/nbsecrets/internal/natstest"
+)
+
+// lockedBuffer is a bytes.Buffer safe for the logger's writes.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func pollUntil(t *testing.T, total time.Duration, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(total)
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %v: %v", total, err)
+		}
+		time.Sleep(10 * time.Millisecond) // poll interval
+	}
+}
+
+// TestServeReloadsDirectory runs `nbsecrets serve` in-process: a user
+// added to the file can call the service without a restart, and a broken
+// file is refused with a log line while the old directory stays.
+func TestServeReloadsDirectory(t *testing.T) {
+	srv := natstest.Start(t)
+	dir := t.TempDir()
+	signFile, curveFile := filepath.Join(dir, "sign.nk"), filepath.Join(dir, "curve.nk")
+	must := func(kp nkeys.KeyPair, _ bool, err error) nkeys.KeyPair {
+		if err != nil {
+			t.Fatal(err)
+		}
+		return kp
+	}
+	must(keyfile.LoadOrCreate(signFile, false, nkeys.PrefixByteAccount))
+	curve := must(keyfile.LoadOrCreate(curveFile, true, nkeys.PrefixByteCurve))
+	curvePub, _ := curve.PublicKey()
+	users := map[string]nkeys.KeyPair{}
+	for _, u := range []string{"alice", "bob"} {
+		users[u] = must(keyfile.LoadOrCreate(filepath.Join(dir, u+".nk"), false, nkeys.PrefixByteUser))
+	}
+	wsKey, _ := nkeys.CreateCurveKeys()
+	wsPub, _ := wsKey.PublicKey()
+	dirFile := filepath.Join(dir, "directory.json")
+	writeDir := func(ids ...string) {
+		d := controlplane.Directory{Workspaces: []controlplane.Workspace{{ID: "ws-alice", Owner: "alice", CurveKey: wsPub}}}
+		for _, id := range ids {
+			pub, _ := users[id].PublicKey()
+			d.Users = append(d.Users, controlplane.User{ID: id, PublicKey: pub})
+		}
+		b, _ := json.Marshal(d)
+		if err := writeFileAtomic(dirFile, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeDir("alice")
+
+	logs := &lockedBuffer{}
+	env := &cliEnv{stdin: strings.NewReader(""), stdout: &bytes.Buffer{}, stderr: logs}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- runServe(ctx, env, []string{"--nats", srv.ClientURL(), "--directory", dirFile,
+			"--sign-key", signFile, "--curve-key", curveFile, "--log-level", "debug"})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	})
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	list := func(user string) error {
+		c := controlplane.NewClient(nc, user, users[user], curvePub)
+		lctx, lcancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer lcancel()
+		_, err := c.List(lctx)
+		return err
+	}
+	pollUntil(t, 20*time.Second, func() error { return list("alice") })
+	if err := list("bob"); !errors.Is(err, controlplane.ErrUnauthenticated) {
+		t.Fatalf("bob before the reload: %v", err)
+	}
+	pollUntil(t, 10*time.Second, func() error {
+		if !strings.Contains(logs.String(), "directory loaded") {
+			return errors.New("not watching yet")
+		}
+		return nil
+	})
+
+	writeDir("alice", "bob")
+	pollUntil(t, 20*time.Second, func() error { return list("bob") })
+
+	if err := os.WriteFile(dirFile, []byte(`{"users": [{"id": "bob", "publicKey": "nope"}]}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	pollUntil(t, 20*time.Second, func() error {
+		if !strings.Contains(logs.String(), "directory refused; keeping the previous one") {
+			return fmt.Errorf("no refusal logged:\n%s", logs.String())
+		}
+		return nil
+	})
+	if !strings.Contains(logs.String(), "users[0].publicKey") {
+		t.Errorf("the refusal does not name the field:\n%s", logs.String())
+	}
+	if err := list("alice"); err != nil {
+		t.Fatalf("alice after a refused file: %v", err)
+	}
+}
+
+func TestServeUsage(t *testing.T) {
+	var out, errb bytes.Buffer
+	if code := run([]string{"serve", "--nats", "nats://127.0.0.1:1"}, strings.NewReader(""), &out, &errb); code != 2 ||
+		!strings.Contains(errb.String(), "missing [--directory --sign-key --curve-key]") {
+		t.Fatalf("exit %d: %s", code, errb.String())
+	}
+}
