@@ -51,10 +51,13 @@ type cliEnv struct {
 var commands = map[string]command{
 	"dev":        {"run the embedded default instance (NATS, service, workspace agent)", runDev},
 	"agent":      {"run a workspace agent", runAgent},
+	"serve":      {"run the secrets service against a NATS server", runServe},
 	"secret":     {"create, update, delete, list secrets", runSecret},
 	"status":     {"show what the agent holds (never a value)", runStatus},
 	"inject":     {"kernel launcher wrapper: inject -- ARGV...", runInject},
 	"kernelspec": {"install or uninstall the kernelspec wrapper", runKernelspec},
+
+	"nats-config": {"write the nats-server accounts and permissions of a deployment", runNatsConfig},
 }
 
 // errUsage marks a usage error: exit code 2, message already printed.

@@ -1,0 +1,121 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+
+	"github.com/nats-io/nkeys"
+
+	"github.com/nbsecrets/nbsecrets/controlplane"
+	"github.com/nbsecrets/nbsecrets/controlplane/natsauth"
+	"github.com/nbsecrets/nbsecrets/internal/keyfile"
+)
+
+const natsConfigUsage = `Usage: nbsecrets nats-config --directory FILE [--out FILE] [--keys DIR]
+
+Writes the nats-server authorisation of a deployment: an accounts block to
+include in the server's own configuration, which sets listen, TLS and
+jetstream { store_dir }:
+
+    jetstream { store_dir: /var/lib/nats }
+    include "nbsecrets-auth.conf"
+
+Every party connects with a NATS nkey of its own. The command makes the
+missing ones (seed files, mode 0600, in a directory created 0700) and reuses
+those that exist, so running it again after a directory change keeps every
+key and adds the new ones:
+
+    DIR/service.nk              the secrets service (nbsecrets serve)
+    DIR/workspaces/<id>.nk      the agent of workspace <id> (nbsecrets agent --nkey)
+    DIR/users/<id>.nk           the CLI of user <id>
+
+A user's NATS key is not the key that signs the user's requests (publicKey
+in the directory file): give each its own.
+
+What each may do:
+  - the service (account "nbsecrets", the only one with JetStream) writes
+    the record bucket "nbsecrets" and its own bucket "nbsecrets_service" and
+    serves nbsecrets.api.v1.* in queue group nbsecrets-service; it cannot
+    delete, purge or reconfigure the buckets;
+  - the agent of workspace W (account "nbsecrets-ws-W") can only create
+    ordered consumers filtered on $KV.nbsecrets.W.>, pull from them and
+    delete them: it reads W's records and writes nothing;
+  - user U (account "nbsecrets-user-U") can only send requests on
+    nbsecrets.api.v1.* and receive the replies.
+Each party has an account of its own, so no one sees another's replies, and
+no request from another account can aim a reply at a record's subject.
+
+The output depends only on the directory and the keys. The server
+configuration is written with mode 0600 (to standard output without --out);
+reload the server (nats-server --signal reload) after writing it.
+
+Flags:
+`
+
+// runNatsConfig is `nbsecrets nats-config`.
+func runNatsConfig(_ context.Context, env *cliEnv, args []string) error {
+	fs := newFlags(env, "nats-config", "")
+	fs.Usage = func() {
+		fmt.Fprint(env.stderr, natsConfigUsage)
+		fs.PrintDefaults()
+	}
+	dirFile := fs.String("directory", "", "directory file: users, projects, communities, workspaces (required)")
+	out := fs.String("out", "", "write the server configuration to this file, mode 0600 (default: standard output)")
+	keysDir := fs.String("keys", "nats-keys", "directory of the NATS nkey seeds; missing ones are created")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *dirFile == "" || fs.NArg() > 0 {
+		fmt.Fprintln(env.stderr, "nbsecrets nats-config: --directory is required and there are no arguments")
+		fs.Usage()
+		return errUsage
+	}
+	dir, err := controlplane.LoadDirectory(*dirFile)
+	if err != nil {
+		return err
+	}
+	cfg := natsauth.Config{Directory: dir, AgentKeys: map[string]string{}, UserKeys: map[string]string{}}
+	key := func(path, who string) (string, error) {
+		kp, created, err := keyfile.LoadOrCreate(path, false, nkeys.PrefixByteUser)
+		if err != nil {
+			return "", fmt.Errorf("NATS key of %s: %w", who, err)
+		}
+		pub, err := kp.PublicKey()
+		if err != nil {
+			return "", fmt.Errorf("NATS key of %s: %w", who, err)
+		}
+		if created {
+			fmt.Fprintf(env.stderr, "created the NATS key of %s: %s (%s)\n", who, path, pub)
+		}
+		return pub, nil
+	}
+	svc, err := key(filepath.Join(*keysDir, "service.nk"), "the secrets service")
+	if err != nil {
+		return err
+	}
+	cfg.ServiceKeys = []string{svc}
+	for _, w := range dir.Workspaces {
+		if cfg.AgentKeys[w.ID], err = key(filepath.Join(*keysDir, "workspaces", w.ID+".nk"), "workspace "+w.ID); err != nil {
+			return err
+		}
+	}
+	for _, u := range dir.Users {
+		if cfg.UserKeys[u.ID], err = key(filepath.Join(*keysDir, "users", u.ID+".nk"), "user "+u.ID); err != nil {
+			return err
+		}
+	}
+	conf, err := natsauth.Generate(cfg)
+	if err != nil {
+		return err
+	}
+	if *out == "" {
+		_, err := env.stdout.Write(conf)
+		return err
+	}
+	if err := writeFileAtomic(*out, conf, 0o600); err != nil {
+		return fmt.Errorf("writing %s: %w", *out, err)
+	}
+	fmt.Fprintf(env.stderr, "wrote %s: %d workspaces, %d users\n", *out, len(dir.Workspaces), len(dir.Users))
+	return nil
+}
