@@ -225,6 +225,12 @@ func ensureBucket(ctx context.Context, js jetstream.JetStream, cfg jetstream.Key
 // dispatch runs on the subscription's goroutine: it hands the request to a
 // goroutine of its own, at most maxInFlight at once.
 func (s *Service) dispatch(m *nats.Msg) {
+	if !inboxReply(m.Reply) {
+		// A reply aimed at another subject could land in a stream (a
+		// record's subject): never carry out or answer such a request.
+		s.log.Warn("request refused: its reply subject is not an inbox", "subject", m.Subject, "reply", m.Reply)
+		return
+	}
 	s.mu.Lock()
 	if s.stopped {
 		s.mu.Unlock()
@@ -240,6 +246,15 @@ func (s *Service) dispatch(m *nats.Msg) {
 		}()
 		s.handle(m)
 	}()
+}
+
+// inboxReply reports whether a request's reply subject is one the service
+// may answer on: none, a client inbox (_INBOX.) or a reply the server maps
+// across accounts (_R_.). The per-account NATS configuration of nats-config
+// already keeps replies from reaching a stream; this is the second check,
+// for deployments that put everyone in one account.
+func inboxReply(reply string) bool {
+	return reply == "" || strings.HasPrefix(reply, "_INBOX.") || strings.HasPrefix(reply, "_R_.")
 }
 
 // handle authenticates one request, carries it out and replies.

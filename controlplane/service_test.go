@@ -795,3 +795,28 @@ func (b *syncBuffer) String() string {
 	defer b.mu.Unlock()
 	return b.buf.String()
 }
+
+// TestReplyAimedAtARecordIsRefused: a genuine, signed request whose reply
+// subject is a record's subject is neither carried out nor answered, so
+// its reply cannot overwrite a record.
+func TestReplyAimedAtARecordIsRefused(t *testing.T) {
+	f := newFixture(t)
+	c := f.client("alice")
+	before := f.lastSeqs()
+	data := f.rawRequest(t, c, &requestBody{Op: opCreate, Name: "INJECTED"}, []byte("never-stored"))
+	target := "$KV." + protocol.Bucket + ".ws-alice.victim"
+	if err := f.nc.PublishRequest(SubjectPrefix+opCreate, target, data); err != nil {
+		t.Fatal(err)
+	}
+	// A request sent after it, on an inbox, is answered: by then the first
+	// one has been refused (a queue subscription handles them in order).
+	if _, err := c.List(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	if after := f.lastSeqs(); after != before {
+		t.Errorf("streams changed: %v -> %v", before, after)
+	}
+	if !strings.Contains(f.logs.String(), "reply subject is not an inbox") {
+		t.Error("no log line for the refused request")
+	}
+}

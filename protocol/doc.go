@@ -49,8 +49,14 @@
 //	$JS.API.CONSUMER.CREATE.KV_nbsecrets.*.$KV.nbsecrets.<workspace>.>
 //
 // can read its own workspace's keys and no other (multi-filter consumers
-// bypass that check, so agents never use them). Permissions are the second
-// wall; the sealing is the first.
+// bypass that check, so agents never use them). That permission alone is
+// not enough inside one NATS account: a JetStream API request's reply
+// subject can name a record's subject, and the stream stores the response
+// there. So each agent and each user gets an account of its own, and only
+// the service's account has JetStream, exporting to each workspace's
+// account exactly its consumer-create subject (controlplane/natsauth,
+// `nbsecrets nats-config`). Permissions are the second wall; the signatures
+// and the sealing are the first.
 //
 // # Names and values
 //

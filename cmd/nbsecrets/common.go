@@ -1,12 +1,15 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/nats-io/nats.go"
 
 	"github.com/hashicorp/go-hclog"
 )
@@ -65,4 +68,44 @@ func (l *listFlag) Set(v string) error {
 		}
 	}
 	return nil
+}
+
+// natsAuthFlags are the NATS client credential and TLS flags, spelled as the
+// NATS tools spell them.
+type natsAuthFlags struct {
+	creds, nkey, ca, cert, key *string
+}
+
+func addNATSAuthFlags(fs *flag.FlagSet) *natsAuthFlags {
+	return &natsAuthFlags{
+		creds: fs.String("creds", envOr("NATS_CREDS", ""), "NATS credentials file (user JWT and nkey seed) ($NATS_CREDS)"),
+		nkey:  fs.String("nkey", envOr("NATS_NKEY", ""), "NATS nkey seed file, for nkey authentication, e.g. from 'nbsecrets nats-config' ($NATS_NKEY)"),
+		ca:    fs.String("tlsca", envOr("NATS_CA", ""), "CA certificate to verify the NATS server ($NATS_CA)"),
+		cert:  fs.String("tlscert", envOr("NATS_CERT", ""), "client certificate for NATS ($NATS_CERT)"),
+		key:   fs.String("tlskey", envOr("NATS_KEY", ""), "client certificate key for NATS ($NATS_KEY)"),
+	}
+}
+
+// options turns the flags into nats.Options.
+func (f *natsAuthFlags) options() ([]nats.Option, error) {
+	var opts []nats.Option
+	switch {
+	case *f.creds != "" && *f.nkey != "":
+		return nil, errors.New("give --creds or --nkey, not both")
+	case *f.creds != "":
+		opts = append(opts, nats.UserCredentials(*f.creds))
+	case *f.nkey != "":
+		o, err := nats.NkeyOptionFromSeed(*f.nkey)
+		if err != nil {
+			return nil, fmt.Errorf("nkey: %w", err)
+		}
+		opts = append(opts, o)
+	}
+	if *f.ca != "" {
+		opts = append(opts, nats.RootCAs(*f.ca))
+	}
+	if *f.cert != "" || *f.key != "" {
+		opts = append(opts, nats.ClientCert(*f.cert, *f.key))
+	}
+	return opts, nil
 }

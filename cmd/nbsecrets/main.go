@@ -8,7 +8,9 @@
 //
 //	dev         run the embedded default: NATS with JetStream, the secrets
 //	            service, one workspace owned by the current user and its agent
+//	serve       run the secrets service against a production NATS
 //	agent       run a workspace agent against a production NATS
+//	nats-config generate the NATS accounts and permissions for a directory
 //	secret      create, update, delete, list secrets (values from stdin or --from-file)
 //	status      what the agent holds: secrets, versions, kernels (never a value)
 //	inject      the kernel launcher wrapper: nbsecrets inject [flags] -- ARGV...

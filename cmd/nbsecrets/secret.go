@@ -9,11 +9,13 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nkeys"
 	"golang.org/x/sys/unix"
 
 	"github.com/nbsecrets/nbsecrets/controlplane"
@@ -94,19 +96,41 @@ func runSecret(ctx context.Context, env *cliEnv, args []string) error {
 }
 
 // secretFlags are the flags every secret command takes.
+//
+// Against a local instance (nbsecrets dev) --state-dir is all it takes.
+// Against a deployed service (nbsecrets serve), --nats selects it: then the
+// caller is whoever holds the user's request-signing key (--user,
+// --user-key), the service's curve key is pinned with --service-curve-key,
+// and NATS credentials come from --nkey or --creds.
 type secretFlags struct {
 	fs       *flag.FlagSet
 	stateDir *string
 	as       *string
+
+	natsURL, user, userKey, serviceCurve *string
+	auth                                 *natsAuthFlags
 }
 
 func newSecretFlags(env *cliEnv, name, synopsis string) *secretFlags {
 	fs := newFlags(env, "secret "+name, synopsis)
 	return &secretFlags{
-		fs:       fs,
-		stateDir: stateDirFlag(fs),
-		as:       fs.String("as", "", "act as this user (default: the instance's user)"),
+		fs:           fs,
+		stateDir:     stateDirFlag(fs),
+		as:           fs.String("as", "", "act as this user on a local instance (default: the instance's user)"),
+		natsURL:      fs.String("nats", envOr("NBSECRETS_NATS", ""), "NATS URL of a deployed service; empty: the local instance of --state-dir ($NBSECRETS_NATS)"),
+		user:         fs.String("user", envOr("NBSECRETS_USER", ""), "with --nats: your user id ($NBSECRETS_USER)"),
+		userKey:      fs.String("user-key", envOr("NBSECRETS_USER_KEY", ""), "with --nats: seed file of your request-signing nkey ($NBSECRETS_USER_KEY)"),
+		serviceCurve: fs.String("service-curve-key", envOr("NBSECRETS_SERVICE_CURVE_KEY", ""), "with --nats: the service's curve public key ($NBSECRETS_SERVICE_CURVE_KEY)"),
+		auth:         addNATSAuthFlags(fs),
 	}
+}
+
+// dial connects to the service the flags name.
+func (f *secretFlags) dial() (*controlplane.Client, string, func(), error) {
+	if *f.natsURL == "" {
+		return dialSecrets(*f.stateDir, *f.as)
+	}
+	return dialService(*f.natsURL, *f.user, *f.userKey, *f.serviceCurve, f.auth)
 }
 
 // parse parses args, flags before or after the positional arguments, and
@@ -168,7 +192,7 @@ func runSecretCreate(ctx context.Context, env *cliEnv, args []string) error {
 		return err
 	}
 	defer clear(value)
-	client, user, closeConn, err := dialSecrets(*f.stateDir, *f.as)
+	client, user, closeConn, err := f.dial()
 	if err != nil {
 		return err
 	}
@@ -208,7 +232,7 @@ func runSecretUpdate(ctx context.Context, env *cliEnv, args []string) error {
 		return err
 	}
 	defer clear(value)
-	client, user, closeConn, err := dialSecrets(*f.stateDir, *f.as)
+	client, user, closeConn, err := f.dial()
 	if err != nil {
 		return err
 	}
@@ -242,7 +266,7 @@ func runSecretDelete(ctx context.Context, env *cliEnv, args []string) error {
 		return err
 	}
 	name := pos[0]
-	client, _, closeConn, err := dialSecrets(*f.stateDir, *f.as)
+	client, _, closeConn, err := f.dial()
 	if err != nil {
 		return err
 	}
@@ -274,7 +298,7 @@ func runSecretClone(ctx context.Context, env *cliEnv, args []string) error {
 		return err
 	}
 	defer clear(value)
-	client, user, closeConn, err := dialSecrets(*f.stateDir, *f.as)
+	client, user, closeConn, err := f.dial()
 	if err != nil {
 		return err
 	}
@@ -322,7 +346,7 @@ func shareOrUnshare(ctx context.Context, env *cliEnv, args []string, share bool)
 		return errUsage
 	}
 	name := pos[0]
-	client, _, closeConn, err := dialSecrets(*f.stateDir, *f.as)
+	client, _, closeConn, err := f.dial()
 	if err != nil {
 		return err
 	}
@@ -351,7 +375,7 @@ func runSecretList(ctx context.Context, env *cliEnv, args []string) error {
 	if _, err := f.parse(env, args, 0); err != nil {
 		return err
 	}
-	client, _, closeConn, err := dialSecrets(*f.stateDir, *f.as)
+	client, _, closeConn, err := f.dial()
 	if err != nil {
 		return err
 	}
@@ -440,6 +464,41 @@ func dialSecrets(stateDir, user string) (*controlplane.Client, string, func(), e
 			info.NATSURL, filepath.Join(stateDir, devInfoFile), stateDir, err)
 	}
 	return controlplane.NewClient(nc, user, key, info.SealKey), user, nc.Close, nil
+}
+
+// dialService connects to a deployed service as user, whose request-signing
+// key is in userKey.
+func dialService(url, user, userKey, serviceCurve string, auth *natsAuthFlags) (*controlplane.Client, string, func(), error) {
+	var missing []string
+	for flag, v := range map[string]string{"--user": user, "--user-key": userKey, "--service-curve-key": serviceCurve} {
+		if v == "" {
+			missing = append(missing, flag)
+		}
+	}
+	if len(missing) > 0 {
+		sort.Strings(missing)
+		return nil, "", nil, fmt.Errorf("with --nats, give %s", strings.Join(missing, ", "))
+	}
+	if err := protocol.ValidateID(user); err != nil {
+		return nil, "", nil, fmt.Errorf("user: %w", err)
+	}
+	if !nkeys.IsValidPublicCurveKey(serviceCurve) {
+		return nil, "", nil, errors.New("--service-curve-key is not a curve public key (X...)")
+	}
+	key, err := keyfile.Load(userKey)
+	if err != nil {
+		return nil, "", nil, fmt.Errorf("key of user %s: %w", user, err)
+	}
+	opts, err := auth.options()
+	if err != nil {
+		return nil, "", nil, err
+	}
+	opts = append(opts, nats.Name("nbsecrets secret"), nats.Timeout(connectTimeout), nats.NoReconnect())
+	nc, err := nats.Connect(url, opts...)
+	if err != nil {
+		return nil, "", nil, fmt.Errorf("cannot reach NATS at %s: %w", url, err)
+	}
+	return controlplane.NewClient(nc, user, key, serviceCurve), user, nc.Close, nil
 }
 
 // readValue reads a secret value from the file path, or from standard input

@@ -37,7 +37,7 @@ import (
 func runServe(ctx context.Context, env *cliEnv, args []string) error {
 	fs := newFlags(env, "serve", "--nats URL [--creds FILE] --directory FILE --sign-key FILE --curve-key FILE [flags]")
 	url := fs.String("nats", envOr("NATS_URL", nats.DefaultURL), "NATS server URL(s), comma-separated ($NATS_URL)")
-	creds := fs.String("creds", envOr("NATS_CREDS", ""), "NATS credentials file of the service's user ($NATS_CREDS)")
+	auth := addNATSAuthFlags(fs)
 	dirFile := fs.String("directory", envOr("NBSECRETS_DIRECTORY", ""), "directory file: users, projects, communities, workspaces (required) ($NBSECRETS_DIRECTORY)")
 	signKey := fs.String("sign-key", envOr("NBSECRETS_SIGN_KEY", ""), "seed file of the service's ed25519 signing nkey, mode 0600 (required) ($NBSECRETS_SIGN_KEY)")
 	curveKey := fs.String("curve-key", envOr("NBSECRETS_CURVE_KEY", ""), "seed file of the service's curve key, mode 0600 (required) ($NBSECRETS_CURVE_KEY)")
@@ -83,10 +83,11 @@ func runServe(ctx context.Context, env *cliEnv, args []string) error {
 		return err
 	}
 
-	opts := []nats.Option{nats.Name("nbsecrets-service"), nats.MaxReconnects(-1), nats.ReconnectWait(250 * time.Millisecond)}
-	if *creds != "" {
-		opts = append(opts, nats.UserCredentials(*creds))
+	authOpts, err := auth.options()
+	if err != nil {
+		return err
 	}
+	opts := append([]nats.Option{nats.Name("nbsecrets-service"), nats.MaxReconnects(-1), nats.ReconnectWait(250 * time.Millisecond)}, authOpts...)
 	nc, err := nats.Connect(*url, opts...)
 	if err != nil {
 		return fmt.Errorf("connecting to NATS at %s: %w", *url, err)
