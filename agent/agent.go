@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"sync"
 	"time"
 
@@ -35,6 +36,21 @@ type Config struct {
 	ApplyTimeout time.Duration
 	// Logger receives key/value logs; never a value. Nil: no logs.
 	Logger hclog.Logger
+	// Policy says when a kernel is restarted instead of re-seeded. Zero:
+	// never restarted, every change re-seeded live.
+	Policy Policy
+	// JupyterServer is the server through which kernels are restarted.
+	// Nil: a kernel is restarted by asking it to shut down over control
+	// and leaving the restart to its manager (see shutdownRestarter).
+	JupyterServer *JupyterServer
+	// MetricsAddr is the TCP address (host:port) of /healthz, /readyz and
+	// /metrics (Prometheus text format). Empty: not served. It must be
+	// loopback ("127.0.0.1:9464", "localhost:9464") unless
+	// MetricsNonLoopback is set.
+	MetricsAddr string
+	// MetricsNonLoopback allows a MetricsAddr other hosts can reach. False:
+	// such an address is refused.
+	MetricsNonLoopback bool
 
 	dial dialer // tests: a fake kernel session
 }
@@ -46,6 +62,7 @@ type Agent struct {
 	st      *store
 	kernels *kernels
 	metrics *metrics
+	obs     observer
 	started time.Time
 
 	mu      sync.Mutex
@@ -60,6 +77,9 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.Opener == nil || cfg.Conn == nil {
 		return nil, errors.New("agent: Opener and Conn are required")
 	}
+	if err := checkMetricsAddr(cfg.MetricsAddr, cfg.MetricsNonLoopback); err != nil {
+		return nil, err
+	}
 	if cfg.Rescan == 0 {
 		cfg.Rescan = 10 * time.Second
 	}
@@ -72,13 +92,33 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.NewNullLogger()
 	}
+	if err := cfg.Policy.Validate(); err != nil {
+		return nil, err
+	}
+	var rs restarter = shutdownRestarter{}
+	if cfg.JupyterServer != nil {
+		if err := cfg.JupyterServer.check(); err != nil {
+			return nil, err
+		}
+		rs = cfg.JupyterServer
+	}
 	if cfg.dial == nil {
 		cfg.dial = dialJupyter
 	}
 	log := cfg.Logger.With("workspace", cfg.Workspace.ID)
 	a := &Agent{cfg: cfg, log: log, st: newStore(cfg.Workspace), metrics: &metrics{}}
 	a.kernels = &kernels{log: log.Named("kernel"), st: a.st, dial: cfg.dial, probeInterval: cfg.Probe,
-		applyTimeout: cfg.ApplyTimeout, metrics: a.metrics, workers: map[string]*worker{}}
+		applyTimeout: cfg.ApplyTimeout, metrics: a.metrics, workers: map[string]*worker{},
+		policy: cfg.Policy, restarter: rs}
+	if cfg.Policy.Restarts() {
+		log.Info("restart policy", "on_change", cfg.Policy.OnChange, "on_revoke", cfg.Policy.OnRevoke,
+			"busy_wait", cfg.Policy.BusyWait, "busy_action", cfg.Policy.BusyAction, "splay", cfg.Policy.Splay,
+			"restart_window", cfg.Policy.MinInterval, "mechanism", rs.String())
+		if cfg.JupyterServer == nil && cfg.Policy.MinInterval < 10*time.Second {
+			log.Warn("restarts without a Jupyter Server leave restarting to the kernel's manager, which gives up after 5 deaths less than 10s apart; a restart window of 10s or more is safer",
+				"restart_window", cfg.Policy.MinInterval)
+		}
+	}
 	return a, nil
 }
 
@@ -102,7 +142,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	errs := make(chan error, 2)
+	errs := make(chan error, 3)
+	var obsL net.Listener
+	if a.cfg.MetricsAddr != "" {
+		if obsL, err = a.listenObserve(); err != nil {
+			return err
+		}
+		defer obsL.Close() // for an early return; the server closes it too
+	}
 	if a.cfg.Socket != "" {
 		l, err := listen(a.cfg.Socket, a.log)
 		if err != nil {
@@ -113,6 +160,16 @@ func (a *Agent) Run(ctx context.Context) error {
 			defer wg.Done()
 			if err := a.serveAPI(ctx, l); err != nil {
 				errs <- fmt.Errorf("agent: local API: %w", err)
+				cancel()
+			}
+		}()
+	}
+	if obsL != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := a.serveObserve(ctx, obsL); err != nil {
+				errs <- fmt.Errorf("agent: metrics: %w", err)
 				cancel()
 			}
 		}()
@@ -173,8 +230,11 @@ type Status struct {
 // Status reports what the agent holds now.
 func (a *Agent) Status() Status {
 	d, loaded := a.st.snapshot()
+	a.mu.Lock()
+	started := a.started // written by Run
+	a.mu.Unlock()
 	a.st.mu.Lock()
-	st := Status{Workspace: a.cfg.Workspace.ID, Loaded: loaded, LastSync: a.st.lastSync, Started: a.started,
+	st := Status{Workspace: a.cfg.Workspace.ID, Loaded: loaded, LastSync: a.st.lastSync, Started: started,
 		RecordsApplied: a.st.applied, Refused: make(map[string]uint64, len(a.st.refused))}
 	for k, v := range a.st.refused {
 		st.Refused[k] = v

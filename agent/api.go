@@ -108,6 +108,7 @@ func (a *Agent) handler() http.Handler {
 		resp.Env[ManagedVar] = managedList(d)
 		if f := r.URL.Query().Get("connection_file"); f != "" {
 			a.log.Info("kernel starting with current values", "kernel", kernelID(f), "secrets", len(d.Env))
+			a.kernels.started(f, d) // what it holds, for restart decisions
 		}
 		writeJSON(w, http.StatusOK, resp)
 	})

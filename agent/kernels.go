@@ -24,6 +24,7 @@ const (
 	StateLive        KernelState = "live"        // holds the current values
 	StateStartOnly   KernelState = "start-only"  // got values at start; no live re-seed
 	StateUnreachable KernelState = "unreachable" // stopped answering; retried with backoff
+	StateRestarting  KernelState = "restarting"  // restarted by the agent; reconnecting
 )
 
 // KernelStatus is what status shows of one kernel. It holds names and
@@ -38,6 +39,12 @@ type KernelStatus struct {
 	Reseeds        uint64          `json:"reseeds"`
 	LastReseed     time.Time       `json:"last_reseed,omitzero"`
 	LastError      string          `json:"last_error,omitempty"`
+	// Restarts counts the agent's restarts of the kernel, the last one's
+	// time and reason (see Policy).
+	Restarts          uint64          `json:"restarts,omitempty"`
+	LastRestart       time.Time       `json:"last_restart,omitzero"`
+	LastRestartReason string          `json:"last_restart_reason,omitempty"`
+	PendingRestart    *PendingRestart `json:"pending_restart,omitempty"`
 }
 
 // kernelID is the id Jupyter gives a kernel: kernel-<id>.json.
@@ -58,6 +65,7 @@ type worker struct {
 	sum    [32]byte // connection file content it was started for
 	cancel context.CancelFunc
 	done   chan struct{}
+	owed   *owedRestart // a restart decided and not done; the worker's goroutine only
 
 	mu     sync.Mutex
 	status KernelStatus
@@ -88,10 +96,13 @@ type kernels struct {
 	probeInterval time.Duration
 	applyTimeout  time.Duration
 	metrics       *metrics
+	policy        Policy    // when to restart instead of re-seeding
+	restarter     restarter // how; nil: shutdownRestarter
 
 	mu      sync.Mutex
 	ctx     context.Context // set by run; workers' parent
 	workers map[string]*worker
+	history map[string]*kernelHistory // kernel id → restarts and starts, across workers
 	wg      sync.WaitGroup
 }
 
@@ -167,7 +178,9 @@ func (ks *kernels) statuses() []KernelStatus {
 	ks.mu.Unlock()
 	out := make([]KernelStatus, 0, len(ws))
 	for _, w := range ws {
-		out = append(out, w.snapshot())
+		s := w.snapshot()
+		ks.restartStatus(&s)
+		out = append(out, s)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out
@@ -204,6 +217,17 @@ func (ks *kernels) serve(ctx context.Context, w *worker) {
 		if err == nil {
 			return
 		}
+		if errors.Is(err, errRestarted) {
+			// New sockets to the connection file as it is now; a restart
+			// that changed the ports rewrote it, and ks.add replaces this
+			// worker.
+			bo.reset()
+			w.update(func(s *KernelStatus) { s.State, s.LastError, s.PendingRestart = StateRestarting, "", nil })
+			if !waitCtx(ctx, bo.next()) {
+				return
+			}
+			continue
+		}
 		w.update(func(s *KernelStatus) { s.State, s.LastError = StateUnreachable, err.Error() })
 		log.Warn("kernel stopped answering; reconnecting", "error", err)
 		if !waitCtx(ctx, bo.next()) {
@@ -212,10 +236,15 @@ func (ks *kernels) serve(ctx context.Context, w *worker) {
 	}
 }
 
-// follow keeps one connected kernel at the desired environment. It returns
-// nil when ctx ends and an error when the kernel stops answering.
+// follow keeps one connected kernel at the desired environment, re-seeding
+// or restarting it as the policy decides (decide, in policy.go). It returns
+// nil when ctx ends, errRestarted once it restarted the kernel, and another
+// error when the kernel stops answering.
 func (ks *kernels) follow(ctx context.Context, w *worker, sess session, wake <-chan struct{}, log hclog.Logger) error {
-	if sess.Describe().Mode == ModeNone {
+	pol := ks.policy
+	mode := sess.Describe().Mode
+	live := mode != ModeNone
+	if !live && !pol.restartsStartOnly() {
 		w.update(func(s *KernelStatus) { s.State = StateStartOnly })
 		<-ctx.Done()
 		return nil
@@ -225,12 +254,78 @@ func (ks *kernels) follow(ctx context.Context, w *worker, sess session, wake <-c
 	case <-ctx.Done():
 		return nil
 	}
-	probe := time.NewTicker(ks.probeInterval)
-	defer probe.Stop()
-	var held map[string]Held // unknown until the first (full) re-seed
+	var probeC <-chan time.Time
+	if live {
+		probe := time.NewTicker(ks.probeInterval)
+		defer probe.Stop()
+		probeC = probe.C
+	}
+	due := time.NewTimer(time.Hour)
+	due.Stop()
+	defer due.Stop()
+
+	if o := w.owed; o != nil {
+		if at, _ := ks.startInfo(w.status.ID); at.After(o.decided) {
+			log.Info("kernel started again through the injector since a restart was decided; no restart needed", "reason", o.reason)
+			w.owed = nil
+		}
+	}
+	// What the kernel holds; nil: unknown until the first (full) re-seed.
+	// Right after a restart by the agent it holds what the injector gave it,
+	// so a change made since is a change (restarted for, under a restart
+	// policy) rather than a first contact.
+	held := ks.restartedHolds(w.status.ID)
+	if held != nil && live {
+		w.update(func(s *KernelStatus) { s.State, s.Holds = StateLive, held })
+	}
+	if !live {
+		// A start-only kernel holds what the injector gave it.
+		_, held = ks.startInfo(w.status.ID)
+		if held == nil {
+			d, _ := ks.st.snapshot()
+			held = holdings(d)
+			log.Debug("start-only kernel started without this agent's injector; taking it to hold the current values")
+		}
+		w.update(func(s *KernelStatus) { s.State, s.Holds = StateStartOnly, held })
+	}
+	var gaveUp uint64 // the generation of the change a restart was given up for
 	for {
 		d, _ := ks.st.snapshot()
-		if p := plan(held, d); !p.Empty() {
+		p := plan(held, d)
+		if o := w.owed; o != nil && o.base != nil && plan(o.base, d).Empty() {
+			log.Info("restart no longer needed: the values are back to what the kernel holds", "reason", o.reason)
+			w.owed = nil
+		}
+		if w.owed == nil && d.Gen != gaveUp {
+			if dec := decide(pol, mode, p); dec.do == doRestart {
+				w.owed = ks.owe(w, dec, p, held)
+				log.Info("restart decided", "reason", dec.reason, "set", w.owed.set, "unset", w.owed.unset,
+					"in", time.Until(w.owed.due).Round(time.Millisecond))
+			}
+		}
+		w.update(func(s *KernelStatus) { s.PendingRestart = w.owed.status() })
+		if o := w.owed; o != nil {
+			if wait := time.Until(o.due); wait > 0 {
+				due.Reset(wait)
+			} else {
+				err := ks.restartKernel(ctx, w, sess, o, log)
+				switch {
+				case errors.Is(err, errRestarted):
+					w.owed = nil
+					return err
+				case ctx.Err() != nil:
+					return nil
+				case errors.Is(err, errGaveUp), errors.Is(err, errRestartFailed):
+					// Not for this change; a live kernel is re-seeded instead.
+					w.owed, gaveUp = nil, d.Gen
+					w.update(func(s *KernelStatus) { s.PendingRestart, s.LastError = nil, err.Error() })
+					continue
+				default: // the session was lost: reconnect, the restart still owed
+					return err
+				}
+			}
+		}
+		if live && w.owed == nil && !p.Empty() {
 			actx, cancel := context.WithTimeout(ctx, ks.applyTimeout)
 			start := time.Now()
 			err := sess.Apply(actx, p, managedList(d))
@@ -240,6 +335,11 @@ func (ks *kernels) follow(ctx context.Context, w *worker, sess session, wake <-c
 			}
 			if err != nil {
 				ks.metrics.reseedFailed()
+				if dec := afterReseedError(pol, mode, p, sess.Busy()); dec.do == doRestart && d.Gen != gaveUp {
+					log.Warn("re-seed failed; the kernel will be restarted", "error", err)
+					w.owed = ks.owe(w, dec, p, held)
+					continue
+				}
 				return err
 			}
 			ks.metrics.reseeded(time.Since(start), p.Full, d.ChangedAt)
@@ -256,7 +356,8 @@ func (ks *kernels) follow(ctx context.Context, w *worker, sess session, wake <-c
 		case <-sess.Done():
 			return errors.New("connection to the kernel lost")
 		case <-wake:
-		case <-probe.C:
+		case <-due.C:
+		case <-probeC:
 			pctx, cancel := context.WithTimeout(ctx, ks.applyTimeout)
 			err := sess.Probe(pctx)
 			cancel()

@@ -19,7 +19,10 @@ type Mode string
 const (
 	ModeSubshell Mode = "live:subshell" // ipykernel >= 7: a subshell of our own, concurrent with cells
 	ModeControl  Mode = "live:control"  // ipykernel 6: the control thread, concurrent with cells
-	ModeNone     Mode = "start-only"    // no live re-seed for this language
+	// ModeShellIdle: single-threaded kernels (IRkernel): shell, once no cell
+	// runs; a change made during a cell arrives when it ends.
+	ModeShellIdle Mode = "live:shell-idle"
+	ModeNone      Mode = "start-only" // no live re-seed for this language
 )
 
 // Description is what a session learned of its kernel.
@@ -47,6 +50,12 @@ type session interface {
 	// restart set as a hint to its manager, which does the restarting).
 	Shutdown(ctx context.Context, restart bool) error
 	Close() error
+
+	// Busy and WaitIdle tell whether a cell runs on the kernel's shell (a
+	// restart waits for idle; see Policy.BusyWait). Until a session knows,
+	// it says busy.
+	Busy() bool
+	WaitIdle(ctx context.Context) error
 }
 
 // dialer opens a session to the kernel of a connection file.
@@ -60,7 +69,8 @@ type dialer func(ctx context.Context, connFile string) (session, error)
 // between shell and control races with a cell that starts between the check
 // and the send, and a re-seed queued on shell behind a long cell would wait
 // for it to end. One ordered channel per kernel keeps re-seeds in order and
-// prompt, busy or idle.
+// prompt, busy or idle. IRkernel leaves no choice: one thread serves every
+// channel, so it is re-seeded on shell once idle (ModeShellIdle).
 func dialJupyter(ctx context.Context, connFile string) (session, error) {
 	info, err := jupyter.ReadConnectionFile(connFile)
 	if err != nil {
@@ -91,7 +101,10 @@ func dialJupyter(ctx context.Context, connFile string) (session, error) {
 	s.wg.Add(2)
 	go func() { defer s.wg.Done(); s.busy.follow(c.IOPub(), c.Session()) }()
 	go func() { defer s.wg.Done(); s.busy.probeShell(sctx, c) }()
-	if ki.LanguageInfo.Name == "python" {
+	switch ki.LanguageInfo.Name {
+	case "R": // IRkernel: control answers only shutdown; see rReseed
+		s.desc.Mode, s.ch = ModeShellIdle, jupyter.Shell
+	case "python":
 		s.desc.Mode = ModeControl
 		s.ch = jupyter.Control
 		if ki.Supports(jupyter.FeatureSubshells) {
@@ -127,7 +140,18 @@ func (s *jupyterSession) Apply(ctx context.Context, p Plan, managed string) erro
 	if s.desc.Mode == ModeNone {
 		return errors.New("kernel has no live re-seed")
 	}
-	code, err := pythonReseed(p, managed)
+	reseed := pythonReseed
+	if s.desc.Mode == ModeShellIdle {
+		// Queued behind a running cell the re-seed would hold the worker
+		// until the cell ends; wait for idle within ctx instead, so a cell
+		// that outlasts the apply timeout fails this try and the worker
+		// tries again.
+		if err := s.WaitIdle(ctx); err != nil {
+			return fmt.Errorf("waiting for the kernel to be idle: %w", err)
+		}
+		reseed = rReseed
+	}
+	code, err := reseed(p, managed)
 	if err != nil {
 		return err
 	}
@@ -152,6 +176,9 @@ func (s *jupyterSession) Shutdown(ctx context.Context, restart bool) error {
 }
 
 func (s *jupyterSession) Probe(ctx context.Context) error {
+	if s.desc.Mode == ModeShellIdle {
+		return s.probeShellIdle(ctx)
+	}
 	ch := jupyter.Control // answered while a cell runs on shell (ipykernel >= 6)
 	_, err := s.c.Request(ctx, ch, "kernel_info_request", map[string]any{}, nil)
 	return err

@@ -35,10 +35,31 @@ type fakeKernel struct {
 	fail    int           // the next n Applies fail
 	dials   int
 	applied chan struct{}
+
+	// Busy state, for restarts that wait for idle: idle is closed while
+	// the kernel is idle. A new fake kernel is idle.
+	busy      bool
+	idle      chan struct{}
+	shutdowns []bool // the restart flag of every Shutdown
 }
 
 func newFakeKernel() *fakeKernel {
-	return &fakeKernel{env: map[string]string{}, applied: make(chan struct{}, 100)}
+	idle := make(chan struct{})
+	close(idle)
+	return &fakeKernel{env: map[string]string{}, applied: make(chan struct{}, 100), idle: idle}
+}
+
+// setBusy makes the fake kernel run a cell (true) or end it (false).
+func (k *fakeKernel) setBusy(busy bool) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	switch {
+	case busy && !k.busy:
+		k.idle = make(chan struct{})
+	case !busy && k.busy:
+		close(k.idle)
+	}
+	k.busy = busy
 }
 
 func (k *fakeKernel) dialer(mode Mode) dialer {
@@ -50,11 +71,32 @@ func (k *fakeKernel) dialer(mode Mode) dialer {
 	}
 }
 
-func (s *fakeSession) Describe() Description                            { return Description{Language: "python", Mode: s.mode} }
-func (s *fakeSession) Probe(ctx context.Context) error                  { return nil }
-func (s *fakeSession) Close() error                                     { return nil }
-func (s *fakeSession) Done() <-chan struct{}                            { return nil }
-func (s *fakeSession) Shutdown(ctx context.Context, restart bool) error { return nil }
+func (s *fakeSession) Describe() Description           { return Description{Language: "python", Mode: s.mode} }
+func (s *fakeSession) Probe(ctx context.Context) error { return nil }
+func (s *fakeSession) Close() error                    { return nil }
+func (s *fakeSession) Done() <-chan struct{}           { return nil }
+func (s *fakeSession) Shutdown(ctx context.Context, restart bool) error {
+	s.k.mu.Lock()
+	defer s.k.mu.Unlock()
+	s.k.shutdowns = append(s.k.shutdowns, restart)
+	return nil
+}
+func (s *fakeSession) Busy() bool {
+	s.k.mu.Lock()
+	defer s.k.mu.Unlock()
+	return s.k.busy
+}
+func (s *fakeSession) WaitIdle(ctx context.Context) error {
+	s.k.mu.Lock()
+	idle := s.k.idle
+	s.k.mu.Unlock()
+	select {
+	case <-idle:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
 func (s *fakeSession) Apply(ctx context.Context, p Plan, managed string) error {
 	s.k.mu.Lock()
 	block := s.k.block

@@ -36,9 +36,15 @@ func runAgent(ctx context.Context, env *cliEnv, args []string) error {
 	wsKey := fs.String("workspace-key", envOr("NBSECRETS_WORKSPACE_KEY", ""), "file with the workspace's curve seed, mode 0600 (required) ($NBSECRETS_WORKSPACE_KEY)")
 	fs.Var(&runtimeDirs, "runtime-dir", "Jupyter runtime dir to watch; repeatable (default $JUPYTER_RUNTIME_DIR or <data dir>/runtime)")
 	socket := fs.String("socket", envOr("NBSECRETS_SOCKET", filepath.Join(defaultStateDir(), agentSockName)), "local API socket for the injector and status ($NBSECRETS_SOCKET)")
+	policy := policyFlags(fs)
 	logLevel, logJSON := logFlags(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
+	}
+	pol, jupyterServer, err := policy()
+	if err != nil {
+		fmt.Fprintf(env.stderr, "nbsecrets agent: %v\n", err)
+		return errUsage
 	}
 	var missing []string
 	for name, v := range map[string]string{"--workspace": *wsID, "--owner": *owner, "--service-curve-key": *sealKey, "--workspace-key": *wsKey} {
@@ -97,6 +103,7 @@ func runAgent(ctx context.Context, env *cliEnv, args []string) error {
 	a, err := agent.New(agent.Config{
 		Workspace: agent.Workspace{ID: *wsID, Owner: *owner, Projects: projects, Communities: communities},
 		Opener:    opener, Conn: nc, RuntimeDirs: runtimeDirs, Socket: *socket, Logger: log.Named("agent"),
+		Policy: pol, JupyterServer: jupyterServer,
 	})
 	if err != nil {
 		return err

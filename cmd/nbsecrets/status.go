@@ -88,7 +88,7 @@ func printStatus(w io.Writer, st *agent.Status) {
 		}
 		fmt.Fprintf(w, ", refused: %s", strings.Join(parts, ", "))
 	}
-	fmt.Fprintf(w, "\nre-seeds   %d (%d failed)\n\n", st.Reseeds, st.ReseedErrors)
+	fmt.Fprintf(w, "\nre-seeds   %d (%d failed)\nkernels    %s\n\n", st.Reseeds, st.ReseedErrors, kernelSummary(st.Kernels))
 
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "SECRET\tVERSION\tSCOPE\tNOTE")
@@ -105,7 +105,7 @@ func printStatus(w io.Writer, st *agent.Status) {
 	tw.Flush()
 	fmt.Fprintln(w)
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "KERNEL\tSTATE\tLANGUAGE\tMODE\tHOLDS\tLAST RE-SEED")
+	fmt.Fprintln(tw, "KERNEL\tSTATE\tLANGUAGE\tSERVED\tHOLDS\tLAST RE-SEED")
 	if len(st.Kernels) == 0 {
 		fmt.Fprintln(tw, "(none)\t\t\t\t\t")
 	}
@@ -122,9 +122,54 @@ func printStatus(w io.Writer, st *agent.Status) {
 		if k.LastError != "" && k.State != agent.StateLive {
 			state += " (" + k.LastError + ")"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", k.ID, state, k.Language, k.Mode, h, ago(k.LastReseed))
+		lang := k.Language
+		if lang == "" {
+			lang = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", k.ID, state, lang, servedAs(k.Mode), h, ago(k.LastReseed))
 	}
 	tw.Flush()
+}
+
+// servedAs says how a kernel gets changes: live (and over what) or only
+// when it starts. The mode's own name follows in parentheses, as in --json.
+func servedAs(m agent.Mode) string {
+	switch m {
+	case agent.ModeSubshell:
+		return "live, subshell (live:subshell)"
+	case agent.ModeControl:
+		return "live, control channel (live:control)"
+	case agent.ModeShellIdle:
+		return "live, when idle (live:shell-idle)"
+	case agent.ModeNone:
+		return "at start only (start-only)"
+	case "":
+		return "- (not connected yet)"
+	}
+	if strings.HasPrefix(string(m), "live:") {
+		return "live (" + string(m) + ")"
+	}
+	return string(m)
+}
+
+// kernelSummary counts the kernels served live and at start only.
+func kernelSummary(ks []agent.KernelStatus) string {
+	var live, startOnly, other int
+	for _, k := range ks {
+		switch {
+		case strings.HasPrefix(string(k.Mode), "live:"):
+			live++
+		case k.Mode == agent.ModeNone:
+			startOnly++
+		default:
+			other++
+		}
+	}
+	s := fmt.Sprintf("%d: %d live, %d at start only", len(ks), live, startOnly)
+	if other > 0 {
+		s += fmt.Sprintf(", %d not connected yet", other)
+	}
+	return s
 }
 
 func sortedMapKeys[V any](m map[string]V) []string {

@@ -3,7 +3,8 @@
 // HMAC key, free loopback TCP ports) into a runtime directory, runs
 // `/usr/bin/python3 -m ipykernel_launcher -f FILE` (optionally behind a
 // prefix such as the nbsecrets injector) in its own process group, and
-// stops it when the test ends.
+// stops it when the test ends. Options.Argv starts another kernel instead,
+// such as Debian's IRkernel (see [IRkernel]).
 //
 // Tests need Debian's python3-ipykernel and python3-jupyter-client for
 // /usr/bin/python3. Without them a test skips, unless the environment sets
@@ -90,6 +91,13 @@ type Options struct {
 	// without waiting for the kernel to answer (and so without retrying
 	// when a port was taken). For tests of a prefix that may fail.
 	NoWait bool
+	// Argv, when set, is the kernel's argv for a connection file (after
+	// Prefix), as a kernelspec's argv with {connection_file} filled in;
+	// see [IRkernel]. Nil: [python, -m, ipykernel_launcher, -f, FILE],
+	// which needs Debian's ipykernel (see [Python]).
+	Argv func(connFile string) []string
+	// KernelName is written in the connection file. Empty: "python3".
+	KernelName string
 }
 
 // Kernel is a running kernel owned by one test.
@@ -119,14 +127,18 @@ type proc struct {
 // the test ends; its output is logged if the test failed.
 func Start(t testing.TB, opts Options) *Kernel {
 	t.Helper()
-	python := Python(t)
+	argv := opts.Argv
+	if argv == nil {
+		python := Python(t)
+		argv = func(f string) []string { return []string{python, "-m", "ipykernel_launcher", "-f", f} }
+	}
 	dir := opts.Dir
 	if dir == "" {
 		dir = t.TempDir()
 	}
 	k := &Kernel{ID: newUUID(), t: t}
 	k.ConnFile = filepath.Join(dir, "kernel-"+k.ID+".json")
-	k.argv = append(append([]string{}, opts.Prefix...), python, "-m", "ipykernel_launcher", "-f", k.ConnFile)
+	k.argv = append(append([]string{}, opts.Prefix...), argv(k.ConnFile)...)
 	k.env = append(os.Environ(),
 		"JUPYTER_RUNTIME_DIR="+dir,
 		"IPYTHONDIR="+t.TempDir(),
@@ -139,6 +151,9 @@ func Start(t testing.TB, opts Options) *Kernel {
 		Key:             newUUID(),
 		SignatureScheme: "hmac-sha256",
 		KernelName:      "python3",
+	}
+	if opts.KernelName != "" {
+		k.Info.KernelName = opts.KernelName
 	}
 	t.Cleanup(func() {
 		k.Kill()

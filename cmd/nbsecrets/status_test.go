@@ -1,0 +1,46 @@
+package main
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/nbsecrets/nbsecrets/agent"
+)
+
+// TestStatusTableShowsMode: every kernel's line says whether it is served
+// live (and how) or only at start.
+func TestStatusTableShowsMode(t *testing.T) {
+	st := &agent.Status{Workspace: "ws", Kernels: []agent.KernelStatus{
+		{ID: "k1", State: agent.StateLive, Language: "python", Mode: agent.ModeControl},
+		{ID: "k2", State: agent.StateLive, Language: "R", Mode: agent.ModeShellIdle},
+		{ID: "k3", State: agent.StateStartOnly, Language: "bash", Mode: agent.ModeNone},
+		{ID: "k4", State: agent.StateLive, Language: "python", Mode: agent.ModeSubshell},
+		{ID: "k5", State: agent.StateConnecting},
+	}}
+	var b strings.Builder
+	printStatus(&b, st)
+	out := b.String()
+	for id, want := range map[string]string{
+		"k1": "live, control channel (live:control)",
+		"k2": "live, when idle (live:shell-idle)",
+		"k3": "at start only (start-only)",
+		"k4": "live, subshell (live:subshell)",
+		"k5": "- (not connected yet)",
+	} {
+		var line string
+		for _, l := range strings.Split(out, "\n") {
+			if strings.HasPrefix(l, id+" ") {
+				line = l
+			}
+		}
+		if !strings.Contains(line, want) {
+			t.Errorf("kernel %s: line %q lacks %q", id, line, want)
+		}
+	}
+	if !strings.Contains(out, "kernels    5: 3 live, 1 at start only, 1 not connected yet") {
+		t.Errorf("no kernel summary:\n%s", out)
+	}
+	if !strings.Contains(out, "SERVED") {
+		t.Errorf("no SERVED column:\n%s", out)
+	}
+}
