@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"path/filepath"
 
@@ -16,13 +15,10 @@ import (
 // runAgent is `nbsecrets agent`: the workspace sidecar against a production
 // NATS. Every flag has an environment variable for container deployments.
 func runAgent(ctx context.Context, env *cliEnv, args []string) error {
+	lowMemory()
 	fs := newFlags(env, "agent", "[flags]")
 	url := fs.String("nats", envOr("NATS_URL", nats.DefaultURL), "NATS server URL(s), comma-separated ($NATS_URL)")
-	creds := fs.String("creds", envOr("NATS_CREDS", ""), "NATS credentials file (user JWT and nkey seed) ($NATS_CREDS)")
-	nkeyFile := fs.String("nkey", envOr("NATS_NKEY", ""), "NATS nkey seed file, for nkey authentication ($NATS_NKEY)")
-	tlsCA := fs.String("tlsca", envOr("NATS_CA", ""), "CA certificate to verify the NATS server ($NATS_CA)")
-	tlsCert := fs.String("tlscert", envOr("NATS_CERT", ""), "client certificate for NATS ($NATS_CERT)")
-	tlsKey := fs.String("tlskey", envOr("NATS_KEY", ""), "client certificate key for NATS ($NATS_KEY)")
+	auth := addNATSAuthFlags(fs)
 	wsID := fs.String("workspace", envOr("NBSECRETS_WORKSPACE", ""), "workspace id (required) ($NBSECRETS_WORKSPACE)")
 	owner := fs.String("owner", envOr("NBSECRETS_OWNER", ""), "user who owns the workspace (required) ($NBSECRETS_OWNER)")
 	var projects, communities, signKeys, runtimeDirs listFlag
@@ -37,6 +33,7 @@ func runAgent(ctx context.Context, env *cliEnv, args []string) error {
 	fs.Var(&runtimeDirs, "runtime-dir", "Jupyter runtime dir to watch; repeatable (default $JUPYTER_RUNTIME_DIR or <data dir>/runtime)")
 	socket := fs.String("socket", envOr("NBSECRETS_SOCKET", filepath.Join(defaultStateDir(), agentSockName)), "local API socket for the injector and status ($NBSECRETS_SOCKET)")
 	policy := policyFlags(fs)
+	metricsAddr, metricsAnyAddr := metricsFlag(fs), metricsNonLoopbackFlag(fs)
 	logLevel, logJSON := logFlags(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -75,24 +72,9 @@ func runAgent(ctx context.Context, env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	var opts []nats.Option
-	switch {
-	case *creds != "" && *nkeyFile != "":
-		return errors.New("give --creds or --nkey, not both")
-	case *creds != "":
-		opts = append(opts, nats.UserCredentials(*creds))
-	case *nkeyFile != "":
-		o, err := nats.NkeyOptionFromSeed(*nkeyFile)
-		if err != nil {
-			return fmt.Errorf("nkey: %w", err)
-		}
-		opts = append(opts, o)
-	}
-	if *tlsCA != "" {
-		opts = append(opts, nats.RootCAs(*tlsCA))
-	}
-	if *tlsCert != "" || *tlsKey != "" {
-		opts = append(opts, nats.ClientCert(*tlsCert, *tlsKey))
+	opts, err := auth.options()
+	if err != nil {
+		return err
 	}
 	opts = append(opts, nats.Name("nbsecrets-agent-"+*wsID))
 	nc, err := agent.Connect(*url, log.Named("agent"), opts...)
@@ -103,7 +85,7 @@ func runAgent(ctx context.Context, env *cliEnv, args []string) error {
 	a, err := agent.New(agent.Config{
 		Workspace: agent.Workspace{ID: *wsID, Owner: *owner, Projects: projects, Communities: communities},
 		Opener:    opener, Conn: nc, RuntimeDirs: runtimeDirs, Socket: *socket, Logger: log.Named("agent"),
-		Policy: pol, JupyterServer: jupyterServer,
+		Policy: pol, JupyterServer: jupyterServer, MetricsAddr: *metricsAddr, MetricsNonLoopback: *metricsAnyAddr,
 	})
 	if err != nil {
 		return err

@@ -35,9 +35,16 @@ func runDev(ctx context.Context, env *cliEnv, args []string) error {
 	noSpec := fs.Bool("no-kernelspec", false, "do not install the kernelspec wrapper")
 	dirFile := fs.String("directory", "", "directory file (users, projects, communities, workspaces); reloaded on change and SIGHUP. Default: one user, one project, one workspace")
 	wsFlag := fs.String("workspace", "", "with --directory: the workspace whose agent dev runs (default: the first owned by the current user, else the first)")
+	policy := policyFlags(fs)
+	metricsAddr := metricsFlag(fs)
 	logLevel, logJSON := logFlags(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
+	}
+	pol, jupyterServer, err := policy()
+	if err != nil {
+		fmt.Fprintf(env.stderr, "nbsecrets dev: %v\n", err)
+		return errUsage
 	}
 	if fs.NArg() != 0 {
 		fs.Usage()
@@ -149,7 +156,8 @@ func runDev(ctx context.Context, env *cliEnv, args []string) error {
 	access, _ := dirc.AccessOf(wsID)
 	sock := filepath.Join(dir, agentSockName)
 	agents := &devAgents{url: url, wsID: wsID, signPub: signPub, curvePub: curvePub, wsKP: wsKP,
-		runtimeDir: *runtimeDir, sock: sock, log: log.Named("agent")}
+		runtimeDir: *runtimeDir, sock: sock, log: log.Named("agent"),
+		policy: pol, jupyterServer: jupyterServer, metricsAddr: *metricsAddr}
 	ag, err := agents.start(ctx, access)
 	if err != nil {
 		return err
@@ -221,6 +229,13 @@ func runDev(ctx context.Context, env *cliEnv, args []string) error {
 	}
 	if specPath != "" {
 		fmt.Fprintf(env.stdout, "  kernelspec    %q wrapped at %s\n", *kernel, specPath)
+	}
+	if *metricsAddr != "" {
+		addr := ag.MetricsAddr()
+		if addr == "" {
+			addr = *metricsAddr
+		}
+		fmt.Fprintf(env.stdout, "  metrics       http://%s/metrics (and /healthz, /readyz)\n", addr)
 	}
 	sd := ""
 	if dir != defaultStateDir() {
@@ -339,6 +354,9 @@ type devAgents struct {
 	wsKP                         nkeys.KeyPair
 	runtimeDir, sock             string
 	log                          hclog.Logger
+	policy                       agent.Policy
+	jupyterServer                *agent.JupyterServer
+	metricsAddr                  string
 
 	mu     sync.Mutex
 	access controlplane.Access
@@ -367,6 +385,7 @@ func (d *devAgents) startLocked(ctx context.Context, access controlplane.Access)
 	ag, err := agent.New(agent.Config{
 		Workspace: agent.Workspace{ID: d.wsID, Owner: access.Owner, Projects: access.Projects, Communities: access.Communities},
 		Opener:    opener, Conn: conn, RuntimeDirs: []string{d.runtimeDir}, Socket: d.sock, Logger: d.log,
+		Policy: d.policy, JupyterServer: d.jupyterServer, MetricsAddr: d.metricsAddr,
 	})
 	if err != nil {
 		conn.Close()
