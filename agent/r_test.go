@@ -44,13 +44,30 @@ func TestRReseedCode(t *testing.T) {
 	rscript := kerneltest.Rscript(t)
 	tricky := "x'\"\\\n$(echo no) `id` ${HOME} %s \\x00 ü 日本 \U0001F511\r\t"
 	long := strings.Repeat("0123456789abcdef", protocol.MaxValueSize/16)
-	full, err := rReseed(Plan{Set: map[string]string{"A": tricky, "B": "ü", "DB-PASSWORD": "p$ss", "EMPTY": "", "LONG": long}, Full: true}, "A,B,DB-PASSWORD,EMPTY,LONG")
+	dir := t.TempDir()
+	full, fullFile, err := rReseed(Plan{Set: map[string]string{"A": tricky, "B": "ü", "DB-PASSWORD": "p$ss", "EMPTY": "", "LONG": long}, Full: true}, "A,B,DB-PASSWORD,EMPTY,LONG", dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	diff, err := rReseed(Plan{Set: map[string]string{"B": "b2"}, Unset: []string{"A", "LONG"}}, "B,DB-PASSWORD,EMPTY")
+	diff, diffFile, err := rReseed(Plan{Set: map[string]string{"B": "b2"}, Unset: []string{"A", "LONG"}}, "B,DB-PASSWORD,EMPTY", dir)
 	if err != nil {
 		t.Fatal(err)
+	}
+	// Neither the code (which IRkernel shows on iopub) nor the file holds a
+	// value, plain or hex-encoded.
+	for _, f := range []string{fullFile, diffFile} {
+		fi, err := os.Stat(f)
+		if err != nil || fi.Mode().Perm() != 0o600 {
+			t.Fatalf("re-seed file %v: %v", fi, err)
+		}
+		b, _ := os.ReadFile(f)
+		// Values long enough that random key bytes cannot match them by chance.
+		for _, v := range []string{tricky, "p$ss", "0123456789abcdef"} {
+			if strings.Contains(string(b), v) || strings.Contains(string(b), hex.EncodeToString([]byte(v))) ||
+				strings.Contains(full+diff, v) || strings.Contains(full+diff, hex.EncodeToString([]byte(v))) {
+				t.Errorf("a value appears in the code or the file")
+			}
+		}
 	}
 	names := []string{"A", "B", "DB-PASSWORD", "EMPTY", "LONG", "OLD", "MINE", ManagedVar}
 	prog := strings.Join([]string{
@@ -75,8 +92,17 @@ func TestRReseedCode(t *testing.T) {
 	if err := os.WriteFile(file, []byte(prog), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	fullData, _ := os.ReadFile(fullFile)
+	diffData, _ := os.ReadFile(diffFile)
 	for _, locale := range []string{"C.UTF-8", "C"} {
 		t.Run(locale, func(t *testing.T) {
+			// The code deletes its file: put them back for this run.
+			if err := os.WriteFile(fullFile, fullData, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(diffFile, diffData, 0o600); err != nil {
+				t.Fatal(err)
+			}
 			cmd := exec.Command(rscript, "--vanilla", file)
 			cmd.Env = append(os.Environ(), "LANG="+locale, "LC_ALL="+locale, ManagedVar+"=OLD,A", "OLD=stale", "MINE=kept", "A=before")
 			out, err := cmd.CombinedOutput()
@@ -99,12 +125,18 @@ func TestRReseedCode(t *testing.T) {
 			if got := strings.Split(strings.TrimRight(string(out), "\n"), "\n"); strings.Join(got, "\n") != strings.Join(want, "\n") {
 				t.Errorf("output differs (values shown as hex)\ngot:\n%s\nwant:\n%s", short(got), short(want))
 			}
+			for _, f := range []string{fullFile, diffFile} {
+				if _, err := os.Stat(f); !os.IsNotExist(err) {
+					t.Errorf("re-seed file left behind: %v", err)
+				}
+			}
 		})
 	}
-	for _, v := range []string{"x'", "p$ss", "b2", "ü"} {
-		if strings.Contains(full+diff, v) {
-			t.Errorf("a value appears literally in the code")
-		}
+	// A request that runs after its file is gone (it waited past the apply
+	// timeout and the agent removed the file) does nothing and succeeds.
+	out, err := exec.Command(rscript, "--vanilla", "-e", `Sys.setenv(B = "kept")`+"\n"+diff+"\n"+`cat(Sys.getenv("B"))`).CombinedOutput()
+	if err != nil || strings.TrimSpace(string(out)) != "kept" {
+		t.Errorf("a re-seed without its file: %v %q", err, redact(string(out)))
 	}
 }
 
@@ -112,7 +144,7 @@ func TestRReseedCode(t *testing.T) {
 // (which may quote a string), and the caller sees an error reply.
 func TestRReseedCodeFails(t *testing.T) {
 	rscript := kerneltest.Rscript(t)
-	code, err := rReseed(Plan{Set: map[string]string{"BAD=NAME": "secret-ish"}}, "BAD=NAME")
+	code, file, err := rReseed(Plan{Set: map[string]string{"BAD=NAME": "secret-ish"}}, "BAD=NAME", t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -123,7 +155,10 @@ func TestRReseedCodeFails(t *testing.T) {
 	if !strings.Contains(string(out), "nbsecrets re-seed failed") || strings.Contains(string(out), "secret-ish") {
 		t.Errorf("error output: %s", redact(string(out)))
 	}
-	if _, err := rReseed(Plan{Set: map[string]string{"A": "a\x00b"}}, "A"); err == nil {
+	if _, err := os.Stat(file); !os.IsNotExist(err) {
+		t.Errorf("the file of a failed re-seed is left behind: %v", err)
+	}
+	if _, _, err := rReseed(Plan{Set: map[string]string{"A": "a\x00b"}}, "A", t.TempDir()); err == nil {
 		t.Error("a value with NUL was accepted")
 	}
 }
@@ -223,13 +258,41 @@ cat(identical(system("printenv API_TOKEN", intern = TRUE), w)) }))`
 	if err != nil {
 		t.Fatal(err)
 	}
+	for drained := false; !drained; { // iopub from here on is the re-seed's
+		select {
+		case <-c.IOPub():
+		default:
+			drained = true
+		}
+	}
 	h.put("s1", "DB-PASSWORD", 2, v2)
+	var published []*jupyter.Message
 	waitFor(t, 20*time.Second, func() error { // no cell of ours in between
+		for more := true; more; {
+			select {
+			case m := <-c.IOPub():
+				published = append(published, m)
+			default:
+				more = false
+			}
+		}
 		if ks := a.Status().Kernels; len(ks) != 1 || ks[0].Holds["DB-PASSWORD"].Version != 2 {
 			return errors.New("not re-seeded yet")
 		}
 		return nil
 	})
+	// IRkernel publishes the re-seed's code (execute_input); it must carry
+	// no value, plain or hex-encoded.
+	sawInput := false
+	for _, m := range published {
+		sawInput = sawInput || m.Header.MsgType == "execute_input"
+		if strings.Contains(string(m.Content), v2) || strings.Contains(string(m.Content), hex.EncodeToString([]byte(v2))) {
+			t.Errorf("the value appears on iopub in a %s message", m.Header.MsgType)
+		}
+	}
+	if !sawInput {
+		t.Error("no execute_input seen on iopub for the re-seed: the check above saw nothing")
+	}
 	r2, err := c.Run(ctx, "1")
 	if err != nil {
 		t.Fatal(err)

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -95,7 +97,7 @@ func dialJupyter(ctx context.Context, connFile string) (session, error) {
 		return nil, fmt.Errorf("kernel_info: %w", err)
 	}
 	sctx, stop := context.WithCancel(context.Background())
-	s := &jupyterSession{c: c, stop: stop, busy: newBusyTracker(), desc: Description{
+	s := &jupyterSession{connFile: connFile, c: c, stop: stop, busy: newBusyTracker(), desc: Description{
 		Language: ki.LanguageInfo.Name, Implementation: ki.Implementation, Protocol: ki.ProtocolVersion, Mode: ModeNone,
 	}}
 	s.wg.Add(2)
@@ -118,6 +120,7 @@ func dialJupyter(ctx context.Context, connFile string) (session, error) {
 }
 
 type jupyterSession struct {
+	connFile string
 	c        *jupyter.Client
 	desc     Description
 	ch       jupyter.Channel
@@ -140,7 +143,8 @@ func (s *jupyterSession) Apply(ctx context.Context, p Plan, managed string) erro
 	if s.desc.Mode == ModeNone {
 		return errors.New("kernel has no live re-seed")
 	}
-	reseed := pythonReseed
+	var code string
+	var err error
 	if s.desc.Mode == ModeShellIdle {
 		// Queued behind a running cell the re-seed would hold the worker
 		// until the cell ends; wait for idle within ctx instead, so a cell
@@ -149,10 +153,12 @@ func (s *jupyterSession) Apply(ctx context.Context, p Plan, managed string) erro
 		if err := s.WaitIdle(ctx); err != nil {
 			return fmt.Errorf("waiting for the kernel to be idle: %w", err)
 		}
-		reseed = rReseed
-	}
-	code, err := reseed(p, managed)
-	if err != nil {
+		var file string
+		if code, file, err = rReseed(p, managed, filepath.Dir(s.connFile)); err != nil {
+			return err
+		}
+		defer os.Remove(file) // the R code removes it; this is for when it never ran
+	} else if code, err = pythonReseed(p, managed); err != nil {
 		return err
 	}
 	opts := jupyter.SilentOptions()
