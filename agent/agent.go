@@ -34,6 +34,11 @@ type Config struct {
 	Probe time.Duration
 	// ApplyTimeout bounds one re-seed. Zero: 5s.
 	ApplyTimeout time.Duration
+	// StateFile keeps, between runs, the newest version of each secret seen
+	// (secret ids and versions, no names, no values), so that a restarted
+	// agent still refuses an older record put back into the bucket. Empty:
+	// none (a restarted agent trusts the newest record it finds).
+	StateFile string
 	// Logger receives key/value logs; never a value. Nil: no logs.
 	Logger hclog.Logger
 	// Policy says when a kernel is restarted instead of re-seeded. Zero:
@@ -57,6 +62,7 @@ type Config struct {
 
 // Agent serves one workspace's kernels.
 type Agent struct {
+	state   *stateStore // nil without Config.StateFile
 	cfg     Config
 	log     hclog.Logger
 	st      *store
@@ -107,6 +113,16 @@ func New(cfg Config) (*Agent, error) {
 	}
 	log := cfg.Logger.With("workspace", cfg.Workspace.ID)
 	a := &Agent{cfg: cfg, log: log, st: newStore(cfg.Workspace), metrics: &metrics{}}
+	if cfg.StateFile != "" {
+		a.state = &stateStore{path: cfg.StateFile, ws: cfg.Workspace.ID, keys: cfg.Opener.SignerKeys()}
+		floor, err := a.state.load()
+		if err != nil {
+			log.Warn("state file ignored; replays of older records are refused only from now on", "error", err)
+		}
+		for id, v := range floor {
+			a.st.floor[id] = v
+		}
+	}
 	a.kernels = &kernels{log: log.Named("kernel"), st: a.st, dial: cfg.dial, probeInterval: cfg.Probe,
 		applyTimeout: cfg.ApplyTimeout, metrics: a.metrics, workers: map[string]*worker{},
 		policy: cfg.Policy, restarter: rs}
@@ -174,7 +190,8 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 		}()
 	}
-	s := &syncer{js: js, ws: a.cfg.Workspace.ID, opener: a.cfg.Opener, st: a.st, log: a.log.Named("sync"), now: time.Now}
+	s := &syncer{js: js, ws: a.cfg.Workspace.ID, opener: a.cfg.Opener, st: a.st, log: a.log.Named("sync"), now: time.Now,
+		published: a.saveState}
 	wg.Add(2)
 	go func() { defer wg.Done(); s.run(ctx) }()
 	go func() {
@@ -194,6 +211,16 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.log.Info("agent stopped")
 	return errors.Join(all...)
+}
+
+// saveState records the versions held, if the agent keeps a state file.
+func (a *Agent) saveState() {
+	if a.state == nil {
+		return
+	}
+	if err := a.state.save(a.st.versionsCopy()); err != nil {
+		a.log.Warn("cannot write the state file", "error", err)
+	}
 }
 
 // Loaded is closed once the first load of the records is applied.

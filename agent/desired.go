@@ -82,7 +82,10 @@ type store struct {
 	ws Workspace
 
 	mu       sync.Mutex
-	versions map[string]uint64           // secret id → newest version seen, put or delete
+	versions map[string]uint64 // secret id → newest version seen, put or delete
+	// floor is, per secret id, the newest version an earlier run of the
+	// agent held (the state file): a record older than that is a replay.
+	floor    map[string]uint64
 	puts     map[string]*protocol.Secret // secret id → current value
 	desired  *Desired                    // last published snapshot
 	dirty    bool                        // puts changed since the last publish
@@ -99,6 +102,7 @@ func newStore(ws Workspace) *store {
 	return &store{
 		ws:       ws,
 		versions: map[string]uint64{},
+		floor:    map[string]uint64{},
 		puts:     map[string]*protocol.Secret{},
 		desired:  &Desired{Env: map[string]Var{}},
 		loaded:   make(chan struct{}),
@@ -115,6 +119,9 @@ func (s *store) apply(sec *protocol.Secret, at time.Time) error {
 	defer s.mu.Unlock()
 	if v, ok := s.versions[sec.SecretID]; ok && sec.Version <= v {
 		return fmt.Errorf("%w: version %d, holding %d", errStale, sec.Version, v)
+	}
+	if f, ok := s.floor[sec.SecretID]; ok && sec.Version < f {
+		return fmt.Errorf("%w: version %d, an earlier run of this agent held %d", errStale, sec.Version, f)
 	}
 	if sec.Op == protocol.OpPut && !s.ws.Allows(sec.Scope) {
 		return fmt.Errorf("%w: %s", ErrScopeNotAllowed, sec.Scope)
@@ -143,6 +150,21 @@ func (s *store) version(id string) (uint64, bool) {
 	defer s.mu.Unlock()
 	v, ok := s.versions[id]
 	return v, ok
+}
+
+// versionsCopy returns the newest version seen per secret id, the floor
+// included, for the state file.
+func (s *store) versionsCopy() map[string]uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[string]uint64, len(s.versions)+len(s.floor))
+	for id, v := range s.floor {
+		out[id] = v
+	}
+	for id, v := range s.versions {
+		out[id] = max(out[id], v)
+	}
+	return out
 }
 
 // refuse counts a refused record by reason.

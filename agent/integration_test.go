@@ -594,3 +594,57 @@ print("seen" if time.time() < deadline else "timeout")`, marker, digest(v))
 		t.Errorf("WaitIdle after the cell: %v", err)
 	}
 }
+
+// TestReplayAfterAgentRestartRefused: an older signed record put back into
+// the bucket while the agent was down is refused after its restart, thanks
+// to the state file (ids and versions only); without one it would be taken.
+func TestReplayAfterAgentRestartRefused(t *testing.T) {
+	h := newHarness(t)
+	state := filepath.Join(t.TempDir(), "agent-state.json")
+	withState := func(c *Config) { c.StateFile = state }
+	old, current := secretValue("old"), secretValue("current")
+	oldRecord := h.record("s1", "ROLLED", 1, protocol.Scope{Kind: protocol.ScopeUser, ID: "alice"}, old)
+	a1 := h.startAgentWith(withState)
+	h.putRaw(protocol.RecordKey(h.ws.ID, "s1"), oldRecord)
+	h.put("s1", "ROLLED", 2, current)
+	waitFor(t, 10*time.Second, func() error {
+		if s := a1.Status().Secrets; len(s) != 1 || s[0].Version != 2 {
+			return fmt.Errorf("secrets %+v", s)
+		}
+		return nil
+	})
+	a1.stop()
+	b, err := os.ReadFile(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi, _ := os.Stat(state); fi.Mode().Perm() != 0o600 {
+		t.Errorf("state file mode %v", fi.Mode())
+	}
+	if strings.Contains(string(b), current) || strings.Contains(string(b), "ROLLED") || !strings.Contains(string(b), `"s1":2`) {
+		t.Errorf("state file holds more or less than ids and versions: %s", b)
+	}
+
+	h.putRaw(protocol.RecordKey(h.ws.ID, "s1"), oldRecord) // the replay, while the agent is down
+	a2 := h.startAgentWith(withState)
+	waitFor(t, 10*time.Second, func() error {
+		st := a2.Status()
+		if !st.Loaded || st.Refused["replayed older version"] != 1 {
+			return fmt.Errorf("loaded %v, refused %v", st.Loaded, st.Refused)
+		}
+		return nil
+	})
+	if s := a2.Status().Secrets; len(s) != 0 {
+		t.Errorf("the replayed record was taken: %+v", s)
+	}
+	a2.stop()
+	// The same agent without its state file takes the old record: what the
+	// file is for.
+	a3 := h.startAgent()
+	waitFor(t, 10*time.Second, func() error {
+		if s := a3.Status().Secrets; len(s) != 1 || s[0].Version != 1 {
+			return fmt.Errorf("secrets %+v", s)
+		}
+		return nil
+	})
+}

@@ -24,6 +24,15 @@ type syncer struct {
 	st     *store
 	log    hclog.Logger
 	now    func() time.Time
+	// published runs after every publish (nil: nothing), on this goroutine.
+	published func()
+}
+
+func (s *syncer) publish() {
+	s.st.publish(s.now())
+	if s.published != nil {
+		s.published()
+	}
 }
 
 func (s *syncer) run(ctx context.Context) {
@@ -64,7 +73,7 @@ func (s *syncer) consume(ctx context.Context) error {
 		}
 	}()
 	if info := cons.CachedInfo(); info != nil && info.NumPending == 0 {
-		s.st.publish(s.now()) // nothing to load: the desired state is empty
+		s.publish() // nothing to load: the desired state is empty
 		s.log.Info("records loaded", "records", 0)
 	}
 	for {
@@ -79,7 +88,7 @@ func (s *syncer) consume(ctx context.Context) error {
 		if meta, err := msg.Metadata(); err == nil && meta.NumPending == 0 {
 			// End of a burst: publish the final state once.
 			_, wasLoaded := s.st.snapshot()
-			s.st.publish(s.now())
+			s.publish()
 			if !wasLoaded {
 				d, _ := s.st.snapshot()
 				s.log.Info("records loaded", "secrets", len(d.Env))

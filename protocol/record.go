@@ -500,6 +500,20 @@ func seedHint(key string) string {
 	return ""
 }
 
+// SignerKeys returns the pinned public signing keys.
+func (o *Opener) SignerKeys() []string {
+	out := make([]string, 0, len(o.signers))
+	for _, kp := range o.signers {
+		if pub, err := kp.PublicKey(); err == nil {
+			out = append(out, pub)
+		}
+	}
+	return out
+}
+
+// Workspace returns the workspace whose records the Opener accepts.
+func (o *Opener) Workspace() string { return o.workspace }
+
 // Verify checks a record stored under key and returns it without opening its
 // value. It checks, in order: size, envelope, format version, signature,
 // record fields, workspace, key.

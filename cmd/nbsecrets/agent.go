@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"path/filepath"
@@ -32,6 +33,7 @@ func runAgent(ctx context.Context, env *cliEnv, args []string) error {
 	wsKey := fs.String("workspace-key", envOr("NBSECRETS_WORKSPACE_KEY", ""), "file with the workspace's curve seed, mode 0600 (required) ($NBSECRETS_WORKSPACE_KEY)")
 	fs.Var(&runtimeDirs, "runtime-dir", "Jupyter runtime dir to watch; repeatable (default $JUPYTER_RUNTIME_DIR or <data dir>/runtime)")
 	socket := fs.String("socket", envOr("NBSECRETS_SOCKET", filepath.Join(defaultStateDir(), agentSockName)), "local API socket for the injector and status ($NBSECRETS_SOCKET)")
+	stateFile := fs.String("state-file", envOr("NBSECRETS_STATE_FILE", ""), "file keeping the versions seen across restarts, so replays of older records are refused (default <state dir>/agent-<workspace>.state.json) ($NBSECRETS_STATE_FILE)")
 	policy := policyFlags(fs)
 	metricsAddr, metricsAnyAddr := metricsFlag(fs), metricsNonLoopbackFlag(fs)
 	logLevel, logJSON := logFlags(fs)
@@ -86,6 +88,7 @@ func runAgent(ctx context.Context, env *cliEnv, args []string) error {
 		Workspace: agent.Workspace{ID: *wsID, Owner: *owner, Projects: projects, Communities: communities},
 		Opener:    opener, Conn: nc, RuntimeDirs: runtimeDirs, Socket: *socket, Logger: log.Named("agent"),
 		Policy: pol, JupyterServer: jupyterServer, MetricsAddr: *metricsAddr, MetricsNonLoopback: *metricsAnyAddr,
+		StateFile: cmp.Or(*stateFile, filepath.Join(defaultStateDir(), "agent-"+*wsID+".state.json")),
 	})
 	if err != nil {
 		return err

@@ -386,6 +386,7 @@ func (d *devAgents) startLocked(ctx context.Context, access controlplane.Access)
 		Workspace: agent.Workspace{ID: d.wsID, Owner: access.Owner, Projects: access.Projects, Communities: access.Communities},
 		Opener:    opener, Conn: conn, RuntimeDirs: []string{d.runtimeDir}, Socket: d.sock, Logger: d.log,
 		Policy: d.policy, JupyterServer: d.jupyterServer, MetricsAddr: d.metricsAddr,
+		StateFile: filepath.Join(filepath.Dir(d.sock), "agent-"+d.wsID+".state.json"),
 	})
 	if err != nil {
 		conn.Close()
