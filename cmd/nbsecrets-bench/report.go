@@ -198,6 +198,16 @@ func build(cfg *config, m *measurements, started time.Time) *report {
 	return r
 }
 
+// row returns the row named name (a zero row if there is none).
+func (r *report) row(name string) rowReport {
+	for _, row := range r.Rows {
+		if row.Name == name {
+			return row
+		}
+	}
+	return rowReport{}
+}
+
 func liveRowReport(name string, lr *liveRow) rowReport {
 	row := rowReport{Name: name, Samples: []float64{}}
 	if lr == nil {
@@ -329,7 +339,7 @@ func (r *report) writeTable(w io.Writer) {
 		fmt.Fprintf(w, "%s: %.0fx\n", name, v)
 	}
 	ratio("restart baseline p50 / live idle p50", r.Ratios.BaselineOverIdle)
-	ratio("restart baseline p50 / live busy p50", r.Ratios.BaselineOverBusy)
+	ratio("restart baseline p50 / live, cell computing p50", r.Ratios.BaselineOverBusy)
 	fmt.Fprintf(w, "agent (pid %d) after the run: VmRSS %.1f MB, VmHWM %.1f MB (1 MB = 10^6 bytes); VmRSS after start %.1f MB\n\n",
 		r.Agent.PID, float64(r.Agent.VmRSS)/1e6, float64(r.Agent.VmHWM)/1e6, float64(r.Agent.VmRSSStart)/1e6)
 	fmt.Fprintln(w, "targets:")
@@ -362,8 +372,8 @@ func (r *report) writeTable(w io.Writer) {
 			name, d.Killed.P50, d.Killed.P99, d.Dialled.P50, d.Dialled.P99, d.Ready.P50, d.Ready.P99, d.Output.P50, d.Output.P99)
 		fmt.Fprintf(w, "    value in the start environment in %d of %d; extra cells %d; port retries %d\n", d.FromStartEnv, n, d.ExtraCells, d.PortRetries)
 	}
-	rd("restart baseline", r.Detail.RestartBaseline, r.Rows[2].N)
-	rd("restart via injector", r.Detail.RestartInjector, r.Rows[3].N)
+	rd("restart baseline", r.Detail.RestartBaseline, r.row(rowBaseline).N)
+	rd("restart via injector", r.Detail.RestartInjector, r.row(rowInjector).N)
 	for _, n := range r.Notes {
 		fmt.Fprintf(w, "note: %s\n", n)
 	}

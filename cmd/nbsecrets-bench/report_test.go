@@ -52,3 +52,21 @@ func TestTableSaysSkipped(t *testing.T) {
 		}
 	}
 }
+
+// TestRestartDetailCountsItsOwnRow: the restart detail lines count the
+// restart rows' samples, not another row's.
+func TestRestartDetailCountsItsOwnRow(t *testing.T) {
+	three := []liveSample{{Latency: time.Millisecond}, {Latency: time.Millisecond}, {Latency: time.Millisecond}}
+	m := &measurements{
+		idle: &liveRow{Samples: three}, waiting: &liveRow{Samples: three}, busy: &liveRow{Samples: three},
+		baseline: &restartRow{Samples: []restartSample{{Latency: time.Second, Cells: 1}, {Latency: time.Second, Cells: 1}}},
+		injector: &restartRow{Samples: []restartSample{{Latency: time.Second, Cells: 1}}},
+	}
+	var b strings.Builder
+	build(&config{n: 3, restarts: 2}, m, time.Now()).writeTable(&b)
+	for _, want := range []string{"start environment in 0 of 2;", "start environment in 0 of 1;"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, b.String())
+		}
+	}
+}
