@@ -94,6 +94,13 @@
 // stay up meanwhile, one idle while the other restarts. A restart whose new
 // kernel cannot bind a port yet is retried within the clock and counted.
 //
+//  5. Injector overhead (60 starts each, alternating): `true` started
+//     directly and through `nbsecrets inject --socket S --` against the
+//     running agent; each clock runs from the fork to the child's exit. The
+//     difference of the medians is the injector's own cost (its process
+//     start, the agent's answer, the exec), measured without a kernel's
+//     start-up, whose noise in rows 3 and 4 is hundreds of milliseconds.
+//
 // After the run the bench reads VmRSS and VmHWM from /proc/<agent
 // pid>/status (VmRSS also once after set-up).
 //
@@ -152,6 +159,9 @@ import (
 
 	"github.com/nbsecrets/nbsecrets/controlplane"
 )
+
+// injectorStarts is how many starts the injector overhead rows take.
+const injectorStarts = 60
 
 func main() {
 	err := run(os.Args[1:])
@@ -304,6 +314,11 @@ func run(args []string) (err error) {
 		return err
 	}
 	m.baseline, m.injector = base.row, inj.row
+
+	progress(fmt.Sprintf("injector overhead: %d starts of true, direct and through inject, alternating", injectorStarts))
+	if m.execDirect, m.execInject, err = measureInjectorExec(ctx, cfg.nbsecrets, w.agent.socket, injectorStarts); err != nil {
+		return err
+	}
 	_ = os.Remove(bk.ConnFile)
 	_ = os.Remove(ik.ConnFile)
 

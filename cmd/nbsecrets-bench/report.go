@@ -145,19 +145,24 @@ type measurements struct {
 	idle, waiting      *liveRow
 	busy               *liveRow
 	baseline, injector *restartRow
-	mem, memStart      memory
-	agentPID           int
-	versions           *versions
-	mode               string
-	loadStart, tempFS  string
+	// execDirect and execInject are starts of true, directly and through
+	// the injector.
+	execDirect, execInject []time.Duration
+	mem, memStart          memory
+	agentPID               int
+	versions               *versions
+	mode                   string
+	loadStart, tempFS      string
 }
 
 const (
-	rowIdle     = "live, idle kernel"
-	rowWaiting  = "live, cell waiting"
-	rowBusy     = "live, cell computing"
-	rowBaseline = "restart (baseline)"
-	rowInjector = "restart via injector"
+	rowIdle       = "live, idle kernel"
+	rowWaiting    = "live, cell waiting"
+	rowBusy       = "live, cell computing"
+	rowBaseline   = "restart (baseline)"
+	rowInjector   = "restart via injector"
+	rowExecDirect = "start true, direct"
+	rowExecInject = "start true, via inject"
 )
 
 // build turns measurements into the report: rows, ratios, targets.
@@ -178,7 +183,11 @@ func build(cfg *config, m *measurements, started time.Time) *report {
 	busy := liveRowReport(rowBusy, m.busy)
 	base := restartRowReport(rowBaseline, m.baseline)
 	inj := restartRowReport(rowInjector, m.injector)
-	r.Rows = []rowReport{idle, waiting, busy, base, inj}
+	execDirect := rowReport{Name: rowExecDirect, Samples: []float64{}}
+	fill(&execDirect, m.execDirect)
+	execInject := rowReport{Name: rowExecInject, Samples: []float64{}}
+	fill(&execInject, m.execInject)
+	r.Rows = []rowReport{idle, waiting, busy, base, inj, execDirect, execInject}
 	r.Detail = detailReport{LiveIdle: liveDetailOf(m.idle), LiveWaiting: liveDetailOf(m.waiting), LiveBusy: liveDetailOf(m.busy),
 		RestartBaseline: restartDetailOf(m.baseline), RestartInjector: restartDetailOf(m.injector)}
 
@@ -189,7 +198,7 @@ func build(cfg *config, m *measurements, started time.Time) *report {
 		r.Ratios.BaselineOverBusy = base.P50 / busy.P50
 	}
 	r.Agent = agentReport{PID: m.agentPID, VmRSS: m.mem.RSS, VmHWM: m.mem.HWM, VmRSSStart: m.memStart.RSS}
-	r.Targets = targets(idle, waiting, busy, m.mem)
+	r.Targets = append(targets(idle, waiting, busy, m.mem), overheadTargets(base, inj, execDirect, execInject)...)
 	if la := strings.Fields(m.loadStart); len(la) > 0 {
 		if l, err := strconv.ParseFloat(la[0], 64); err == nil && l >= float64(r.Machine.Cores) {
 			r.Notes = append(r.Notes, fmt.Sprintf("the machine was busy when the bench started: load average %.2f on %d cores; other processes competed for the CPUs", l, r.Machine.Cores))
@@ -306,6 +315,28 @@ func targets(idle, waiting, busy rowReport, mem memory) []target {
 		lat("live, cell waiting p99 <= 20 ms", waiting, waiting.P99, targetBusyP99),
 		lat("live, cell computing p99 <= 20 ms", busy, busy.P99, targetBusyP99),
 		rss,
+	}
+}
+
+// overheadTargets judges issue 5's targets: the restart path (restart
+// through the injector) within 100 ms of a bare restart, and the injector's
+// own overhead at most 10 ms, both as differences of medians.
+func overheadTargets(base, inj, direct, via rowReport) []target {
+	diff := func(name string, a, b rowReport, limit float64) target {
+		t := target{Name: name, Limit: limit, Value: b.P50 - a.P50, Unit: "ms"}
+		switch {
+		case a.N == 0 || b.N == 0:
+			t.Why = "no samples"
+		case a.Lost > 0 || b.Lost > 0:
+			t.Why = "samples lost"
+		default:
+			t.Met = t.Value <= limit
+		}
+		return t
+	}
+	return []target{
+		diff("restart via injector - bare restart, p50 <= 100 ms", base, inj, 100),
+		diff("injector overhead (start via inject - direct), p50 <= 10 ms", direct, via, 10),
 	}
 }
 
