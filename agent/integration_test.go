@@ -126,15 +126,23 @@ type runningAgent struct {
 	stop func()
 }
 
-func (h *harness) startAgent() *runningAgent {
+func (h *harness) startAgent() *runningAgent { h.t.Helper(); return h.startAgentWith(nil) }
+
+// startAgentWith is startAgent with a say in the configuration (configure
+// may be nil).
+func (h *harness) startAgentWith(configure func(*Config)) *runningAgent {
 	h.t.Helper()
 	nc, err := Connect(h.ns.ClientURL(), testLogger(h.t))
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	sock := filepath.Join(h.t.TempDir(), "agent.sock")
-	a, err := New(Config{Workspace: h.ws, Opener: h.opener(), Conn: nc, RuntimeDirs: []string{h.dir},
-		Socket: sock, Logger: testLogger(h.t), Probe: 500 * time.Millisecond, Rescan: time.Second})
+	cfg := Config{Workspace: h.ws, Opener: h.opener(), Conn: nc, RuntimeDirs: []string{h.dir},
+		Socket: filepath.Join(h.t.TempDir(), "agent.sock"), Logger: testLogger(h.t),
+		Probe: 500 * time.Millisecond, Rescan: time.Second}
+	if configure != nil {
+		configure(&cfg)
+	}
+	a, err := New(cfg)
 	if err != nil {
 		h.t.Fatal(err)
 	}

@@ -7,7 +7,6 @@ import (
 	"io"
 	"math"
 	"net/http"
-	"path/filepath"
 	"regexp"
 	"sort"
 	"strconv"
@@ -19,40 +18,6 @@ import (
 	"github.com/nbsecrets/nbsecrets/internal/natstest"
 	"github.com/nbsecrets/nbsecrets/protocol"
 )
-
-// startAgentWith is startAgent with a say in the configuration.
-func (h *harness) startAgentWith(configure func(*Config)) *runningAgent {
-	h.t.Helper()
-	nc, err := Connect(h.ns.ClientURL(), testLogger(h.t))
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	cfg := Config{Workspace: h.ws, Opener: h.opener(), Conn: nc, RuntimeDirs: []string{h.dir},
-		Socket: filepath.Join(h.t.TempDir(), "agent.sock"), Logger: testLogger(h.t),
-		Probe: 500 * time.Millisecond, Rescan: time.Second}
-	configure(&cfg)
-	a, err := New(cfg)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
-	var once bool
-	stop := func() {
-		if once {
-			return
-		}
-		once = true
-		cancel()
-		if err := <-done; err != nil {
-			h.t.Errorf("agent run: %v", err)
-		}
-		nc.Close()
-	}
-	h.t.Cleanup(stop)
-	return &runningAgent{Agent: a, stop: stop}
-}
 
 func withMetrics(c *Config) { c.MetricsAddr = "127.0.0.1:0" }
 

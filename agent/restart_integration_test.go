@@ -18,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nbsecrets/nbsecrets/internal/testutil"
+
 	"github.com/nbsecrets/nbsecrets/injector"
 	"github.com/nbsecrets/nbsecrets/internal/kerneltest"
 	"github.com/nbsecrets/nbsecrets/protocol/jupyter"
@@ -76,22 +78,8 @@ type jupyterServer struct {
 	out   *syncBuffer
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
+// syncBuffer is the shared test buffer: safe for concurrent writes.
+type syncBuffer = testutil.Buffer
 
 func freePort(t *testing.T) int {
 	t.Helper()

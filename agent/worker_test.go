@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nbsecrets/nbsecrets/internal/testutil"
+
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/nbsecrets/nbsecrets/protocol"
@@ -144,21 +146,8 @@ func (k *fakeKernel) snapshot() (map[string]string, []Plan) {
 	return env, append([]Plan(nil), k.plans...)
 }
 
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, total time.Duration, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(total)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v: %v", total, err)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
+// waitFor polls with a deadline (testutil.WaitFor).
+var waitFor = testutil.WaitFor
 
 func startKernels(t *testing.T, st *store, d dialer) (*kernels, string) {
 	t.Helper()

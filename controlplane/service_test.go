@@ -18,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nbsecrets/nbsecrets/internal/testutil"
+
 	"github.com/hashicorp/go-hclog"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
@@ -778,23 +780,8 @@ func TestNewRefusesBadDirectory(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for concurrent writers (the logger).
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
+// syncBuffer is the shared test buffer: safe for concurrent writes.
+type syncBuffer = testutil.Buffer
 
 // TestReplyAimedAtARecordIsRefused: a genuine, signed request whose reply
 // subject is a record's subject is neither carried out nor answered, so

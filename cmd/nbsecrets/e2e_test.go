@@ -12,7 +12,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -21,24 +20,6 @@ import (
 	"github.com/nbsecrets/nbsecrets/internal/kerneltest"
 	"github.com/nbsecrets/nbsecrets/protocol/jupyter"
 )
-
-// syncBuffer is a bytes.Buffer safe for a process's output and the test.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // TestEndToEnd builds the real binary and drives it as a user would:
 // `nbsecrets dev`, `secret create/update/delete`, a kernel started through
@@ -73,7 +54,7 @@ func TestEndToEnd(t *testing.T) {
 
 	dev := exec.Command(bin, "dev", "--state-dir", state)
 	dev.Env = env
-	var devOut, devErr syncBuffer
+	var devOut, devErr lockedBuffer
 	dev.Stdout, dev.Stderr = &devOut, &devErr
 	if err := dev.Start(); err != nil {
 		t.Fatal(err)
@@ -84,7 +65,7 @@ func TestEndToEnd(t *testing.T) {
 		_ = dev.Process.Kill()
 		<-devDone
 	})
-	waitUntil(t, 30*time.Second, func() error {
+	pollUntil(t, 30*time.Second, func() error {
 		if !strings.Contains(devOut.String(), "nbsecrets dev is running") {
 			return fmt.Errorf("dev not ready; stderr:\n%s", devErr.String())
 		}
@@ -113,7 +94,7 @@ func TestEndToEnd(t *testing.T) {
 	if _, err := nb(v2, "secret", "update", "--state-dir", state, "E2E_TOKEN"); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, 20*time.Second, func() error {
+	pollUntil(t, 20*time.Second, func() error {
 		if kernelDigest(t, c, "E2E_TOKEN", "update") != digest(v2) {
 			return fmt.Errorf("update not visible")
 		}
@@ -123,7 +104,7 @@ func TestEndToEnd(t *testing.T) {
 	if err != nil || !strings.Contains(out, "Secret destroyed") {
 		t.Fatalf("delete: %q %v", out, err)
 	}
-	waitUntil(t, 20*time.Second, func() error {
+	pollUntil(t, 20*time.Second, func() error {
 		if kernelDigest(t, c, "E2E_TOKEN", "delete") != "unset" {
 			return fmt.Errorf("delete not visible")
 		}
@@ -193,19 +174,4 @@ func kernelDigestNow(t *testing.T, c *jupyter.Client, code string) string {
 func kernelDigest(t *testing.T, c *jupyter.Client, name, what string) string {
 	t.Helper()
 	return kernelDigestNow(t, c, fmt.Sprintf("import os as _o, hashlib as _h\n_v = _o.environ.get(%q)\nprint('unset' if _v is None else _h.sha256(_v.encode()).hexdigest())\ndel _o, _h, _v", name))
-}
-
-func waitUntil(t *testing.T, total time.Duration, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(total)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v: %v", total, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }

@@ -125,6 +125,17 @@ func newSecretFlags(env *cliEnv, name, synopsis string) *secretFlags {
 	}
 }
 
+// session dials the service the flags name and bounds the request with
+// secretTimeout; done closes both.
+func (f *secretFlags) session(ctx context.Context) (*controlplane.Client, string, context.Context, func(), error) {
+	client, user, closeConn, err := f.dial()
+	if err != nil {
+		return nil, "", nil, nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, secretTimeout)
+	return client, user, ctx, func() { cancel(); closeConn() }, nil
+}
+
 // dial connects to the service the flags name.
 func (f *secretFlags) dial() (*controlplane.Client, string, func(), error) {
 	if *f.natsURL == "" {
@@ -192,13 +203,11 @@ func runSecretCreate(ctx context.Context, env *cliEnv, args []string) error {
 		return err
 	}
 	defer clear(value)
-	client, user, closeConn, err := f.dial()
+	client, user, ctx, done, err := f.session(ctx)
 	if err != nil {
 		return err
 	}
-	defer closeConn()
-	ctx, cancel := context.WithTimeout(ctx, secretTimeout)
-	defer cancel()
+	defer done()
 	info, err := client.Create(ctx, name, value, controlplane.CreateOptions{Project: *project})
 	if err != nil {
 		return fmt.Errorf("creating %s: %w", name, err)
@@ -232,13 +241,11 @@ func runSecretUpdate(ctx context.Context, env *cliEnv, args []string) error {
 		return err
 	}
 	defer clear(value)
-	client, user, closeConn, err := f.dial()
+	client, user, ctx, done, err := f.session(ctx)
 	if err != nil {
 		return err
 	}
-	defer closeConn()
-	ctx, cancel := context.WithTimeout(ctx, secretTimeout)
-	defer cancel()
+	defer done()
 	opts := []controlplane.Option{controlplane.InProject(*project)}
 	if *rename != "" {
 		opts = append(opts, controlplane.Rename(*rename))
@@ -266,13 +273,11 @@ func runSecretDelete(ctx context.Context, env *cliEnv, args []string) error {
 		return err
 	}
 	name := pos[0]
-	client, _, closeConn, err := f.dial()
+	client, _, ctx, done, err := f.session(ctx)
 	if err != nil {
 		return err
 	}
-	defer closeConn()
-	ctx, cancel := context.WithTimeout(ctx, secretTimeout)
-	defer cancel()
+	defer done()
 	if err := client.Delete(ctx, name, controlplane.InProject(*project)); err != nil {
 		return fmt.Errorf("deleting %s: %w", name, err)
 	}
@@ -298,13 +303,11 @@ func runSecretClone(ctx context.Context, env *cliEnv, args []string) error {
 		return err
 	}
 	defer clear(value)
-	client, user, closeConn, err := f.dial()
+	client, user, ctx, done, err := f.session(ctx)
 	if err != nil {
 		return err
 	}
-	defer closeConn()
-	ctx, cancel := context.WithTimeout(ctx, secretTimeout)
-	defer cancel()
+	defer done()
 	info, err := client.Clone(ctx, name, newName, value, controlplane.ToProject(*project), controlplane.InProject(*from))
 	if err != nil {
 		return fmt.Errorf("cloning %s: %w", name, err)
@@ -346,13 +349,11 @@ func shareOrUnshare(ctx context.Context, env *cliEnv, args []string, share bool)
 		return errUsage
 	}
 	name := pos[0]
-	client, _, closeConn, err := f.dial()
+	client, _, ctx, done, err := f.session(ctx)
 	if err != nil {
 		return err
 	}
-	defer closeConn()
-	ctx, cancel := context.WithTimeout(ctx, secretTimeout)
-	defer cancel()
+	defer done()
 	if share {
 		info, err := client.Share(ctx, name, *community, controlplane.InProject(*project))
 		if err != nil {
@@ -375,13 +376,11 @@ func runSecretList(ctx context.Context, env *cliEnv, args []string) error {
 	if _, err := f.parse(env, args, 0); err != nil {
 		return err
 	}
-	client, _, closeConn, err := f.dial()
+	client, _, ctx, done, err := f.session(ctx)
 	if err != nil {
 		return err
 	}
-	defer closeConn()
-	ctx, cancel := context.WithTimeout(ctx, secretTimeout)
-	defer cancel()
+	defer done()
 	list, err := client.List(ctx)
 	if err != nil {
 		return fmt.Errorf("listing secrets: %w", err)

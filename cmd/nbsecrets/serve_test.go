@@ -9,9 +9,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/nbsecrets/nbsecrets/internal/testutil"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
@@ -21,38 +22,11 @@ import (
 	"github.com/nbsecrets/nbsecrets/internal/natstest"
 )
 
-// lockedBuffer is a bytes.Buffer safe for the logger's writes.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
+// lockedBuffer is the shared test buffer: safe for concurrent writes.
+type lockedBuffer = testutil.Buffer
 
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-func pollUntil(t *testing.T, total time.Duration, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(total)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v: %v", total, err)
-		}
-		time.Sleep(10 * time.Millisecond) // poll interval
-	}
-}
+// pollUntil polls with a deadline (testutil.WaitFor).
+var pollUntil = testutil.WaitFor
 
 // TestServeReloadsDirectory runs `nbsecrets serve` in-process: a user
 // added to the file can call the service without a restart, and a broken

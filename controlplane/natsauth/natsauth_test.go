@@ -1,16 +1,16 @@
 package natsauth_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/nbsecrets/nbsecrets/internal/testutil"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/nats-io/nats.go"
@@ -505,23 +505,8 @@ func checkRecord(t *testing.T, d *deployment, js jetstream.JetStream, key, want 
 	}
 }
 
-// syncBuffer is an io.Writer for logs written from several goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// syncBuffer is the shared test buffer: safe for concurrent writes.
+type syncBuffer = testutil.Buffer
 
 // runAgent runs a real agent for wsa under its restricted NATS user,
 // connected through agent.Connect, and requires it to load alice's secret,
@@ -584,18 +569,5 @@ func runAgent(t *testing.T, d *deployment, url string, alice *controlplane.Clien
 	})
 }
 
-// waitFor polls check every 10ms until it returns nil or total passes.
-func waitFor(t *testing.T, total time.Duration, check func() error) {
-	t.Helper()
-	deadline := time.Now().Add(total)
-	for {
-		err := check()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatal(err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
+// waitFor polls with a deadline (testutil.WaitFor).
+var waitFor = testutil.WaitFor

@@ -26,6 +26,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nbsecrets/nbsecrets/internal/testutil"
+
 	"github.com/nbsecrets/nbsecrets/protocol/jupyter"
 )
 
@@ -428,26 +430,5 @@ func newUUID() string {
 	return h[:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
 }
 
-// syncBuffer is a bytes.Buffer safe for the concurrent writers exec sets up.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-func (b *syncBuffer) Len() int {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Len()
-}
+// syncBuffer is the shared test buffer: safe for concurrent writes.
+type syncBuffer = testutil.Buffer
