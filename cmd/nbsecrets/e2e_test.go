@@ -30,10 +30,7 @@ func TestEndToEnd(t *testing.T) {
 	}
 	kerneltest.Python(t)
 	tmp := t.TempDir()
-	bin := filepath.Join(tmp, "nbsecrets")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := buildBinary(t, tmp)
 	state := filepath.Join(tmp, "state")
 	runtimeDir := filepath.Join(tmp, "runtime")
 	env := append(os.Environ(), "JUPYTER_DATA_DIR="+filepath.Join(tmp, "jupyter"), "JUPYTER_RUNTIME_DIR="+runtimeDir,
@@ -174,4 +171,105 @@ func kernelDigestNow(t *testing.T, c *jupyter.Client, code string) string {
 func kernelDigest(t *testing.T, c *jupyter.Client, name, what string) string {
 	t.Helper()
 	return kernelDigestNow(t, c, fmt.Sprintf("import os as _o, hashlib as _h\n_v = _o.environ.get(%q)\nprint('unset' if _v is None else _h.sha256(_v.encode()).hexdigest())\ndel _o, _h, _v", name))
+}
+
+// buildBinary builds nbsecrets into dir.
+func buildBinary(t *testing.T, dir string) string {
+	t.Helper()
+	bin := filepath.Join(dir, "nbsecrets")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// TestDevWithDirectory runs the real binary as `dev --directory FILE
+// --workspace ws-bob`: keys are generated for users and workspaces left
+// without, alice's project secret reaches bob's agent, and rewriting the
+// file to take bob's workspace out of the project takes the secret away
+// without a restart.
+func TestDevWithDirectory(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary")
+	}
+	tmp := t.TempDir()
+	bin := buildBinary(t, tmp)
+	state := filepath.Join(tmp, "state")
+	dirFile := filepath.Join(tmp, "directory.json")
+	directory := func(bobInML bool) []byte {
+		bobProjects := `[]`
+		if bobInML {
+			bobProjects = `["ml"]`
+		}
+		return []byte(`{
+  "users": [{"id": "alice", "publicKey": ""}, {"id": "bob", "publicKey": ""}],
+  "projects": [{"id": "ml", "members": [{"user": "alice", "role": "admin"}, {"user": "bob", "role": "member"}]}],
+  "workspaces": [
+    {"id": "ws-alice", "owner": "alice", "projects": ["ml"], "curveKey": ""},
+    {"id": "ws-bob", "owner": "bob", "projects": ` + bobProjects + `, "curveKey": ""}
+  ]
+}`)
+	}
+	if err := os.WriteFile(dirFile, directory(true), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env := append(os.Environ(), "JUPYTER_DATA_DIR="+filepath.Join(tmp, "jupyter"), "JUPYTER_RUNTIME_DIR="+filepath.Join(tmp, "runtime"))
+	dev := exec.Command(bin, "dev", "--state-dir", state, "--directory", dirFile, "--workspace", "ws-bob", "--no-kernelspec")
+	dev.Env = env
+	var devOut, devErr lockedBuffer
+	dev.Stdout, dev.Stderr = &devOut, &devErr
+	if err := dev.Start(); err != nil {
+		t.Fatal(err)
+	}
+	devDone := make(chan error, 1)
+	go func() { devDone <- dev.Wait() }()
+	t.Cleanup(func() {
+		_ = dev.Process.Kill()
+		<-devDone
+	})
+	pollUntil(t, 30*time.Second, func() error {
+		if !strings.Contains(devOut.String(), "nbsecrets dev is running") {
+			return fmt.Errorf("dev not ready; stderr:\n%s", devErr.String())
+		}
+		return nil
+	})
+	nb := func(stdin string, args ...string) string {
+		t.Helper()
+		cmd := exec.Command(bin, args...)
+		cmd.Env, cmd.Stdin = env, strings.NewReader(stdin)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("nbsecrets %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return string(out)
+	}
+	value := "dir-" + randHex(t)
+	nb(value, "secret", "create", "--state-dir", state, "--as", "alice", "--project", "ml", "ML_TOKEN")
+	bobHas := func(want bool) func() error {
+		return func() error {
+			var st agent.Status
+			if err := json.Unmarshal([]byte(nb("", "status", "--state-dir", state, "--json")), &st); err != nil {
+				return err
+			}
+			has := len(st.Secrets) == 1 && st.Secrets[0].Name == "ML_TOKEN"
+			if has != want || st.Workspace != "ws-bob" {
+				return fmt.Errorf("bob's agent (%s) holds %+v, want ML_TOKEN: %v", st.Workspace, st.Secrets, want)
+			}
+			return nil
+		}
+	}
+	pollUntil(t, 20*time.Second, bobHas(true))
+	// Bob's workspace leaves the project: the file is rewritten in place.
+	if err := writeFileAtomic(dirFile, directory(false), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pollUntil(t, 40*time.Second, bobHas(false))
+	if strings.Contains(devOut.String()+devErr.String(), value) {
+		t.Error("a value appears in dev's output")
+	}
+	for _, f := range []string{"keys/users/alice.nk", "keys/users/bob.nk", "keys/workspaces/ws-bob.curve.nk"} {
+		if fi, err := os.Stat(filepath.Join(state, f)); err != nil || fi.Mode().Perm() != 0o600 {
+			t.Errorf("%s: %v", f, err)
+		}
+	}
 }
