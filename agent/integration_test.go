@@ -165,6 +165,31 @@ func (h *harness) startAgentWith(configure func(*Config)) *runningAgent {
 	return &runningAgent{Agent: a, stop: stop}
 }
 
+// runStarted runs a cell in the background and returns once the cell has
+// created marker (its first act): the channel then receives its trimmed
+// stdout, or "error: ..." if it could not run within timeout.
+func runStarted(t *testing.T, c *jupyter.Client, cell, marker string, timeout time.Duration) <-chan string {
+	t.Helper()
+	out := make(chan string, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		res, err := c.Run(ctx, cell)
+		if err != nil {
+			out <- "error: " + err.Error()
+			return
+		}
+		out <- strings.TrimSpace(res.Stdout)
+	}()
+	waitFor(t, 20*time.Second, func() error {
+		if _, err := os.Stat(marker); err != nil {
+			return errors.New("cell not started")
+		}
+		return nil
+	})
+	return out
+}
+
 // digest is how tests compare values without printing them.
 func digest(v string) string {
 	s := sha256.Sum256([]byte(v))
@@ -321,23 +346,7 @@ deadline = time.time() + 20
 while time.time() < deadline and hashlib.sha256(os.environ.get("LIVE", "").encode()).hexdigest() != %q:
     time.sleep(0.005)
 print("seen" if time.time() < deadline else "timeout")`, marker, digest(v2))
-	out := make(chan string, 1)
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
-		defer cancel()
-		res, err := c.Run(ctx, cell)
-		if err != nil {
-			out <- "error: " + err.Error()
-			return
-		}
-		out <- strings.TrimSpace(res.Stdout)
-	}()
-	waitFor(t, 20*time.Second, func() error {
-		if _, err := os.Stat(marker); err != nil {
-			return errors.New("cell not started")
-		}
-		return nil
-	})
+	out := runStarted(t, c, cell, marker, 40*time.Second)
 	h.put("s1", "LIVE", 2, v2)
 	if got := <-out; got != "seen" {
 		t.Fatalf("the running cell did not see the update: %s", got)
@@ -565,23 +574,7 @@ deadline = time.time() + 30
 while time.time() < deadline and hashlib.sha256(os.environ.get("ARRIVES", "").encode()).hexdigest() != %q:
     time.sleep(0.005)
 print("seen" if time.time() < deadline else "timeout")`, marker, digest(v))
-	out := make(chan string, 1)
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
-		defer cancel()
-		res, err := c.Run(ctx, cell)
-		if err != nil {
-			out <- "error: " + err.Error()
-			return
-		}
-		out <- strings.TrimSpace(res.Stdout)
-	}()
-	waitFor(t, 20*time.Second, func() error {
-		if _, err := os.Stat(marker); err != nil {
-			return errors.New("cell not started")
-		}
-		return nil
-	})
+	out := runStarted(t, c, cell, marker, 40*time.Second)
 	// A session of our own, to see the busy tracking.
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

@@ -330,23 +330,7 @@ func TestRKernelUpdateWaitsForCell(t *testing.T) {
 	marker := filepath.Join(t.TempDir(), "started")
 	// The cell reports what it sees at its end: the value from before.
 	cell := fmt.Sprintf("writeLines(\"\", %q)\nSys.sleep(3)\n%s", marker, rEnvState("LIVE", v1))
-	out := make(chan string, 1)
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-		defer cancel()
-		res, err := c.Run(ctx, cell)
-		if err != nil {
-			out <- "error: " + err.Error()
-			return
-		}
-		out <- strings.TrimSpace(res.Stdout)
-	}()
-	waitFor(t, 20*time.Second, func() error {
-		if _, err := os.Stat(marker); err != nil {
-			return errors.New("cell not started")
-		}
-		return nil
-	})
+	out := runStarted(t, c, cell, marker, 60*time.Second)
 	failures := a.Status().ReseedErrors
 	h.put("s1", "LIVE", 2, v2)
 	if got := <-out; got != "match" {

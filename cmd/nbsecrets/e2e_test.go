@@ -49,25 +49,8 @@ func TestEndToEnd(t *testing.T) {
 		return out.String(), nil
 	}
 
-	dev := exec.Command(bin, "dev", "--state-dir", state)
-	dev.Env = env
-	var devOut, devErr lockedBuffer
-	dev.Stdout, dev.Stderr = &devOut, &devErr
-	if err := dev.Start(); err != nil {
-		t.Fatal(err)
-	}
-	devDone := make(chan error, 1)
-	go func() { devDone <- dev.Wait() }()
-	t.Cleanup(func() {
-		_ = dev.Process.Kill()
-		<-devDone
-	})
-	pollUntil(t, 30*time.Second, func() error {
-		if !strings.Contains(devOut.String(), "nbsecrets dev is running") {
-			return fmt.Errorf("dev not ready; stderr:\n%s", devErr.String())
-		}
-		return nil
-	})
+	d := startDev(t, bin, env, "--state-dir", state)
+	dev, devDone, devOut, devErr := d.cmd, d.done, &d.out, &d.err
 	info, err := readDevInfo(state)
 	if err != nil {
 		t.Fatal(err)
@@ -173,6 +156,37 @@ func kernelDigest(t *testing.T, c *jupyter.Client, name, what string) string {
 	return kernelDigestNow(t, c, fmt.Sprintf("import os as _o, hashlib as _h\n_v = _o.environ.get(%q)\nprint('unset' if _v is None else _h.sha256(_v.encode()).hexdigest())\ndel _o, _h, _v", name))
 }
 
+// devProc is a running `nbsecrets dev`; done receives its exit once.
+type devProc struct {
+	cmd      *exec.Cmd
+	out, err lockedBuffer
+	done     chan error
+}
+
+// startDev runs `bin dev args...` and waits until it says it is running;
+// the test's cleanup kills it if it is still there.
+func startDev(t *testing.T, bin string, env []string, args ...string) *devProc {
+	t.Helper()
+	d := &devProc{cmd: exec.Command(bin, append([]string{"dev"}, args...)...), done: make(chan error, 1)}
+	d.cmd.Env = env
+	d.cmd.Stdout, d.cmd.Stderr = &d.out, &d.err
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { d.done <- d.cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = d.cmd.Process.Kill()
+		<-d.done
+	})
+	pollUntil(t, 30*time.Second, func() error {
+		if !strings.Contains(d.out.String(), "nbsecrets dev is running") {
+			return fmt.Errorf("dev not ready; stderr:\n%s", d.err.String())
+		}
+		return nil
+	})
+	return d
+}
+
 // buildBinary builds nbsecrets into dir.
 func buildBinary(t *testing.T, dir string) string {
 	t.Helper()
@@ -214,25 +228,8 @@ func TestDevWithDirectory(t *testing.T) {
 		t.Fatal(err)
 	}
 	env := append(os.Environ(), "JUPYTER_DATA_DIR="+filepath.Join(tmp, "jupyter"), "JUPYTER_RUNTIME_DIR="+filepath.Join(tmp, "runtime"))
-	dev := exec.Command(bin, "dev", "--state-dir", state, "--directory", dirFile, "--workspace", "ws-bob", "--no-kernelspec")
-	dev.Env = env
-	var devOut, devErr lockedBuffer
-	dev.Stdout, dev.Stderr = &devOut, &devErr
-	if err := dev.Start(); err != nil {
-		t.Fatal(err)
-	}
-	devDone := make(chan error, 1)
-	go func() { devDone <- dev.Wait() }()
-	t.Cleanup(func() {
-		_ = dev.Process.Kill()
-		<-devDone
-	})
-	pollUntil(t, 30*time.Second, func() error {
-		if !strings.Contains(devOut.String(), "nbsecrets dev is running") {
-			return fmt.Errorf("dev not ready; stderr:\n%s", devErr.String())
-		}
-		return nil
-	})
+	d := startDev(t, bin, env, "--state-dir", state, "--directory", dirFile, "--workspace", "ws-bob", "--no-kernelspec")
+	devOut, devErr := &d.out, &d.err
 	nb := func(stdin string, args ...string) string {
 		t.Helper()
 		cmd := exec.Command(bin, args...)
@@ -247,8 +244,16 @@ func TestDevWithDirectory(t *testing.T) {
 	nb(value, "secret", "create", "--state-dir", state, "--as", "alice", "--project", "ml", "ML_TOKEN")
 	bobHas := func(want bool) func() error {
 		return func() error {
+			// dev restarts its agent when the workspace's access changes:
+			// meanwhile status cannot reach it, which is "not yet" here.
+			cmd := exec.Command(bin, "status", "--state-dir", state, "--json")
+			cmd.Env = env
+			raw, err := cmd.Output()
+			if err != nil {
+				return fmt.Errorf("status: %w", err)
+			}
 			var st agent.Status
-			if err := json.Unmarshal([]byte(nb("", "status", "--state-dir", state, "--json")), &st); err != nil {
+			if err := json.Unmarshal(raw, &st); err != nil {
 				return err
 			}
 			has := len(st.Secrets) == 1 && st.Secrets[0].Name == "ML_TOKEN"
