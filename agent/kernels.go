@@ -327,7 +327,6 @@ func (ks *kernels) follow(ctx context.Context, w *worker, sess session, wake <-c
 		}
 		if live && w.owed == nil && !p.Empty() {
 			actx, cancel := context.WithTimeout(ctx, ks.applyTimeout)
-			start := time.Now()
 			err := sess.Apply(actx, p, managedList(d))
 			cancel()
 			if ctx.Err() != nil {
@@ -342,7 +341,7 @@ func (ks *kernels) follow(ctx context.Context, w *worker, sess session, wake <-c
 				}
 				return err
 			}
-			ks.metrics.reseeded(time.Since(start), p.Full, d.ChangedAt)
+			ks.metrics.reseeded(p.Full, d.ChangedAt)
 			held = holdings(d)
 			log.Info("re-seeded", "gen", d.Gen, "full", p.Full, "set", sortedKeys(p.Set), "unset", p.Unset)
 			w.update(func(s *KernelStatus) {

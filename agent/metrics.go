@@ -9,12 +9,9 @@ import (
 // store's own counts (records applied and refused), the kernels' states and
 // the NATS connection are read where they live when reported.
 type metrics struct {
-	mu            sync.Mutex
-	reseeds       uint64
-	reseedErrors  uint64
-	lastReseedDur time.Duration
-	// lastChangeToApplied is the latest change-to-applied latency.
-	lastChangeToApplied time.Duration
+	mu           sync.Mutex
+	reseeds      uint64
+	reseedErrors uint64
 	// changeToApplied is every change-to-applied latency, in seconds.
 	changeToApplied histogram
 	restarts        map[string]uint64 // reason → count
@@ -60,17 +57,15 @@ func (h *histogram) cumulative() []uint64 {
 	return out
 }
 
-// reseeded counts a re-seed that took d. changedAt is when the newest change
+// reseeded counts a re-seed. changedAt is when the newest change
 // it carries was stored in JetStream; for a re-seed that follows a change
 // (not a first contact) the time from then to now is the change-to-applied
 // latency.
-func (m *metrics) reseeded(d time.Duration, full bool, changedAt time.Time) {
+func (m *metrics) reseeded(full bool, changedAt time.Time) {
 	m.mu.Lock()
 	m.reseeds++
-	m.lastReseedDur = d
 	if !full && !changedAt.IsZero() {
-		m.lastChangeToApplied = time.Since(changedAt)
-		m.changeToApplied.observe(m.lastChangeToApplied.Seconds())
+		m.changeToApplied.observe(time.Since(changedAt).Seconds())
 	}
 	m.mu.Unlock()
 }

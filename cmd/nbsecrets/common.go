@@ -10,6 +10,8 @@ import (
 	"runtime/debug"
 	"strings"
 
+	"github.com/nbsecrets/nbsecrets/injector"
+
 	"github.com/nats-io/nats.go"
 
 	"github.com/hashicorp/go-hclog"
@@ -37,25 +39,13 @@ func envOr(name, def string) string {
 	return def
 }
 
-// jupyterDataDir is $JUPYTER_DATA_DIR, else ~/.local/share/jupyter (Linux).
-func jupyterDataDir() string {
-	if d := os.Getenv("JUPYTER_DATA_DIR"); d != "" {
-		return d
-	}
-	if d := os.Getenv("XDG_DATA_HOME"); d != "" {
-		return filepath.Join(d, "jupyter")
-	}
-	home, _ := os.UserHomeDir()
-	return filepath.Join(home, ".local", "share", "jupyter")
-}
-
 // jupyterRuntimeDir is where Jupyter writes connection files:
 // $JUPYTER_RUNTIME_DIR, else <data dir>/runtime.
 func jupyterRuntimeDir() string {
 	if d := os.Getenv("JUPYTER_RUNTIME_DIR"); d != "" {
 		return d
 	}
-	return filepath.Join(jupyterDataDir(), "runtime")
+	return filepath.Join(injector.DefaultDataDir(), "runtime")
 }
 
 // listFlag is a comma-separated, repeatable flag.
