@@ -270,8 +270,12 @@ func (b *busyTracker) follow(iopub <-chan *jupyter.Message, ours string) {
 
 // probeShell learns the state at connect: a kernel_info_request on shell
 // is answered only once the shell is free, so its reply means idle then.
+// The reply counts only once the request's own status has also come back
+// on iopub (Client.Ready): until the SUB socket's subscription has reached
+// the kernel, iopub drops messages, and a cell started just after the
+// probe would go unseen, leaving the tracker idle while the cell runs.
 func (b *busyTracker) probeShell(ctx context.Context, c *jupyter.Client) {
-	if _, err := c.KernelInfo(ctx); err == nil {
+	if err := c.Ready(ctx); err == nil {
 		b.set(false, false)
 	}
 }

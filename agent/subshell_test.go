@@ -13,6 +13,7 @@ import (
 	"regexp"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -36,7 +37,9 @@ type protoKernel struct {
 	codec     *jupyter.Codec
 	session   string
 	subshells bool
+	muted     atomic.Bool // drop iopub, as before a subscriber's subscription arrives
 	socks     []zmq4.Socket
+	iopub     zmq4.Socket
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
 
@@ -73,6 +76,7 @@ func startProtoKernel(t *testing.T, dir string, subshells bool) *protoKernel {
 	iopub, hb := zmq4.NewPub(ctx, opt), zmq4.NewRep(ctx, opt)
 	k.info.ShellPort, k.info.ControlPort, k.info.StdinPort = listen(shell), listen(control), listen(stdin)
 	k.info.IOPubPort, k.info.HBPort = listen(iopub), listen(hb)
+	k.iopub = iopub
 	t.Cleanup(k.stop)
 	k.wg.Add(2)
 	go k.serve(jupyter.Shell, shell, iopub)
@@ -167,6 +171,9 @@ func (k *protoKernel) serve(ch jupyter.Channel, s, iopub zmq4.Socket) {
 func replyType(req string) string { return req[:len(req)-len("_request")] + "_reply" }
 
 func (k *protoKernel) publish(iopub zmq4.Socket, parent *jupyter.Message, state string) {
+	if k.muted.Load() {
+		return
+	}
 	st, _ := jupyter.NewMessage(k.session, "status", map[string]string{"execution_state": state}, &parent.Header)
 	st.Identities = [][]byte{[]byte("kernel.status")}
 	frames, err := k.codec.Encode(st)
