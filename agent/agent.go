@@ -70,6 +70,7 @@ type Agent struct {
 	metrics *metrics
 	obs     observer
 	started time.Time
+	access  *accessBox // SetAccess to the syncer
 
 	mu      sync.Mutex
 	running bool
@@ -112,7 +113,7 @@ func New(cfg Config) (*Agent, error) {
 		cfg.dial = dialJupyter
 	}
 	log := cfg.Logger.With("workspace", cfg.Workspace.ID)
-	a := &Agent{cfg: cfg, log: log, st: newStore(cfg.Workspace), metrics: &metrics{}}
+	a := &Agent{cfg: cfg, log: log, st: newStore(cfg.Workspace), metrics: &metrics{}, access: newAccessBox()}
 	if cfg.StateFile != "" {
 		a.state = &stateStore{path: cfg.StateFile, ws: cfg.Workspace.ID, keys: cfg.Opener.SignerKeys()}
 		floor, err := a.state.load()
@@ -191,7 +192,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		}()
 	}
 	s := &syncer{js: js, ws: a.cfg.Workspace.ID, opener: a.cfg.Opener, st: a.st, log: a.log.Named("sync"), now: time.Now,
-		published: a.saveState}
+		published: a.saveState, access: a.access}
 	wg.Add(2)
 	go func() { defer wg.Done(); s.run(ctx) }()
 	go func() {
@@ -222,6 +223,23 @@ func (a *Agent) saveState() {
 		a.log.Warn("cannot write the state file", "error", err)
 	}
 }
+
+// SetAccess changes what the workspace may have while the agent runs: its
+// owner, projects and communities (not its ID). Secrets it may no longer
+// have leave every kernel as a deleted one would (a revoke, for the restart
+// policy); records it may now have are read again from NATS and applied.
+// It returns at once; the agent's reader applies the change, or applies it
+// when it starts if it has not yet.
+func (a *Agent) SetAccess(ws Workspace) error {
+	if ws.ID != a.cfg.Workspace.ID {
+		return fmt.Errorf("agent: SetAccess: workspace %q is not this agent's %q", ws.ID, a.cfg.Workspace.ID)
+	}
+	a.access.put(ws)
+	return nil
+}
+
+// Access returns what the workspace may have now.
+func (a *Agent) Access() Workspace { return a.st.access() }
 
 // Loaded is closed once the first load of the records is applied.
 func (a *Agent) Loaded() <-chan struct{} { return a.st.loaded }

@@ -144,6 +144,36 @@ func (s *store) apply(sec *protocol.Secret, at time.Time) error {
 	return nil
 }
 
+// setAccess replaces what the workspace may have. Secrets it may no longer
+// have leave the desired state at the next publish; their versions become
+// the floor, so that the same record, read again once access returns, is
+// taken and an older one is still refused. Records it may now have were
+// refused before and need reading again (the syncer does that).
+func (s *store) setAccess(ws Workspace) (dropped int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.ws = ws
+	for id, sec := range s.puts {
+		if ws.Allows(sec.Scope) {
+			continue
+		}
+		s.floor[id] = max(s.floor[id], s.versions[id])
+		delete(s.versions, id)
+		clear(sec.Value)
+		delete(s.puts, id)
+		s.dirty = true
+		dropped++
+	}
+	return dropped
+}
+
+// access returns what the workspace may have now.
+func (s *store) access() Workspace {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.ws
+}
+
 // version returns the newest version seen of a secret.
 func (s *store) version(id string) (uint64, bool) {
 	s.mu.Lock()

@@ -3,6 +3,9 @@ package agent
 import (
 	"context"
 	"errors"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -26,7 +29,44 @@ type syncer struct {
 	now    func() time.Time
 	// published runs after every publish (nil: nothing), on this goroutine.
 	published func()
+	// access carries changes of what the workspace may have (nil: none).
+	access *accessBox
 }
+
+// accessBox hands the newest access change to the syncer: Agent.SetAccess
+// puts, the syncer takes; a change not taken yet is replaced by a newer one.
+type accessBox struct {
+	mu      sync.Mutex
+	pending *Workspace
+	notify  chan struct{} // capacity 1: a change is waiting
+}
+
+func newAccessBox() *accessBox { return &accessBox{notify: make(chan struct{}, 1)} }
+
+func (b *accessBox) put(ws Workspace) {
+	b.mu.Lock()
+	b.pending = &ws
+	b.mu.Unlock()
+	select {
+	case b.notify <- struct{}{}:
+	default:
+	}
+}
+
+func (b *accessBox) take() (Workspace, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.pending == nil {
+		return Workspace{}, false
+	}
+	ws := *b.pending
+	b.pending = nil
+	return ws, true
+}
+
+// errResync ends a consumer so that the records are read again from the
+// start, after a change of what the workspace may have.
+var errResync = errors.New("agent: access changed; reading the records again")
 
 func (s *syncer) publish() {
 	s.st.publish(s.now())
@@ -41,6 +81,14 @@ func (s *syncer) run(ctx context.Context) {
 		err := s.consume(ctx)
 		if ctx.Err() != nil {
 			return
+		}
+		if errors.Is(err, errResync) {
+			// Publish what the change took away now; what it gives comes
+			// with the new read.
+			if _, loaded := s.st.snapshot(); loaded {
+				s.publish()
+			}
+			continue
 		}
 		s.log.Warn("reading records interrupted; retrying", "error", err)
 		if !waitCtx(ctx, bo.next()) {
@@ -64,13 +112,25 @@ func (s *syncer) consume(ctx context.Context) error {
 	}
 	stopped := make(chan struct{})
 	defer close(stopped)
+	var accessC <-chan struct{}
+	if s.access != nil {
+		accessC = s.access.notify
+	}
+	var resync atomic.Bool
 	go func() { // owned by consume: ends with it
 		select {
 		case <-ctx.Done():
-			it.Stop()
 		case <-stopped:
-			it.Stop()
+		case <-accessC:
+			if ws, ok := s.access.take(); ok {
+				dropped := s.st.setAccess(ws)
+				s.log.Info("workspace access changed; reading the records again", "owner", ws.Owner,
+					"projects", strings.Join(ws.Projects, ","), "communities", strings.Join(ws.Communities, ","),
+					"secrets_dropped", dropped)
+			}
+			resync.Store(true)
 		}
+		it.Stop()
 	}()
 	if info := cons.CachedInfo(); info != nil && info.NumPending == 0 {
 		s.publish() // nothing to load: the desired state is empty
@@ -80,6 +140,9 @@ func (s *syncer) consume(ctx context.Context) error {
 		msg, err := it.Next()
 		if err != nil {
 			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				if resync.Load() {
+					return errResync
+				}
 				return ctx.Err()
 			}
 			return err
