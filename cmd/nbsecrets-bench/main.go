@@ -19,7 +19,8 @@
 //   - an embedded nats-server (127.0.0.1, a random port, JetStream, its
 //     store in the temporary directory);
 //   - the secrets service (controlplane) in this process, with a directory
-//     of one user, one project and one workspace, and fresh keys;
+//     of one user, one project and one workspace, and fresh keys; and a
+//     second user with a workspace of its own, for row 5 only;
 //   - the user's controlplane.Client on its own NATS connection; it creates
 //     the secret BENCH_TOKEN, private to the user. Its values are made up
 //     ("bench-N", N the sample number); no real secret is involved, and
@@ -27,7 +28,8 @@
 //   - the agent as a separate process, `bin/nbsecrets agent --nats URL
 //     --workspace ... --owner ... --projects ... --service-key PUB
 //     --service-curve-key PUB --workspace-key FILE --runtime-dir DIR
-//     --socket PATH --log-level warn`, so that its memory can be measured;
+//     --socket PATH --state-file FILE --log-level warn`, so that its memory
+//     can be measured (its state file in the temporary directory too);
 //   - a real ipykernel, `/usr/bin/python3 -m ipykernel_launcher -f FILE`,
 //     its connection file (free loopback ports, mode 0600) written into the
 //     agent's runtime dir so that the agent discovers it as it discovers
@@ -87,19 +89,49 @@
 //     unrecorded first start does not have it from the start, the injector
 //     does not supply values and the row is reported as skipped, with the
 //     reason.
+//  5. Restart by agent policy (-restarts samples): the restart decided and
+//     done by the agent itself. A second agent process, started like the
+//     first but for the second user's workspace (that user's client
+//     creates and updates its own BENCH_TOKEN, so the other rows' changes
+//     never reach this agent, nor theirs it), with a restart policy and
+//     nothing artificial added: `--on-change restart --busy-wait 5m
+//     --busy-action restart --splay 0s --restart-window 0s`, and no
+//     --jupyter-url, so the agent restarts a kernel by sending it
+//     shutdown_request (restart: true) on control and relies on the
+//     kernel's manager to start it again. The bench is that manager: its
+//     kernel is started as in row 4, behind the injector, in this agent's
+//     runtime dir, and the moment its process exits the bench starts it
+//     again the same way on the same connection file (same ports), as
+//     jupyter_client's KernelRestarter would, minus the restarter's
+//     polling: it checks every 3 s, so a real one adds up to 3 s to this
+//     row (a restart through Jupyter Server's REST API, --jupyter-url, does
+//     not poll). The clock starts when Client.Update returns and stops, as
+//     in rows 3 and 4, when the restarted kernel's check cell prints the
+//     new value, which it also says came from the start environment. The
+//     steps: when the agent began its restart (last_restart in its
+//     status, read after the sample: the agent's wall clock against the
+//     bench's), when the old process exited, when the bench had started
+//     the new one, ports accepting, ready, output. After each sample,
+//     outside the clock, the bench waits until the agent serves the new
+//     process live with the new version and has counted exactly one more
+//     restart. The unrecorded first start is the kernel's start and one
+//     restart by the agent; the row is skipped, with the reason, when
+//     either fails or the value did not come from the start environment.
+//     The report gives its p50 less row 3's p50 in the same run; no target.
 //
 // Each restart row begins with one unrecorded start (it warms the page
-// cache and checks the row can be measured). Then the two rows alternate,
-// sample by sample, so that both see the same machine load; both kernels
-// stay up meanwhile, one idle while the other restarts. A restart whose new
-// kernel cannot bind a port yet is retried within the clock and counted.
+// cache and checks the row can be measured). Then the three rows
+// alternate, sample by sample, so that all see the same machine load; all
+// kernels stay up meanwhile, idle while another restarts. A restart whose
+// new kernel cannot bind a port yet is retried within the clock and
+// counted. The second agent is stopped after these rows.
 //
-//  5. Injector overhead (60 starts each, alternating): `true` started
+//  6. Injector overhead (60 starts each, alternating): `true` started
 //     directly and through `nbsecrets inject --socket S --` against the
 //     running agent; each clock runs from the fork to the child's exit. The
 //     difference of the medians is the injector's own cost (its process
 //     start, the agent's answer, the exec), measured without a kernel's
-//     start-up, whose noise in rows 3 and 4 is hundreds of milliseconds.
+//     start-up, whose noise in rows 3 to 5 is hundreds of milliseconds.
 //
 // After the run the bench reads VmRSS and VmHWM from /proc/<agent
 // pid>/status (VmRSS also once after set-up).
@@ -109,12 +141,14 @@
 // A table on stdout: one row per measurement with n, lost samples (no
 // datagram within -timeout), and p50, p95, p99 and max in milliseconds
 // (nearest-rank percentiles over the recorded samples: every figure is a
-// measured sample); the ratios restart-baseline p50 / live p50; the agent's
-// memory; the targets with met or NOT MET (live idle p50 <= 5 ms and p99 <=
+// measured sample); the ratios restart-baseline p50 / live p50; row 5's
+// p50 less row 3's, with the second agent's flags; the agent's memory; the targets with met or NOT MET (live idle p50 <= 5 ms and p99 <=
 // 15 ms; live busy p99 <= 20 ms; agent VmRSS <= 20 MB, 1 MB = 10^6 bytes; a
 // row with lost samples does not meet its targets); and where the time
 // goes: the Update call, Update return to putenv in the kernel, putenv to
-// the poller, and for restarts the steps from Update return. The same
+// the poller, and for restarts the steps from Update return. The JSON has
+// row 5's flags, mechanism and difference under restart_by_policy and its
+// steps under detail.restart_policy. The same
 // figures, every sample and the machine (cores, Go, Python, ipykernel,
 // IPython and jupyter_client versions, CPU, load average) go as JSON to the
 // -out file. Nothing is tuned after the fact.
@@ -122,7 +156,7 @@
 // # Flags
 //
 //	-n N            live samples per live row (default 200)
-//	-restarts N     samples per restart row (default 20)
+//	-restarts N     samples per restart row, rows 3 to 5 (default 20)
 //	-warmup N       unrecorded live samples before each live row (default 5)
 //	-pause D        pause between samples (default 20ms)
 //	-timeout D      how long a live sample may take before it counts as lost (default 2s)
@@ -134,7 +168,7 @@
 //
 // The bench stops everything it started, on every path, including errors
 // and SIGINT/SIGTERM (Ctrl-C): kernels (SIGKILL to their process groups),
-// the agent (SIGTERM, then SIGKILL after 5s), the service, the NATS
+// the agents (SIGTERM, then SIGKILL after 5s), the service, the NATS
 // connections and server; then it removes the temporary directory. Every
 // child runs in a process group of its own with a parent-death signal, so
 // a Ctrl-C on the terminal reaches only the bench, and a bench that is
@@ -298,7 +332,13 @@ func run(args []string) (err error) {
 	}
 	_ = os.Remove(lb.k.ConnFile)
 
-	progress(fmt.Sprintf("restarts, baseline and via injector alternating: %d each", cfg.restarts))
+	progress("starting the second agent, with a restart policy")
+	pb, err := newPolicyBench(ctx, cfg, w, &seq, &cl)
+	if err != nil {
+		return err
+	}
+	m.policyFlags, m.policyPID = policyAgentFlags, pb.a.PID()
+	progress(fmt.Sprintf("restarts, baseline, via injector and by agent policy alternating: %d each", cfg.restarts))
 	bk, err := newRestartKernel(cfg, w, filepath.Join(dir, "baseline-runtime"), nil, &cl)
 	if err != nil {
 		return err
@@ -310,10 +350,17 @@ func run(args []string) (err error) {
 	}
 	base := &restartBench{cfg: cfg, w: w, k: bk, seq: &seq, valueInEnv: true}
 	inj := &restartBench{cfg: cfg, w: w, k: ik, seq: &seq}
-	if err := measureRestarts(ctx, cfg, []*restartBench{base, inj}, cfg.restarts); err != nil {
+	if err := measureRestarts(ctx, cfg, []restartRunner{base, inj, pb}, cfg.restarts); err != nil {
 		return err
 	}
-	m.baseline, m.injector = base.row, inj.row
+	m.baseline, m.injector, m.policy = base.row, inj.row, pb.row
+	// The policy row is done: its agent goes, so that it runs in nothing
+	// that follows (a failure to stop it is reported by the clean-up).
+	if err := pb.a.alive(); err != nil && pb.row.Failed == "" && pb.row.Skipped == "" {
+		pb.row.Failed = err.Error()
+	}
+	_ = pb.a.stop()
+	_ = os.Remove(pb.k.ConnFile)
 
 	progress(fmt.Sprintf("injector overhead: %d starts of true, direct and through inject, alternating", injectorStarts))
 	if m.execDirect, m.execInject, err = measureInjectorExec(ctx, cfg.nbsecrets, w.agent.socket, injectorStarts); err != nil {

@@ -31,6 +31,7 @@ type report struct {
 	Agent    agentReport   `json:"agent"`
 	Targets  []target      `json:"targets"`
 	Detail   detailReport  `json:"detail"`
+	Policy   *policyReport `json:"restart_by_policy,omitempty"`
 	Notes    []string      `json:"notes,omitempty"`
 	raw      *measurements // what the rows were made from
 }
@@ -97,6 +98,23 @@ type target struct {
 	Why   string  `json:"why_not,omitempty"`
 }
 
+// policyReport describes the restart-by-policy row: the second agent's
+// flags, how the restart is done, who restarts the kernel, and the row's
+// p50 less the bare restart's (row 3) in the same run. No target.
+type policyReport struct {
+	AgentFlags    []string `json:"agent_flags"`
+	AgentPID      int      `json:"agent_pid,omitempty"`
+	Mechanism     string   `json:"mechanism"`
+	KernelManager string   `json:"kernel_manager"`
+	// P50MinusBaseline is absent when either row has no samples.
+	P50MinusBaseline *float64 `json:"p50_minus_baseline_p50_ms,omitempty"`
+}
+
+const (
+	policyMechanism     = "the agent sends shutdown_request (restart: true) on the kernel's control channel (no --jupyter-url) and relies on the kernel's manager to start it again"
+	policyKernelManager = "the bench: it starts the kernel again through the injector, on the same connection file (same ports), the moment its process exits; jupyter_client's KernelRestarter polls every 3 s and so adds up to 3 s to this row; Jupyter Server's REST restart (--jupyter-url) does not poll"
+)
+
 // distribution is p50/p99 of a breakdown step, in ms.
 type distribution struct {
 	N   int     `json:"n"`
@@ -121,9 +139,15 @@ type liveDetail struct {
 }
 
 // restartDetail splits a restart sample, each step from Update's return.
+// AgentRestart and Relaunched are the restart-by-policy row's only: when
+// the agent began its restart (its status's last_restart, wall clock) and
+// when the bench had started the new process; there Killed is when the old
+// process exited on the agent's shutdown_request.
 type restartDetail struct {
 	UpdateCall   distribution `json:"update_call"`
+	AgentRestart distribution `json:"to_agent_restart_began,omitzero"`
 	Killed       distribution `json:"to_old_kernel_reaped"`
+	Relaunched   distribution `json:"to_relaunched,omitzero"`
 	Dialled      distribution `json:"to_ports_accepting"`
 	Ready        distribution `json:"to_kernel_info_and_iopub"`
 	Output       distribution `json:"to_output"`
@@ -138,6 +162,7 @@ type detailReport struct {
 	LiveBusy        liveDetail    `json:"live_busy"`
 	RestartBaseline restartDetail `json:"restart_baseline"`
 	RestartInjector restartDetail `json:"restart_injector"`
+	RestartPolicy   restartDetail `json:"restart_policy"`
 }
 
 // measurements are the raw results of a run.
@@ -145,6 +170,11 @@ type measurements struct {
 	idle, waiting      *liveRow
 	busy               *liveRow
 	baseline, injector *restartRow
+	// policy is the restart-by-policy row, by the agent of policyPID run
+	// with policyFlags.
+	policy      *restartRow
+	policyFlags []string
+	policyPID   int
 	// execDirect and execInject are starts of true, directly and through
 	// the injector.
 	execDirect, execInject []time.Duration
@@ -161,6 +191,7 @@ const (
 	rowBusy       = "live, cell computing"
 	rowBaseline   = "restart (baseline)"
 	rowInjector   = "restart via injector"
+	rowPolicy     = "restart by agent policy"
 	rowExecDirect = "start true, direct"
 	rowExecInject = "start true, via inject"
 )
@@ -183,13 +214,22 @@ func build(cfg *config, m *measurements, started time.Time) *report {
 	busy := liveRowReport(rowBusy, m.busy)
 	base := restartRowReport(rowBaseline, m.baseline)
 	inj := restartRowReport(rowInjector, m.injector)
+	pol := restartRowReport(rowPolicy, m.policy)
 	execDirect := rowReport{Name: rowExecDirect, Samples: []float64{}}
 	fill(&execDirect, m.execDirect)
 	execInject := rowReport{Name: rowExecInject, Samples: []float64{}}
 	fill(&execInject, m.execInject)
-	r.Rows = []rowReport{idle, waiting, busy, base, inj, execDirect, execInject}
+	r.Rows = []rowReport{idle, waiting, busy, base, inj, pol, execDirect, execInject}
 	r.Detail = detailReport{LiveIdle: liveDetailOf(m.idle), LiveWaiting: liveDetailOf(m.waiting), LiveBusy: liveDetailOf(m.busy),
-		RestartBaseline: restartDetailOf(m.baseline), RestartInjector: restartDetailOf(m.injector)}
+		RestartBaseline: restartDetailOf(m.baseline), RestartInjector: restartDetailOf(m.injector),
+		RestartPolicy: restartDetailOf(m.policy)}
+	if m.policy != nil {
+		r.Policy = &policyReport{AgentFlags: m.policyFlags, AgentPID: m.policyPID, Mechanism: policyMechanism, KernelManager: policyKernelManager}
+		if base.N > 0 && pol.N > 0 {
+			d := pol.P50 - base.P50
+			r.Policy.P50MinusBaseline = &d
+		}
+	}
 
 	if base.N > 0 && idle.N > 0 && idle.P50 > 0 {
 		r.Ratios.BaselineOverIdle = base.P50 / idle.P50
@@ -274,10 +314,16 @@ func restartDetailOf(rr *restartRow) restartDetail {
 	if rr == nil {
 		return d
 	}
-	var upd, kill, dial, ready, out []time.Duration
+	var upd, agentAt, kill, relaunch, dial, ready, out []time.Duration
 	for _, s := range rr.Samples {
 		upd, kill, dial = append(upd, s.Update), append(kill, s.Killed), append(dial, s.Dialled)
 		ready, out = append(ready, s.Ready), append(out, s.Latency)
+		if s.ByAgent {
+			relaunch = append(relaunch, s.Relaunched)
+			if s.GotAgent {
+				agentAt = append(agentAt, s.AgentRestart)
+			}
+		}
 		if s.FromStart {
 			d.FromStartEnv++
 		}
@@ -285,6 +331,7 @@ func restartDetailOf(rr *restartRow) restartDetail {
 		d.PortRetries += s.PortRetries
 	}
 	d.UpdateCall, d.Killed, d.Dialled, d.Ready, d.Output = distOf(upd), distOf(kill), distOf(dial), distOf(ready), distOf(out)
+	d.AgentRestart, d.Relaunched = distOf(agentAt), distOf(relaunch)
 	return d
 }
 
@@ -346,19 +393,23 @@ func (r *report) writeTable(w io.Writer) {
 	fmt.Fprintf(w, "nbsecrets-bench: %d cores, %s, Python %s, ipykernel %s, agent re-seed mode %s\n",
 		m.Cores, m.GoVersion, m.Python, m.IPyKernel, r.Config.AgentReseedMode)
 	fmt.Fprintf(w, "load average at start %s, at end %s\n\n", m.LoadStart, m.LoadEnd)
-	fmt.Fprintf(w, "%-22s %5s %5s %10s %10s %10s %10s\n", "latency (ms)", "n", "lost", "p50", "p95", "p99", "max")
+	width := 22
+	for _, row := range r.Rows {
+		width = max(width, len(row.Name))
+	}
+	fmt.Fprintf(w, "%-*s %5s %5s %10s %10s %10s %10s\n", width, "latency (ms)", "n", "lost", "p50", "p95", "p99", "max")
 	for _, row := range r.Rows {
 		switch {
 		case row.Skipped != "":
-			fmt.Fprintf(w, "%-22s skipped: %s\n", row.Name, row.Skipped)
+			fmt.Fprintf(w, "%-*s skipped: %s\n", width, row.Name, row.Skipped)
 			continue
 		case row.N == 0:
-			fmt.Fprintf(w, "%-22s failed: %s\n", row.Name, row.Failed)
+			fmt.Fprintf(w, "%-*s failed: %s\n", width, row.Name, row.Failed)
 			continue
 		}
-		fmt.Fprintf(w, "%-22s %5d %5d %10.2f %10.2f %10.2f %10.2f\n", row.Name, row.N, row.Lost, row.P50, row.P95, row.P99, row.Max)
+		fmt.Fprintf(w, "%-*s %5d %5d %10.2f %10.2f %10.2f %10.2f\n", width, row.Name, row.N, row.Lost, row.P50, row.P95, row.P99, row.Max)
 		if row.Failed != "" {
-			fmt.Fprintf(w, "%-22s   (stopped early: %s)\n", "", row.Failed)
+			fmt.Fprintf(w, "%-*s   (stopped early: %s)\n", width, "", row.Failed)
 		}
 	}
 	fmt.Fprintln(w)
@@ -371,6 +422,15 @@ func (r *report) writeTable(w io.Writer) {
 	}
 	ratio("restart baseline p50 / live idle p50", r.Ratios.BaselineOverIdle)
 	ratio("restart baseline p50 / live, cell computing p50", r.Ratios.BaselineOverBusy)
+	if p := r.Policy; p != nil {
+		if p.P50MinusBaseline != nil {
+			fmt.Fprintf(w, "restart by agent policy p50 - restart baseline p50: %+.1f ms (reported, no target)\n", *p.P50MinusBaseline)
+		} else {
+			fmt.Fprintln(w, "restart by agent policy p50 - restart baseline p50: n/a")
+		}
+		fmt.Fprintf(w, "  policy agent (pid %d): %s\n", p.AgentPID, strings.Join(p.AgentFlags, " "))
+		fmt.Fprintln(w, "  the bench restarts the kernel the moment it exits; jupyter_client's KernelRestarter polls every 3 s and adds up to 3 s (Jupyter Server's REST restart does not)")
+	}
 	fmt.Fprintf(w, "agent (pid %d) after the run: VmRSS %.1f MB, VmHWM %.1f MB (1 MB = 10^6 bytes); VmRSS after start %.1f MB\n\n",
 		r.Agent.PID, float64(r.Agent.VmRSS)/1e6, float64(r.Agent.VmHWM)/1e6, float64(r.Agent.VmRSSStart)/1e6)
 	fmt.Fprintln(w, "targets:")
@@ -405,6 +465,12 @@ func (r *report) writeTable(w io.Writer) {
 	}
 	rd("restart baseline", r.Detail.RestartBaseline, r.row(rowBaseline).N)
 	rd("restart via injector", r.Detail.RestartInjector, r.row(rowInjector).N)
+	if d, n := r.Detail.RestartPolicy, r.row(rowPolicy).N; n > 0 {
+		fmt.Fprintf(w, "  restart by agent policy, from Update return: agent restart began %.1f / %.1f (n %d); old kernel exited %.1f / %.1f; relaunched %.1f / %.1f; ports accepting %.1f / %.1f; ready %.1f / %.1f; output %.1f / %.1f\n",
+			d.AgentRestart.P50, d.AgentRestart.P99, d.AgentRestart.N, d.Killed.P50, d.Killed.P99, d.Relaunched.P50, d.Relaunched.P99,
+			d.Dialled.P50, d.Dialled.P99, d.Ready.P50, d.Ready.P99, d.Output.P50, d.Output.P99)
+		fmt.Fprintf(w, "    value in the start environment in %d of %d; extra cells %d; port retries %d\n", d.FromStartEnv, n, d.ExtraCells, d.PortRetries)
+	}
 	for _, n := range r.Notes {
 		fmt.Fprintf(w, "note: %s\n", n)
 	}

@@ -41,6 +41,16 @@ type restartSample struct {
 	Cells       int           // cells run until one printed the new value
 	FromStart   bool          // the new value was in the process's start environment
 	PortRetries int           // starts that failed on a port still taken
+	// The restart-by-policy row only: Killed is when the old process,
+	// asked by the agent to shut down, exited (and was reaped);
+	// AgentRestart when the agent began its restart (its status's
+	// last_restart, the agent's wall clock; GotAgent says it was read);
+	// Relaunched when the bench, as the kernel's manager, had started the
+	// new process.
+	ByAgent      bool
+	AgentRestart time.Duration
+	GotAgent     bool
+	Relaunched   time.Duration
 }
 
 // restartRow is a restart row's result. Skipped or Failed say why it has
@@ -59,6 +69,19 @@ func (r *restartRow) latencies() []time.Duration {
 	return out
 }
 
+// restartRunner is one restart row, as measureRestarts drives it.
+type restartRunner interface {
+	// warm takes the row's unrecorded first start and sets its result,
+	// skipped when the row cannot be measured.
+	warm(ctx context.Context)
+	// restart takes one sample.
+	restart(ctx context.Context) (restartSample, error)
+	// result is the row, after warm.
+	result() *restartRow
+	// kill stops the row's kernel.
+	kill() error
+}
+
 // restartBench drives a restart row on one kernel.
 type restartBench struct {
 	cfg *config
@@ -70,6 +93,10 @@ type restartBench struct {
 	valueInEnv bool
 	row        *restartRow
 }
+
+func (rb *restartBench) result() *restartRow { return rb.row }
+
+func (rb *restartBench) kill() error { return rb.k.kill() }
 
 // warm takes the row's unrecorded first start. The row is skipped when it
 // fails, or when the value was not in the kernel's start environment.
@@ -87,13 +114,13 @@ func (rb *restartBench) warm(ctx context.Context) {
 }
 
 // measureRestarts warms each row, then takes n samples of each, the rows
-// alternating sample by sample so that both see the same machine load. A
+// alternating sample by sample so that all see the same machine load. A
 // row that fails stops; the others go on. The kernels are killed at the
 // end.
-func measureRestarts(ctx context.Context, cfg *config, rbs []*restartBench, n int) error {
+func measureRestarts(ctx context.Context, cfg *config, rbs []restartRunner, n int) error {
 	defer func() {
 		for _, rb := range rbs {
-			_ = rb.k.kill()
+			_ = rb.kill()
 		}
 	}()
 	for _, rb := range rbs {
@@ -104,7 +131,8 @@ func measureRestarts(ctx context.Context, cfg *config, rbs []*restartBench, n in
 	}
 	for range n {
 		for _, rb := range rbs {
-			if rb.row.Skipped != "" || rb.row.Failed != "" {
+			row := rb.result()
+			if row.Skipped != "" || row.Failed != "" {
 				continue
 			}
 			smp, err := rb.restart(ctx)
@@ -112,10 +140,10 @@ func measureRestarts(ctx context.Context, cfg *config, rbs []*restartBench, n in
 				return err
 			}
 			if err != nil {
-				rb.row.Failed = err.Error()
+				row.Failed = err.Error()
 				continue
 			}
-			rb.row.Samples = append(rb.row.Samples, smp)
+			row.Samples = append(row.Samples, smp)
 			if err := sleepCtx(ctx, cfg.pause); err != nil {
 				return err
 			}

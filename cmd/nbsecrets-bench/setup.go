@@ -25,12 +25,17 @@ import (
 	"github.com/nbsecrets/nbsecrets/protocol"
 )
 
-// The bench's directory: one user, one project, one workspace.
+// The bench's directory: one user, one project, one workspace; and a
+// second user with a workspace of its own for the restart-by-policy row,
+// whose agent must not see the other rows' changes (the user's private
+// secrets reach only the user's workspaces).
 const (
-	userID      = "bench-user"
-	projectID   = "bench-project"
-	workspaceID = "bench-ws"
-	secretName  = "BENCH_TOKEN"
+	userID            = "bench-user"
+	projectID         = "bench-project"
+	workspaceID       = "bench-ws"
+	policyUserID      = "bench-policy-user"
+	policyWorkspaceID = "bench-policy-ws"
+	secretName        = "BENCH_TOKEN"
 )
 
 // cleanups runs clean-up functions in reverse order of registration.
@@ -59,11 +64,19 @@ type world struct {
 	// publishes for the workspace (a plain subscription on the records'
 	// subjects, beside the agent's consumer).
 	records chan time.Time
+	// policyClient acts as the second user, owner of the policy
+	// workspace, whose curve seed is in policyKeyFile.
+	policyClient  *controlplane.Client
+	policyKeyFile string
+	// signPub and curvePub are the service's public keys, pinned by the
+	// agents.
+	signPub, curvePub string
 }
 
-// keys are the service's, the workspace's and the user's nkeys.
+// keys are the service's, the workspaces' and the users' nkeys.
 type keys struct {
 	sign, curve, workspace, user nkeys.KeyPair
+	policyWorkspace, policyUser  nkeys.KeyPair
 }
 
 func newKeys() (*keys, error) {
@@ -76,6 +89,9 @@ func newKeys() (*keys, error) {
 		return nil, err
 	}
 	if k.user, err = nkeys.CreateUser(); err != nil {
+		return nil, err
+	}
+	if k.policyUser, err = nkeys.CreateUser(); err != nil {
 		return nil, err
 	}
 	return &k, nil
@@ -95,9 +111,14 @@ func setUp(ctx context.Context, cfg *config, dir string, cl *cleanups) (*world, 
 	if err != nil {
 		return nil, fmt.Errorf("making keys: %w", err)
 	}
-	// The workspace's curve seed goes to a 0600 file for the agent.
+	w.signPub, w.curvePub = pub(ks.sign), pub(ks.curve)
+	// Each workspace's curve seed goes to a 0600 file for its agent.
 	wsKeyFile := filepath.Join(dir, "keys", "workspace.curve.nk")
 	if ks.workspace, _, err = keyfile.LoadOrCreate(wsKeyFile, true, nkeys.PrefixByteCurve); err != nil {
+		return nil, err
+	}
+	w.policyKeyFile = filepath.Join(dir, "keys", "policy-workspace.curve.nk")
+	if ks.policyWorkspace, _, err = keyfile.LoadOrCreate(w.policyKeyFile, true, nkeys.PrefixByteCurve); err != nil {
 		return nil, err
 	}
 
@@ -121,10 +142,12 @@ func setUp(ctx context.Context, cfg *config, dir string, cl *cleanups) (*world, 
 	svc, err := controlplane.New(controlplane.Options{
 		Conn: svcConn, SignKey: ks.sign, CurveKey: ks.curve,
 		Directory: &controlplane.Directory{
-			Users:    []controlplane.User{{ID: userID, PublicKey: pub(ks.user)}},
+			Users: []controlplane.User{{ID: userID, PublicKey: pub(ks.user)},
+				{ID: policyUserID, PublicKey: pub(ks.policyUser)}},
 			Projects: []controlplane.Project{{ID: projectID, Members: []controlplane.Member{{User: userID, Role: controlplane.RoleAdmin}}}},
 			Workspaces: []controlplane.Workspace{{ID: workspaceID, Owner: userID, Projects: []string{projectID},
-				CurveKey: pub(ks.workspace)}},
+				CurveKey: pub(ks.workspace)},
+				{ID: policyWorkspaceID, Owner: policyUserID, CurveKey: pub(ks.policyWorkspace)}},
 		},
 		Logger: hclog.New(&hclog.LoggerOptions{Name: "service", Level: hclog.Warn, Output: os.Stderr}),
 	})
@@ -142,6 +165,7 @@ func setUp(ctx context.Context, cfg *config, dir string, cl *cleanups) (*world, 
 	}
 	cl.add(func() error { userConn.Close(); return nil })
 	w.client = controlplane.NewClient(userConn, userID, ks.user, pub(ks.curve))
+	w.policyClient = controlplane.NewClient(userConn, policyUserID, ks.policyUser, pub(ks.curve))
 	w.records = make(chan time.Time, 64)
 	if _, err := userConn.Subscribe(protocol.WorkspaceFilter(workspaceID), func(*nats.Msg) {
 		select {
@@ -155,33 +179,56 @@ func setUp(ctx context.Context, cfg *config, dir string, cl *cleanups) (*world, 
 		return nil, err
 	}
 
-	runtimeDir := filepath.Join(dir, "runtime")
-	if err := os.MkdirAll(runtimeDir, 0o700); err != nil {
-		return nil, err
-	}
-	w.agent, err = startAgent(cfg.nbsecrets, []string{
-		"agent",
-		"--nats", w.url,
-		"--workspace", workspaceID,
-		"--owner", userID,
-		"--projects", projectID,
-		"--service-key", pub(ks.sign),
-		"--service-curve-key", pub(ks.curve),
-		"--workspace-key", wsKeyFile,
-		"--runtime-dir", runtimeDir,
-		"--socket", filepath.Join(dir, "agent.sock"),
-		"--log-level", "warn",
-	}, filepath.Join(dir, "agent.sock"), runtimeDir)
+	w.agent, err = w.startAgent(ctx, cfg, "agent", workspaceID, userID, projectID, wsKeyFile, cl)
 	if err != nil {
 		return nil, err
 	}
-	cl.add(w.agent.stop)
+	return w, nil
+}
+
+// startAgent starts `nbsecrets agent` for workspace ws of owner (with
+// projects, if not empty) as a process of its own, its runtime dir
+// (NAME-runtime), socket (NAME.sock) and state file (NAME.state.json)
+// under the temporary root, extra flags (a restart policy) last; it
+// registers its stop in cl and returns once the agent has loaded the
+// records.
+func (w *world) startAgent(ctx context.Context, cfg *config, name, ws, owner, projects, keyFile string, cl *cleanups, extra ...string) (*agentProc, error) {
+	runtimeDir := filepath.Join(w.dir, name+"-runtime")
+	if err := os.MkdirAll(runtimeDir, 0o700); err != nil {
+		return nil, err
+	}
+	socket := filepath.Join(w.dir, name+".sock")
+	args := []string{
+		"agent",
+		"--nats", w.url,
+		"--workspace", ws,
+		"--owner", owner,
+	}
+	if projects != "" {
+		args = append(args, "--projects", projects)
+	}
+	args = append(args,
+		"--service-key", w.signPub,
+		"--service-curve-key", w.curvePub,
+		"--workspace-key", keyFile,
+		"--runtime-dir", runtimeDir,
+		"--socket", socket,
+		// In the temporary root, not the user's state dir: nothing of a run
+		// stays behind.
+		"--state-file", filepath.Join(w.dir, name+".state.json"),
+		"--log-level", "warn",
+	)
+	a, err := startAgent(cfg.nbsecrets, append(args, extra...), socket, runtimeDir)
+	if err != nil {
+		return nil, err
+	}
+	cl.add(a.stop)
 	lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	if err := w.agent.waitFor(lctx, func(st *agent.Status) bool { return st.Loaded }); err != nil {
-		return nil, fmt.Errorf("agent did not load the records: %w", err)
+	if err := a.waitFor(lctx, func(st *agent.Status) bool { return st.Loaded }); err != nil {
+		return nil, fmt.Errorf("%s did not load the records: %w", name, err)
 	}
-	return w, nil
+	return a, nil
 }
 
 // agentProc is the agent, run as a process of its own so that its memory
