@@ -183,6 +183,10 @@ func watchDirectory(ctx context.Context, path string, current []byte, log hclog.
 		}
 		log.Info("directory reloaded", "path", path, "trigger", why)
 	}
+	// A change made between the caller's read and the watch above raised
+	// no event: look once now.
+	reload(false, "file changed")
+	log.Debug("watching the directory file", "path", path)
 	for {
 		select {
 		case <-ctx.Done():

@@ -97,7 +97,7 @@ func TestServeReloadsDirectory(t *testing.T) {
 		t.Fatalf("bob before the reload: %v", err)
 	}
 	pollUntil(t, 10*time.Second, func() error {
-		if !strings.Contains(logs.String(), "directory loaded") {
+		if !strings.Contains(logs.String(), "watching the directory file") {
 			return errors.New("not watching yet")
 		}
 		return nil
