@@ -166,7 +166,7 @@ func Start(t testing.TB, opts Options) *Kernel {
 
 	const attempts = 5
 	for i := 1; ; i++ {
-		if err := k.pickPorts(); err != nil {
+		if err := pickPorts(k.Info, nil); err != nil {
 			t.Fatalf("kerneltest: %v", err)
 		}
 		if err := k.Info.WriteFile(k.ConnFile); err != nil {
@@ -304,6 +304,64 @@ func (k *Kernel) Restart(t testing.TB) {
 	}
 }
 
+// NewPorts says how [Kernel.RestartNewPorts] writes the connection file
+// again. The zero value rewrites it in place with the same key.
+type NewPorts struct {
+	// Key gives the new kernel a new HMAC key too. jupyter_client keeps
+	// the key across a restart.
+	Key bool
+	// Remove removes the connection file and then writes it anew, as
+	// jupyter_client does (cleanup_random_ports, then
+	// write_connection_file). False: it is rewritten in place.
+	Remove bool
+}
+
+// RestartNewPorts starts the kernel again on new ports, as a kernel manager
+// does when it restarts a kernel that died soon after its start
+// (jupyter_client's restart_kernel with newports=True): it kills the
+// process if it still runs and waits until it is gone, picks five free
+// ports none of which the old process had, writes the connection file again
+// at the same path (same kernel id; see opts), and starts the same argv on
+// it. It waits until the new kernel answers kernel_info. k.Info then points
+// to a new ConnectionInfo; one read before still describes the old
+// connection. Clients of the old process are not reconnected: dial again.
+func (k *Kernel) RestartNewPorts(t testing.TB, opts NewPorts) {
+	t.Helper()
+	k.Kill()
+	old := *k.Info
+	avoid := map[int]bool{old.ShellPort: true, old.IOPubPort: true, old.StdinPort: true, old.ControlPort: true, old.HBPort: true}
+	info := old
+	if opts.Key {
+		info.Key = newUUID()
+	}
+	k.Info = &info
+	if opts.Remove {
+		if err := os.Remove(k.ConnFile); err != nil && !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("kerneltest: %v", err)
+		}
+	}
+	const attempts = 5
+	for i := 1; ; i++ {
+		if err := pickPorts(k.Info, avoid); err != nil {
+			t.Fatalf("kerneltest: %v", err)
+		}
+		if err := k.Info.WriteFile(k.ConnFile); err != nil {
+			t.Fatalf("kerneltest: %v", err)
+		}
+		if err := k.spawn(); err != nil {
+			t.Fatalf("kerneltest: %v", err)
+		}
+		err := k.waitReady()
+		if err == nil {
+			return
+		}
+		k.Kill()
+		if !errors.Is(err, errPortTaken) || i == attempts {
+			t.Fatalf("kerneltest: restarting kernel on new ports: %v\noutput:\n%s", err, k.Output())
+		}
+	}
+}
+
 func (k *Kernel) current() *proc {
 	k.mu.Lock()
 	defer k.mu.Unlock()
@@ -402,9 +460,10 @@ func (k *Kernel) waitReady() error {
 	}
 }
 
-// pickPorts chooses five distinct free loopback ports. Another process can
-// take one before the kernel binds it; Start then tries again.
-func (k *Kernel) pickPorts() error {
+// pickPorts chooses five distinct free loopback ports for info, none of
+// them in avoid. Another process can take one before the kernel binds it;
+// Start then tries again.
+func pickPorts(info *jupyter.ConnectionInfo, avoid map[int]bool) error {
 	var ports [5]int
 	var ls []net.Listener
 	defer func() {
@@ -412,15 +471,21 @@ func (k *Kernel) pickPorts() error {
 			l.Close()
 		}
 	}()
-	for i := range ports {
-		l, err := net.Listen("tcp", k.Info.IP+":0")
+	for i := 0; i < len(ports); {
+		if len(ls) > len(ports)+100 {
+			return errors.New("picking a free port: the system keeps giving ports to avoid")
+		}
+		l, err := net.Listen("tcp", info.IP+":0")
 		if err != nil {
 			return fmt.Errorf("picking a free port: %w", err)
 		}
-		ls = append(ls, l)
-		ports[i] = l.Addr().(*net.TCPAddr).Port
+		ls = append(ls, l) // held until all are picked, so none is given twice
+		if p := l.Addr().(*net.TCPAddr).Port; !avoid[p] {
+			ports[i] = p
+			i++
+		}
 	}
-	k.Info.ShellPort, k.Info.IOPubPort, k.Info.StdinPort, k.Info.ControlPort, k.Info.HBPort =
+	info.ShellPort, info.IOPubPort, info.StdinPort, info.ControlPort, info.HBPort =
 		ports[0], ports[1], ports[2], ports[3], ports[4]
 	return nil
 }

@@ -142,3 +142,49 @@ func TestRestart(t *testing.T) {
 	k.Restart(t)
 	run(t, k.Client(t), "pass")
 }
+
+// RestartNewPorts starts a new process on the same connection file path
+// with five ports the old one did not have, and the key as asked.
+func TestRestartNewPorts(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		opts kerneltest.NewPorts
+	}{
+		{"rewrite", kerneltest.NewPorts{}},
+		{"remove_new_key", kerneltest.NewPorts{Key: true, Remove: true}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			k := kerneltest.Start(t, kerneltest.Options{})
+			run(t, k.Client(t), "state = 1")
+			id, file, pid, old := k.ID, k.ConnFile, k.PID(), *k.Info
+			k.RestartNewPorts(t, tc.opts)
+			if k.ID != id || k.ConnFile != file {
+				t.Fatalf("kernel %s %s became %s %s", id, file, k.ID, k.ConnFile)
+			}
+			if k.PID() == pid {
+				t.Fatal("restart kept the process")
+			}
+			now := *k.Info
+			oldPorts := map[int]bool{old.ShellPort: true, old.IOPubPort: true, old.StdinPort: true, old.ControlPort: true, old.HBPort: true}
+			for _, p := range []int{now.ShellPort, now.IOPubPort, now.StdinPort, now.ControlPort, now.HBPort} {
+				if oldPorts[p] {
+					t.Errorf("port %d kept: %+v -> %+v", p, old, now)
+				}
+			}
+			if keyChanged := now.Key != old.Key; keyChanged != tc.opts.Key || now.Key == "" {
+				t.Errorf("key changed %v, want %v", keyChanged, tc.opts.Key)
+			}
+			info, err := jupyter.ReadConnectionFile(file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			info.KernelName = now.KernelName // ipykernel rewrites the file without it
+			if *info != now {
+				t.Errorf("connection file %+v, Info %+v", info, now)
+			}
+			if out := run(t, k.Client(t), "print('state' in globals())"); out != "False\n" {
+				t.Fatalf("after restart: %q", out)
+			}
+		})
+	}
+}
