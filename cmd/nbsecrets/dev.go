@@ -182,10 +182,7 @@ func runDev(ctx context.Context, env *cliEnv, args []string) error {
 					log.Warn("the agent's workspace left the directory; its agent keeps running with no secrets", "workspace", wsID)
 					return nil
 				}
-				if _, err := agents.restartIfChanged(wctx, a); err != nil {
-					return fmt.Errorf("restarting the agent: %w", err)
-				}
-				return nil
+				return agents.setAccess(a)
 			})
 		}()
 	}
@@ -346,9 +343,9 @@ func devWorkspace(d *controlplane.Directory, want, user string) (string, error) 
 	return d.Workspaces[0].ID, nil
 }
 
-// devAgents runs dev's one agent and starts it again with a new
-// configuration when a directory change alters what its workspace may
-// receive (the agent checks every record's scope against it).
+// devAgents runs dev's one agent and tells it when a directory change
+// alters what its workspace may receive (the agent checks every record's
+// scope against it).
 type devAgents struct {
 	url, wsID, signPub, curvePub string
 	wsKP                         nkeys.KeyPair
@@ -360,6 +357,7 @@ type devAgents struct {
 
 	mu     sync.Mutex
 	access controlplane.Access
+	ag     *agent.Agent
 	cancel context.CancelFunc
 	done   chan error
 	conn   *nats.Conn
@@ -395,7 +393,7 @@ func (d *devAgents) startLocked(ctx context.Context, access controlplane.Access)
 	actx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- ag.Run(actx) }()
-	d.access, d.cancel, d.done, d.conn = access, cancel, done, conn
+	d.access, d.ag, d.cancel, d.done, d.conn = access, ag, cancel, done, conn
 	return ag, nil
 }
 
@@ -418,17 +416,17 @@ func (d *devAgents) stop() {
 	d.stopLocked()
 }
 
-// restartIfChanged starts the agent again when access differs from what it
-// runs with, and reports whether it did.
-func (d *devAgents) restartIfChanged(ctx context.Context, access controlplane.Access) (bool, error) {
+// setAccess gives the running agent its workspace's new access, when it
+// differs from what it has: no restart, its socket stays.
+func (d *devAgents) setAccess(access controlplane.Access) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.access.Owner == access.Owner && slices.Equal(d.access.Projects, access.Projects) && slices.Equal(d.access.Communities, access.Communities) {
-		return false, nil
+		return nil
 	}
-	d.stopLocked()
-	d.log.Info("workspace access changed; restarting the agent", "workspace", d.wsID,
-		"projects", strings.Join(access.Projects, ","), "communities", strings.Join(access.Communities, ","))
-	_, err := d.startLocked(ctx, access)
-	return err == nil, err
+	if err := d.ag.SetAccess(agent.Workspace{ID: d.wsID, Owner: access.Owner, Projects: access.Projects, Communities: access.Communities}); err != nil {
+		return err
+	}
+	d.access = access
+	return nil
 }

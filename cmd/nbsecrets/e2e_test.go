@@ -242,19 +242,28 @@ func TestDevWithDirectory(t *testing.T) {
 	}
 	value := "dir-" + randHex(t)
 	nb(value, "secret", "create", "--state-dir", state, "--as", "alice", "--project", "ml", "ML_TOKEN")
+	// The agent takes the new access as it runs: once it has answered,
+	// status keeps answering, from the same agent (same start time).
+	var started time.Time
 	bobHas := func(want bool) func() error {
 		return func() error {
-			// dev restarts its agent when the workspace's access changes:
-			// meanwhile status cannot reach it, which is "not yet" here.
 			cmd := exec.Command(bin, "status", "--state-dir", state, "--json")
 			cmd.Env = env
 			raw, err := cmd.Output()
 			if err != nil {
+				if !started.IsZero() {
+					t.Fatalf("status failed after the agent had answered: %v", err)
+				}
 				return fmt.Errorf("status: %w", err)
 			}
 			var st agent.Status
 			if err := json.Unmarshal(raw, &st); err != nil {
 				return err
+			}
+			if started.IsZero() {
+				started = st.Started
+			} else if !st.Started.Equal(started) {
+				t.Fatalf("the agent was restarted: started %v, then %v", started, st.Started)
 			}
 			has := len(st.Secrets) == 1 && st.Secrets[0].Name == "ML_TOKEN"
 			if has != want || st.Workspace != "ws-bob" {
