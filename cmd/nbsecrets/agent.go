@@ -1,14 +1,18 @@
 package main
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
+	"slices"
 
 	"github.com/nats-io/nats.go"
 
 	"github.com/nbsecrets/nbsecrets/agent"
+	"github.com/nbsecrets/nbsecrets/controlplane"
 	"github.com/nbsecrets/nbsecrets/internal/keyfile"
 	"github.com/nbsecrets/nbsecrets/protocol"
 )
@@ -28,6 +32,7 @@ func runAgent(ctx context.Context, env *cliEnv, args []string) error {
 	_ = signKeys.Set(envOr("NBSECRETS_SERVICE_KEYS", ""))
 	fs.Var(&projects, "projects", "projects the workspace works in, comma-separated ($NBSECRETS_PROJECTS)")
 	fs.Var(&communities, "communities", "communities whose shares reach the workspace ($NBSECRETS_COMMUNITIES)")
+	dirPath := fs.String("directory", envOr("NBSECRETS_DIRECTORY", ""), "the secrets service's directory file: the workspace's owner, projects and communities come from it, and follow its changes (SIGHUP, file events, a 30s check) without a restart; instead of --owner, --projects and --communities ($NBSECRETS_DIRECTORY)")
 	fs.Var(&signKeys, "service-key", "pinned public signing nkey of the secrets service; repeat for rotation (required) ($NBSECRETS_SERVICE_KEYS)")
 	sealKey := fs.String("service-curve-key", envOr("NBSECRETS_SERVICE_CURVE_KEY", ""), "pinned curve public key of the secrets service (required) ($NBSECRETS_SERVICE_CURVE_KEY)")
 	wsKey := fs.String("workspace-key", envOr("NBSECRETS_WORKSPACE_KEY", ""), "file with the workspace's curve seed, mode 0600 (required) ($NBSECRETS_WORKSPACE_KEY)")
@@ -45,12 +50,36 @@ func runAgent(ctx context.Context, env *cliEnv, args []string) error {
 		fmt.Fprintf(env.stderr, "nbsecrets agent: %v\n", err)
 		return errUsage
 	}
+	required := map[string]string{"--workspace": *wsID, "--service-curve-key": *sealKey, "--workspace-key": *wsKey}
+	var dirData []byte
+	if *dirPath != "" {
+		if *owner != "" || len(projects) > 0 || len(communities) > 0 {
+			fmt.Fprintln(env.stderr, "nbsecrets agent: --directory gives the owner, projects and communities; do not also set --owner, --projects or --communities (or their environment variables)")
+			return errUsage
+		}
+		abs, err := filepath.Abs(*dirPath)
+		if err != nil {
+			return err
+		}
+		*dirPath = abs
+		if dirData, err = os.ReadFile(abs); err != nil {
+			return fmt.Errorf("directory: %w", err)
+		}
+		access, err := agentAccess(dirData, *wsID)
+		if err != nil {
+			return fmt.Errorf("%s: %w", abs, err)
+		}
+		*owner, projects, communities = access.Owner, access.Projects, access.Communities
+	} else {
+		required["--owner"] = *owner
+	}
 	var missing []string
-	for name, v := range map[string]string{"--workspace": *wsID, "--owner": *owner, "--service-curve-key": *sealKey, "--workspace-key": *wsKey} {
+	for name, v := range required {
 		if v == "" {
 			missing = append(missing, name)
 		}
 	}
+	slices.Sort(missing)
 	if len(signKeys) == 0 {
 		missing = append(missing, "--service-key")
 	}
@@ -93,5 +122,38 @@ func runAgent(ctx context.Context, env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	return a.Run(ctx)
+	if *dirPath == "" {
+		return a.Run(ctx)
+	}
+	wctx, stopWatch := context.WithCancel(ctx)
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		watchDirectory(wctx, *dirPath, dirData, log.Named("directory"), func(data []byte) error {
+			access, err := agentAccess(data, *wsID)
+			if err != nil {
+				return err
+			}
+			return a.SetAccess(agent.Workspace{ID: *wsID, Owner: access.Owner, Projects: access.Projects, Communities: access.Communities})
+		})
+	}()
+	err = a.Run(ctx)
+	stopWatch()
+	<-watched
+	return err
+}
+
+// agentAccess is what workspace ws may have according to a directory file:
+// its owner, the projects it lists that the owner is a member of, and their
+// communities. The file is checked as the service checks it.
+func agentAccess(data []byte, ws string) (controlplane.Access, error) {
+	d, err := controlplane.DecodeDirectory(bytes.NewReader(data))
+	if err != nil {
+		return controlplane.Access{}, err
+	}
+	a, ok := d.AccessOf(ws)
+	if !ok {
+		return controlplane.Access{}, fmt.Errorf("workspace %q is not in the directory", ws)
+	}
+	return a, nil
 }
