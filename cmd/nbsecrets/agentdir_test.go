@@ -16,7 +16,6 @@ import (
 
 	"github.com/nbsecrets/nbsecrets/agent"
 	"github.com/nbsecrets/nbsecrets/controlplane"
-	"github.com/nbsecrets/nbsecrets/internal/keyfile"
 	"github.com/nbsecrets/nbsecrets/internal/natstest"
 )
 
@@ -29,13 +28,7 @@ func TestAgentFollowsDirectory(t *testing.T) {
 	dir := t.TempDir()
 	key := func(name string, curve bool, kind nkeys.PrefixByte) (nkeys.KeyPair, string, string) {
 		t.Helper()
-		path := filepath.Join(dir, name)
-		kp, _, err := keyfile.LoadOrCreate(path, curve, kind)
-		if err != nil {
-			t.Fatal(err)
-		}
-		pub, _ := kp.PublicKey()
-		return kp, pub, path
+		return keyFile(t, dir, name, curve, kind)
 	}
 	_, signPub, signFile := key("sign.nk", false, nkeys.PrefixByteAccount)
 	_, curvePub, curveFile := key("curve.nk", true, nkeys.PrefixByteCurve)

@@ -19,6 +19,19 @@ import (
 	"github.com/nbsecrets/nbsecrets/internal/keyfile"
 )
 
+// keyFile creates a key file (0600) in dir and returns the key pair, its
+// public key and the file's path.
+func keyFile(t *testing.T, dir, name string, curve bool, kind nkeys.PrefixByte) (nkeys.KeyPair, string, string) {
+	t.Helper()
+	path := filepath.Join(dir, name)
+	kp, _, err := keyfile.LoadOrCreate(path, curve, kind)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, _ := kp.PublicKey()
+	return kp, pub, path
+}
+
 // TestSecretAgainstDeployedService: the secret command against a service
 // on a NATS server that loads the generated per-account authorisation: the
 // caller is whoever holds the user's keys; another user's NATS key with
@@ -27,13 +40,7 @@ func TestSecretAgainstDeployedService(t *testing.T) {
 	dir := t.TempDir()
 	mk := func(name string, curve bool, kind nkeys.PrefixByte) (nkeys.KeyPair, string, string) {
 		t.Helper()
-		path := filepath.Join(dir, name)
-		kp, _, err := keyfile.LoadOrCreate(path, curve, kind)
-		if err != nil {
-			t.Fatal(err)
-		}
-		pub, _ := kp.PublicKey()
-		return kp, pub, path
+		return keyFile(t, dir, name, curve, kind)
 	}
 	sign, _, _ := mk("sign.nk", false, nkeys.PrefixByteAccount)
 	curve, curvePub, _ := mk("curve.nk", true, 0)

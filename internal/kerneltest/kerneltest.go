@@ -164,9 +164,18 @@ func Start(t testing.TB, opts Options) *Kernel {
 		}
 	})
 
+	k.launch(t, nil, !opts.NoWait, "starting kernel")
+	return k
+}
+
+// launch picks free ports (none of avoid), writes the connection file and
+// starts the kernel; with wait, it waits until the kernel answers and tries
+// new ports when one was taken meanwhile.
+func (k *Kernel) launch(t testing.TB, avoid map[int]bool, wait bool, what string) {
+	t.Helper()
 	const attempts = 5
 	for i := 1; ; i++ {
-		if err := pickPorts(k.Info, nil); err != nil {
+		if err := pickPorts(k.Info, avoid); err != nil {
 			t.Fatalf("kerneltest: %v", err)
 		}
 		if err := k.Info.WriteFile(k.ConnFile); err != nil {
@@ -175,16 +184,16 @@ func Start(t testing.TB, opts Options) *Kernel {
 		if err := k.spawn(); err != nil {
 			t.Fatalf("kerneltest: %v", err)
 		}
-		if opts.NoWait {
-			return k
+		if !wait {
+			return
 		}
 		err := k.waitReady()
 		if err == nil {
-			return k
+			return
 		}
 		k.Kill()
 		if !errors.Is(err, errPortTaken) || i == attempts {
-			t.Fatalf("kerneltest: starting kernel: %v\noutput:\n%s", err, k.Output())
+			t.Fatalf("kerneltest: %s: %v\noutput:\n%s", what, err, k.Output())
 		}
 	}
 }
@@ -340,26 +349,7 @@ func (k *Kernel) RestartNewPorts(t testing.TB, opts NewPorts) {
 			t.Fatalf("kerneltest: %v", err)
 		}
 	}
-	const attempts = 5
-	for i := 1; ; i++ {
-		if err := pickPorts(k.Info, avoid); err != nil {
-			t.Fatalf("kerneltest: %v", err)
-		}
-		if err := k.Info.WriteFile(k.ConnFile); err != nil {
-			t.Fatalf("kerneltest: %v", err)
-		}
-		if err := k.spawn(); err != nil {
-			t.Fatalf("kerneltest: %v", err)
-		}
-		err := k.waitReady()
-		if err == nil {
-			return
-		}
-		k.Kill()
-		if !errors.Is(err, errPortTaken) || i == attempts {
-			t.Fatalf("kerneltest: restarting kernel on new ports: %v\noutput:\n%s", err, k.Output())
-		}
-	}
+	k.launch(t, avoid, true, "restarting kernel on new ports")
 }
 
 func (k *Kernel) current() *proc {
