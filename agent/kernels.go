@@ -178,8 +178,13 @@ func (ks *kernels) statuses() []KernelStatus {
 	ks.mu.Unlock()
 	out := make([]KernelStatus, 0, len(ws))
 	for _, w := range ws {
+		// The restart count first, then the worker's state: a restart sets
+		// the state to restarting before it is counted, so a status that
+		// counts it never shows the kernel as it was before.
+		r := KernelStatus{ID: w.status.ID}
+		ks.restartStatus(&r)
 		s := w.snapshot()
-		ks.restartStatus(&s)
+		s.Restarts, s.LastRestart, s.LastRestartReason = r.Restarts, r.LastRestart, r.LastRestartReason
 		out = append(out, s)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })

@@ -286,6 +286,7 @@ func (ks *kernels) restartKernel(ctx context.Context, w *worker, sess session, o
 		log.Error("restart failed", "mechanism", r.String(), "error", err)
 		return fmt.Errorf("%w: through %s: %w", errRestartFailed, r, err)
 	}
+	w.update(func(s *KernelStatus) { s.State, s.LastError, s.PendingRestart = StateRestarting, "", nil })
 	ks.noteRestart(w.status.ID, o.reason, began)
 	ks.metrics.restarted(o.reason)
 	log.Info("kernel restarted; reconnecting", "mechanism", r.String())
