@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"sync"
 	"time"
 
@@ -259,6 +260,9 @@ type SecretStatus struct {
 // Status is what the agent holds: names, versions, kernels. Never a value.
 type Status struct {
 	Workspace      string            `json:"workspace"`
+	Owner          string            `json:"owner"`       // what the workspace may have: its owner's secrets,
+	Projects       []string          `json:"projects"`    // its projects',
+	Communities    []string          `json:"communities"` // and those shared with its communities
 	NATS           string            `json:"nats"`
 	NATSServer     string            `json:"nats_server,omitempty"`
 	Loaded         bool              `json:"loaded"`
@@ -279,7 +283,9 @@ func (a *Agent) Status() Status {
 	started := a.started // written by Run
 	a.mu.Unlock()
 	a.st.mu.Lock()
-	st := Status{Workspace: a.cfg.Workspace.ID, Loaded: loaded, LastSync: a.st.lastSync, Started: started,
+	ws := a.st.ws
+	st := Status{Workspace: a.cfg.Workspace.ID, Owner: ws.Owner, Projects: slices.Clone(ws.Projects),
+		Communities: slices.Clone(ws.Communities), Loaded: loaded, LastSync: a.st.lastSync, Started: started,
 		RecordsApplied: a.st.applied, Refused: make(map[string]uint64, len(a.st.refused))}
 	for k, v := range a.st.refused {
 		st.Refused[k] = v

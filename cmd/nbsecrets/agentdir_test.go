@@ -123,6 +123,9 @@ func TestAgentFollowsDirectory(t *testing.T) {
 
 	writeDir(true)
 	pollUntil(t, 20*time.Second, holds("BOB_OWN", "ML_TOKEN"))
+	if st, _, err := fetchStatus(context.Background(), sock); err != nil || st.Owner != "bob" || !slices.Equal(st.Projects, []string{"ml"}) {
+		t.Errorf("status does not show the new access: %+v, %v", st, err)
+	}
 	writeDir(false)
 	pollUntil(t, 20*time.Second, holds("BOB_OWN"))
 

@@ -80,7 +80,14 @@ func printStatus(w io.Writer, st *agent.Status) {
 		}
 		return time.Since(t).Round(time.Millisecond).String() + " ago"
 	}
-	fmt.Fprintf(w, "workspace  %s\nNATS       %s %s\nlast sync  %s (loaded: %v)\nrecords    %d applied", st.Workspace, st.NATS, st.NATSServer, ago(st.LastSync), st.Loaded, st.RecordsApplied)
+	list := func(l []string) string {
+		if len(l) == 0 {
+			return "-"
+		}
+		return strings.Join(l, ",")
+	}
+	fmt.Fprintf(w, "workspace  %s (owner %s; projects %s; communities %s)\nNATS       %s %s\nlast sync  %s (loaded: %v)\nrecords    %d applied",
+		st.Workspace, st.Owner, list(st.Projects), list(st.Communities), st.NATS, st.NATSServer, ago(st.LastSync), st.Loaded, st.RecordsApplied)
 	if len(st.Refused) > 0 {
 		var parts []string
 		for _, r := range sortedMapKeys(st.Refused) {

@@ -10,7 +10,7 @@ import (
 // TestStatusTableShowsMode: every kernel's line says whether it is served
 // live (and how) or only at start.
 func TestStatusTableShowsMode(t *testing.T) {
-	st := &agent.Status{Workspace: "ws", Kernels: []agent.KernelStatus{
+	st := &agent.Status{Workspace: "ws", Owner: "bob", Projects: []string{"ml", "nlp"}, Kernels: []agent.KernelStatus{
 		{ID: "k1", State: agent.StateLive, Language: "python", Mode: agent.ModeControl},
 		{ID: "k2", State: agent.StateLive, Language: "R", Mode: agent.ModeShellIdle},
 		{ID: "k3", State: agent.StateStartOnly, Language: "bash", Mode: agent.ModeNone},
@@ -39,6 +39,9 @@ func TestStatusTableShowsMode(t *testing.T) {
 	}
 	if !strings.Contains(out, "kernels    5: 3 live, 1 at start only, 1 not connected yet") {
 		t.Errorf("no kernel summary:\n%s", out)
+	}
+	if !strings.Contains(out, "workspace  ws (owner bob; projects ml,nlp; communities -)") {
+		t.Errorf("no access line:\n%s", out)
 	}
 	if !strings.Contains(out, "SERVED") {
 		t.Errorf("no SERVED column:\n%s", out)
