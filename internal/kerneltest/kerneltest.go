@@ -428,13 +428,27 @@ func (k *Kernel) waitReady() error {
 	}()
 	defer func() { close(stop); wg.Wait() }()
 
+	// A connection lost before the kernel answers means one of its ports
+	// may be another process's, taken between pickPorts and the kernel's
+	// bind (the kernel then exits with "Address already in use", perhaps
+	// a moment later), or the kernel is not listening yet: try again until
+	// it answers, exits or the deadline passes.
 	err := func() error {
-		c, err := jupyter.Dial(ctx, k.Info)
-		if err != nil {
-			return err
+		for {
+			c, err := jupyter.Dial(ctx, k.Info)
+			if err == nil {
+				err = c.Ready(ctx)
+				c.Close()
+				if err == nil {
+					return nil
+				}
+			}
+			select {
+			case <-ctx.Done():
+				return err
+			case <-time.After(50 * time.Millisecond):
+			}
 		}
-		defer c.Close()
-		return c.Ready(ctx)
 	}()
 	if err == nil {
 		return nil

@@ -1,0 +1,52 @@
+package kerneltest
+
+import (
+	"errors"
+	"net"
+	"sync"
+	"testing"
+
+	"github.com/nbsecrets/nbsecrets/protocol/jupyter"
+)
+
+// TestWaitReadyPortTakenByAnother: when a port picked for the kernel is
+// taken by another process before the kernel binds it, a client can reach
+// that process (which drops the connection) before the kernel has exited
+// with "Address already in use". waitReady must report errPortTaken, so
+// that Start tries new ports, rather than the lost connection (a flake seen
+// with test packages running in parallel).
+func TestWaitReadyPortTakenByAnother(t *testing.T) {
+	// The other process: accepts connections and drops them at once.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	defer func() { l.Close(); wg.Wait() }()
+	port := l.Addr().(*net.TCPAddr).Port
+
+	// The "kernel": fails to bind a moment after starting, as ipykernel
+	// does when a port is taken.
+	k := &Kernel{ID: "port-taken", t: t,
+		argv: []string{"/bin/sh", "-c", "sleep 1; echo 'zmq.error.ZMQError: Address already in use' >&2; exit 1"},
+		Info: &jupyter.ConnectionInfo{Transport: "tcp", IP: "127.0.0.1", Key: newUUID(), SignatureScheme: "hmac-sha256",
+			ShellPort: port, IOPubPort: port, StdinPort: port, ControlPort: port, HBPort: port}}
+	if err := k.spawn(); err != nil {
+		t.Fatal(err)
+	}
+	defer k.Kill()
+	if err := k.waitReady(); !errors.Is(err, errPortTaken) {
+		t.Fatalf("waitReady: %v, want errPortTaken", err)
+	}
+}
