@@ -25,7 +25,7 @@ func runAgent(ctx context.Context, env *cliEnv, args []string) error {
 	url := fs.String("nats", envOr("NATS_URL", nats.DefaultURL), "NATS server URL(s), comma-separated ($NATS_URL)")
 	auth := addNATSAuthFlags(fs)
 	wsID := fs.String("workspace", envOr("NBSECRETS_WORKSPACE", ""), "workspace id (required) ($NBSECRETS_WORKSPACE)")
-	owner := fs.String("owner", envOr("NBSECRETS_OWNER", ""), "user who owns the workspace (required) ($NBSECRETS_OWNER)")
+	owner := fs.String("owner", envOr("NBSECRETS_OWNER", ""), "user who owns the workspace (required without --directory) ($NBSECRETS_OWNER)")
 	var projects, communities, signKeys, runtimeDirs listFlag
 	_ = projects.Set(envOr("NBSECRETS_PROJECTS", ""))
 	_ = communities.Set(envOr("NBSECRETS_COMMUNITIES", ""))
