@@ -415,15 +415,30 @@ func (k *Kernel) waitReady() error {
 	mark := k.output.Len()
 	ctx, cancel := context.WithTimeout(context.Background(), StartTimeout)
 	defer cancel()
+	portTaken := func() bool { return strings.Contains(k.output.String()[mark:], "Address already in use") }
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)
-	go func() { // cancels the wait when the process dies
+	go func() { // cancels the wait when the process dies or cannot bind
 		defer wg.Done()
-		select {
-		case <-p.exited:
-			cancel()
-		case <-stop:
+		// ipykernel does not always exit when a bind fails: a thread it
+		// started keeps the process alive after the traceback. Its output
+		// says so.
+		tick := time.NewTicker(50 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-p.exited:
+				cancel()
+				return
+			case <-tick.C:
+				if portTaken() {
+					cancel()
+					return
+				}
+			case <-stop:
+				return
+			}
 		}
 	}()
 	defer func() { close(stop); wg.Wait() }()
@@ -453,11 +468,11 @@ func (k *Kernel) waitReady() error {
 	if err == nil {
 		return nil
 	}
+	if portTaken() {
+		return fmt.Errorf("%w: the kernel could not bind it", errPortTaken)
+	}
 	select {
 	case <-p.exited:
-		if strings.Contains(k.output.String()[mark:], "Address already in use") {
-			return fmt.Errorf("%w: kernel exited: %v", errPortTaken, p.err)
-		}
 		return fmt.Errorf("kernel exited before answering (%v)", p.err)
 	default:
 		return err

@@ -50,3 +50,27 @@ func TestWaitReadyPortTakenByAnother(t *testing.T) {
 		t.Fatalf("waitReady: %v, want errPortTaken", err)
 	}
 }
+
+// TestWaitReadyBindFailedKernelHangs: ipykernel 6.17 can print "Address
+// already in use" and then not exit (a thread it started keeps it alive).
+// waitReady must see that in its output rather than wait out StartTimeout
+// (seen once: it waited 60 s for an answer, then failed the test).
+func TestWaitReadyBindFailedKernelHangs(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0") // nothing will answer here
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	k := &Kernel{ID: "bind-failed", t: t,
+		argv: []string{"/bin/sh", "-c", "echo 'zmq.error.ZMQError: Address already in use' >&2; exec sleep 600"},
+		Info: &jupyter.ConnectionInfo{Transport: "tcp", IP: "127.0.0.1", Key: newUUID(), SignatureScheme: "hmac-sha256",
+			ShellPort: port, IOPubPort: port, StdinPort: port, ControlPort: port, HBPort: port}}
+	if err := k.spawn(); err != nil {
+		t.Fatal(err)
+	}
+	defer k.Kill()
+	if err := k.waitReady(); !errors.Is(err, errPortTaken) {
+		t.Fatalf("waitReady: %v, want errPortTaken", err)
+	}
+}
