@@ -38,17 +38,23 @@ func TestWaitReadyPortTakenByAnother(t *testing.T) {
 
 	// The "kernel": fails to bind a moment after starting, as ipykernel
 	// does when a port is taken.
-	k := &Kernel{ID: "port-taken", t: t,
-		argv: []string{"/bin/sh", "-c", "sleep 1; echo 'zmq.error.ZMQError: Address already in use' >&2; exit 1"},
+	if err := fakeKernel(t, "sleep 1; echo 'zmq.error.ZMQError: Address already in use' >&2; exit 1", port).waitReady(); !errors.Is(err, errPortTaken) {
+		t.Fatalf("waitReady: %v, want errPortTaken", err)
+	}
+}
+
+// fakeKernel starts a shell script in a kernel's place, its connection info
+// naming port for every channel. It is killed when the test ends.
+func fakeKernel(t *testing.T, script string, port int) *Kernel {
+	t.Helper()
+	k := &Kernel{ID: "fake", t: t, argv: []string{"/bin/sh", "-c", script},
 		Info: &jupyter.ConnectionInfo{Transport: "tcp", IP: "127.0.0.1", Key: newUUID(), SignatureScheme: "hmac-sha256",
 			ShellPort: port, IOPubPort: port, StdinPort: port, ControlPort: port, HBPort: port}}
 	if err := k.spawn(); err != nil {
 		t.Fatal(err)
 	}
-	defer k.Kill()
-	if err := k.waitReady(); !errors.Is(err, errPortTaken) {
-		t.Fatalf("waitReady: %v, want errPortTaken", err)
-	}
+	t.Cleanup(k.Kill)
+	return k
 }
 
 // TestWaitReadyBindFailedKernelHangs: ipykernel 6.17 can print "Address
@@ -62,15 +68,7 @@ func TestWaitReadyBindFailedKernelHangs(t *testing.T) {
 	}
 	port := l.Addr().(*net.TCPAddr).Port
 	l.Close()
-	k := &Kernel{ID: "bind-failed", t: t,
-		argv: []string{"/bin/sh", "-c", "echo 'zmq.error.ZMQError: Address already in use' >&2; exec sleep 600"},
-		Info: &jupyter.ConnectionInfo{Transport: "tcp", IP: "127.0.0.1", Key: newUUID(), SignatureScheme: "hmac-sha256",
-			ShellPort: port, IOPubPort: port, StdinPort: port, ControlPort: port, HBPort: port}}
-	if err := k.spawn(); err != nil {
-		t.Fatal(err)
-	}
-	defer k.Kill()
-	if err := k.waitReady(); !errors.Is(err, errPortTaken) {
+	if err := fakeKernel(t, "echo 'zmq.error.ZMQError: Address already in use' >&2; exec sleep 600", port).waitReady(); !errors.Is(err, errPortTaken) {
 		t.Fatalf("waitReady: %v, want errPortTaken", err)
 	}
 }
