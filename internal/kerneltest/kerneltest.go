@@ -118,6 +118,7 @@ type Kernel struct {
 }
 
 type proc struct {
+	mark   int // length of the kernel's output before this process started
 	cmd    *exec.Cmd
 	exited chan struct{} // closed when the process has been waited for
 	err    error         // Wait's result; read after exited
@@ -393,10 +394,11 @@ func (k *Kernel) spawn() error {
 	cmd.Stderr = &k.output
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	cmd.WaitDelay = time.Second // a grandchild holding the output pipe must not hold up Wait
+	mark := k.output.Len()
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("starting %s: %w", strings.Join(k.argv, " "), err)
 	}
-	p := &proc{cmd: cmd, exited: make(chan struct{})}
+	p := &proc{mark: mark, cmd: cmd, exited: make(chan struct{})}
 	go func() { // ends when the process exits; Kill and cleanup make sure it does
 		p.err = cmd.Wait()
 		close(p.exited)
@@ -412,7 +414,7 @@ var errPortTaken = errors.New("a port was taken")
 // waitReady waits until the current process answers kernel_info, or exits.
 func (k *Kernel) waitReady() error {
 	p := k.current()
-	mark := k.output.Len()
+	mark := p.mark
 	ctx, cancel := context.WithTimeout(context.Background(), StartTimeout)
 	defer cancel()
 	portTaken := func() bool { return strings.Contains(k.output.String()[mark:], "Address already in use") }
