@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-zeromq/zmq4"
+
 	"github.com/nbsecrets/nbsecrets/protocol/jupyter"
 )
 
@@ -58,22 +60,77 @@ func TestBusyTrackerWaitsForIOPub(t *testing.T) {
 		return nil
 	})
 
-	// And another client's cell makes it busy, then idle again.
-	cell, err := jupyter.NewMessage(jupyter.NewID(), "execute_request", map[string]any{"code": "1"}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	// Another client's cell makes it busy (execute_input, as ipykernel
+	// publishes for a visible execution); a silent request of a third
+	// client, such as another agent's re-seed on control, publishes busy and
+	// idle but no execute_input, and must not end the cell; the cell's own
+	// idle status does.
+	cell := foreignRequest(t)
 	k.publish(k.iopub, cell, "busy")
+	k.publishExecuteInput(t, cell)
 	waitFor(t, 10*time.Second, func() error {
 		if !s.Busy() {
 			return errors.New("a running cell not seen")
 		}
 		return nil
 	})
+	silent := foreignRequest(t)
+	k.publish(k.iopub, silent, "busy")
+	k.publish(k.iopub, silent, "idle")
+	// A marker behind the silent request's statuses on the same socket: once
+	// the session tracks it, it has read them too.
+	marker := foreignRequest(t)
+	k.publishExecuteInput(t, marker)
+	waitFor(t, 10*time.Second, func() error {
+		if !tracking(s, marker.Header.MsgID) {
+			return errors.New("the marker has not reached the session")
+		}
+		return nil
+	})
+	if !tracking(s, cell.Header.MsgID) {
+		t.Fatal("a silent request's idle status ended a running cell")
+	}
+	k.publish(k.iopub, marker, "idle")
 	k.publish(k.iopub, cell, "idle")
 	wctx, wcancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer wcancel()
 	if err := s.WaitIdle(wctx); err != nil {
 		t.Fatalf("WaitIdle after the cell: %v", err)
 	}
+}
+
+// foreignRequest is an execute_request header of another client.
+func foreignRequest(t *testing.T) *jupyter.Message {
+	t.Helper()
+	m, err := jupyter.NewMessage(jupyter.NewID(), "execute_request", map[string]any{"code": "1"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// publishExecuteInput publishes the execute_input of a request on iopub.
+func (k *protoKernel) publishExecuteInput(t *testing.T, parent *jupyter.Message) {
+	t.Helper()
+	m, err := jupyter.NewMessage(k.session, "execute_input", map[string]any{"code": "1", "execution_count": 1}, &parent.Header)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Identities = [][]byte{[]byte("kernel.execute_input")}
+	frames, err := k.codec.Encode(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	protoMu.Lock()
+	defer protoMu.Unlock()
+	_ = k.iopub.Send(zmq4.NewMsgFrom(frames...))
+}
+
+// tracking reports whether a session counts request id as a running cell.
+func tracking(s session, id string) bool {
+	b := s.(*jupyterSession).busy
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	_, ok := b.running[id]
+	return ok
 }

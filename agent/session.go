@@ -197,42 +197,45 @@ func (s *jupyterSession) Close() error {
 	return err
 }
 
-// busyTracker follows a kernel's execution state from its iopub status
-// messages about other clients' execute requests (ours are ignored). Until
-// it knows, it assumes busy: the safe side for a shell-only re-seed or a
-// restart that must wait for idle.
+// busyTracker follows whether a cell runs on the kernel's shell, from its
+// iopub messages about other clients' execute requests (ours are ignored).
+// A cell counts from its execute_input to the idle status of its request:
+// only a visible execution publishes execute_input, so a silent request,
+// such as another agent's re-seed on the control channel, whose busy and
+// idle statuses look like a cell's, neither starts nor ends one. Until the
+// shell's state is known it assumes busy: the safe side for a shell-only
+// re-seed or a restart that must wait for idle.
 type busyTracker struct {
-	mu   sync.Mutex
-	seen bool // a status about another client's request has been seen
-	busy bool
-	idle chan struct{} // closed while idle; replaced when busy again
+	mu      sync.Mutex
+	known   bool                // the shell probe answered: no cell ran then
+	running map[string]struct{} // ids of the requests seen starting and not ending
+	idle    chan struct{}       // closed while idle; replaced when busy again
 }
 
-func newBusyTracker() *busyTracker { return &busyTracker{busy: true, idle: make(chan struct{})} }
+func newBusyTracker() *busyTracker {
+	return &busyTracker{running: map[string]struct{}{}, idle: make(chan struct{})}
+}
 
-// set records the state; from the shell probe (fromStatus false) only
-// while no status message has been seen, since the probe's reply and a
-// status about a cell started just after it travel on different sockets.
-func (b *busyTracker) set(busy, fromStatus bool) {
+func (b *busyTracker) busyLocked() bool { return !b.known || len(b.running) > 0 }
+
+// update applies f and opens or closes the idle channel as the state turns.
+func (b *busyTracker) update(f func()) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if !fromStatus && b.seen {
-		return
-	}
-	b.seen = b.seen || fromStatus
-	switch {
-	case busy && !b.busy:
-		b.idle = make(chan struct{})
-	case !busy && b.busy:
+	was := b.busyLocked()
+	f()
+	switch now := b.busyLocked(); {
+	case was && !now:
 		close(b.idle)
+	case !was && now:
+		b.idle = make(chan struct{})
 	}
-	b.busy = busy
 }
 
 func (b *busyTracker) isBusy() bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return b.busy
+	return b.busyLocked()
 }
 
 func (b *busyTracker) waitIdle(ctx context.Context) error {
@@ -250,33 +253,33 @@ func (b *busyTracker) waitIdle(ctx context.Context) error {
 // follow reads iopub until it closes.
 func (b *busyTracker) follow(iopub <-chan *jupyter.Message, ours string) {
 	for m := range iopub {
-		if m.Header.MsgType != "status" || m.ParentHeader == nil || m.ParentHeader.Session == ours ||
-			m.ParentHeader.MsgType != "execute_request" {
+		if m.ParentHeader == nil || m.ParentHeader.Session == ours || m.ParentHeader.MsgType != "execute_request" {
 			continue
 		}
-		var st struct {
-			State string `json:"execution_state"`
-		}
-		if json.Unmarshal(m.Content, &st) == nil {
-			switch st.State {
-			case "busy":
-				b.set(true, true)
-			case "idle":
-				b.set(false, true)
+		id := m.ParentHeader.MsgID
+		switch m.Header.MsgType {
+		case "execute_input":
+			b.update(func() { b.running[id] = struct{}{} })
+		case "status":
+			var st struct {
+				State string `json:"execution_state"`
+			}
+			if json.Unmarshal(m.Content, &st) == nil && st.State == "idle" {
+				b.update(func() { delete(b.running, id) })
 			}
 		}
 	}
 }
 
 // probeShell learns the state at connect: a kernel_info_request on shell
-// is answered only once the shell is free, so its reply means idle then.
-// The reply counts only once the request's own status has also come back
-// on iopub (Client.Ready): until the SUB socket's subscription has reached
-// the kernel, iopub drops messages, and a cell started just after the
-// probe would go unseen, leaving the tracker idle while the cell runs.
+// is answered only once the shell is free, so its reply means no cell ran
+// then. The reply counts only once the request's own status has also come
+// back on iopub (Client.Ready): until the SUB socket's subscription has
+// reached the kernel, iopub drops messages, and a cell started just after
+// the probe would go unseen, leaving the tracker idle while the cell runs.
 func (b *busyTracker) probeShell(ctx context.Context, c *jupyter.Client) {
 	if err := c.Ready(ctx); err == nil {
-		b.set(false, false)
+		b.update(func() { b.known = true })
 	}
 }
 
