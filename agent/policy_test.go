@@ -164,8 +164,9 @@ type fakeRestarter struct {
 
 	mu      sync.Mutex
 	at      []time.Time
-	fail    int  // the next n restarts fail
-	newPort bool // the restarted kernel gets new ports: its connection file is rewritten
+	fail    int    // the next n restarts fail
+	newPort bool   // the restarted kernel gets new ports: its connection file is rewritten
+	during  func() // runs once, inside the next restart, after the file is rewritten
 }
 
 func (r *fakeRestarter) String() string { return "fake" }
@@ -191,6 +192,10 @@ func (r *fakeRestarter) restart(ctx context.Context, ref kernelRef, sess session
 		if err := os.WriteFile(ref.ConnectionFile, []byte(b), 0o600); err != nil {
 			return err
 		}
+	}
+	if f := r.during; f != nil {
+		r.during = nil
+		f()
 	}
 	return nil
 }
@@ -547,4 +552,35 @@ func TestWorkerRestartNewPorts(t *testing.T) {
 	if dials < 3 {
 		t.Errorf("dials = %d: no reconnect to the rewritten connection file", dials)
 	}
+}
+
+// TestWorkerRestartNewPortsChangeDuringRestart: the worker for the
+// rewritten connection file connects while the restart call is still
+// running, and a change has come meanwhile. The new kernel holds what the
+// injector gave it, so the change is a change (another restart), not a
+// first contact re-seeded live.
+func TestWorkerRestartNewPortsChangeDuringRestart(t *testing.T) {
+	st, k, r, ks := startPolicyKernels(t, Policy{OnChange: ActRestart, MinInterval: 300 * time.Millisecond}, ModeControl)
+	change(t, st, put("s1", "A", 1, alice, "a1"))
+	wantEnv(t, k, "A", "a1") // the first restart: a change on a kernel holding nothing
+	r.mu.Lock()
+	r.newPort = true
+	r.during = func() {
+		change(t, st, put("s1", "A", 2, alice, "a2"))
+		waitFor(t, 5*time.Second, func() error { // the new worker's first contact
+			if s := ks.statuses(); len(s) != 1 || s[0].State != StateLive || s[0].Holds["A"].Version == 0 {
+				return fmt.Errorf("the new worker is not live yet: %+v", s)
+			}
+			return nil
+		})
+	}
+	r.mu.Unlock()
+	change(t, st, put("s2", "B", 1, alice, "b1")) // the restart during which it happens
+	waitFor(t, 5*time.Second, func() error {
+		if s := ks.statuses(); len(s) != 1 || s[0].Restarts != 3 || s[0].State != StateLive || s[0].Reseeds != 0 {
+			return fmt.Errorf("want 3 restarts and no re-seed, status %+v", s)
+		}
+		return nil
+	})
+	wantEnv(t, k, "A", "a2")
 }

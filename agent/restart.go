@@ -97,7 +97,8 @@ type kernelHistory struct {
 	restarts    uint64
 	lastRestart time.Time // when the agent's last restart of it began
 	lastReason  string
-	fresh       bool // restarted and not connected to since
+	fresh       bool      // a restart began and the kernel was not connected to since
+	began       time.Time // when the restart that made it fresh began
 	// started and startHeld: when the injector last fetched this kernel's
 	// environment, and what it was given.
 	started   time.Time
@@ -169,7 +170,7 @@ func (ks *kernels) restartedHolds(id string) map[string]Held {
 		return nil
 	}
 	h.fresh = false
-	if h.startHeld == nil || h.started.Before(h.lastRestart) {
+	if h.startHeld == nil || h.started.Before(h.began) {
 		return nil
 	}
 	return h.startHeld
@@ -185,12 +186,33 @@ func (ks *kernels) lastRestart(id string) time.Time {
 	return time.Time{}
 }
 
+// restartBegins marks the kernel as being restarted from at, before the
+// mechanism is called: a restart that rewrites the connection file (new
+// ports, or ipykernel writing it at start) has a new worker connect to the
+// new kernel while the call may still be running, and that worker must
+// take what the injector gave the kernel, not treat it as a first contact.
+func (ks *kernels) restartBegins(id string, at time.Time) {
+	ks.mu.Lock()
+	defer ks.mu.Unlock()
+	h := ks.historyLocked(id, at)
+	h.fresh, h.began = true, at
+}
+
+// restartFailed undoes restartBegins.
+func (ks *kernels) restartFailed(id string) {
+	ks.mu.Lock()
+	defer ks.mu.Unlock()
+	if h := ks.history[id]; h != nil {
+		h.fresh = false
+	}
+}
+
 func (ks *kernels) noteRestart(id, reason string, at time.Time) {
 	ks.mu.Lock()
 	defer ks.mu.Unlock()
 	h := ks.historyLocked(id, at)
 	h.restarts++
-	h.lastRestart, h.lastReason, h.fresh = at, reason, true
+	h.lastRestart, h.lastReason = at, reason
 }
 
 // restartStatus fills a kernel status's restart fields from its history.
@@ -277,9 +299,11 @@ func (ks *kernels) restartKernel(ctx context.Context, w *worker, sess session, o
 	}
 	ks.mu.Unlock()
 	rctx, cancel := context.WithTimeout(parent, restartTimeout)
+	ks.restartBegins(w.status.ID, began)
 	err := r.restart(rctx, kernelRef{ID: w.status.ID, ConnectionFile: w.file}, sess)
 	cancel()
 	if err != nil {
+		ks.restartFailed(w.status.ID)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
