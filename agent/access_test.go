@@ -40,7 +40,7 @@ func TestSetAccess(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitEnv(t, c, "SHARED", shared)
-	if got := strings.Join(a.Access().Projects, ","); got != "p,p2" {
+	if got := strings.Join(a.Status().Projects, ","); got != "p,p2" {
 		t.Errorf("Access().Projects = %q", got)
 	}
 

@@ -239,9 +239,6 @@ func (a *Agent) SetAccess(ws Workspace) error {
 	return nil
 }
 
-// Access returns what the workspace may have now.
-func (a *Agent) Access() Workspace { return a.st.access() }
-
 // Loaded is closed once the first load of the records is applied.
 func (a *Agent) Loaded() <-chan struct{} { return a.st.loaded }
 

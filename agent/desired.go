@@ -167,13 +167,6 @@ func (s *store) setAccess(ws Workspace) (dropped int) {
 	return dropped
 }
 
-// access returns what the workspace may have now.
-func (s *store) access() Workspace {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.ws
-}
-
 // version returns the newest version seen of a secret.
 func (s *store) version(id string) (uint64, bool) {
 	s.mu.Lock()

@@ -114,7 +114,7 @@ func runAgent(ctx context.Context, env *cliEnv, args []string) error {
 	}
 	defer nc.Close()
 	a, err := agent.New(agent.Config{
-		Workspace: agent.Workspace{ID: *wsID, Owner: *owner, Projects: projects, Communities: communities},
+		Workspace: workspaceOf(*wsID, controlplane.Access{Owner: *owner, Projects: projects, Communities: communities}),
 		Opener:    opener, Conn: nc, RuntimeDirs: runtimeDirs, Socket: *socket, Logger: log.Named("agent"),
 		Policy: pol, JupyterServer: jupyterServer, MetricsAddr: *metricsAddr, MetricsNonLoopback: *metricsAnyAddr,
 		StateFile: cmp.Or(*stateFile, filepath.Join(defaultStateDir(), "agent-"+*wsID+".state.json")),
@@ -125,22 +125,21 @@ func runAgent(ctx context.Context, env *cliEnv, args []string) error {
 	if *dirPath == "" {
 		return a.Run(ctx)
 	}
-	wctx, stopWatch := context.WithCancel(ctx)
-	watched := make(chan struct{})
-	go func() {
-		defer close(watched)
-		watchDirectory(wctx, *dirPath, dirData, log.Named("directory"), func(data []byte) error {
-			access, err := agentAccess(data, *wsID)
-			if err != nil {
-				return err
-			}
-			return a.SetAccess(agent.Workspace{ID: *wsID, Owner: access.Owner, Projects: access.Projects, Communities: access.Communities})
-		})
-	}()
+	stopWatch := goWatchDirectory(ctx, *dirPath, dirData, log.Named("directory"), func(data []byte) error {
+		access, err := agentAccess(data, *wsID)
+		if err != nil {
+			return err
+		}
+		return a.SetAccess(workspaceOf(*wsID, access))
+	})
 	err = a.Run(ctx)
 	stopWatch()
-	<-watched
 	return err
+}
+
+// workspaceOf is the agent's view of workspace id with access.
+func workspaceOf(id string, access controlplane.Access) agent.Workspace {
+	return agent.Workspace{ID: id, Owner: access.Owner, Projects: access.Projects, Communities: access.Communities}
 }
 
 // agentAccess is what workspace ws may have according to a directory file:

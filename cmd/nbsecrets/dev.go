@@ -164,27 +164,22 @@ func runDev(ctx context.Context, env *cliEnv, args []string) error {
 	}
 	defer agents.stop()
 	if dirPath != "" {
-		watched := make(chan struct{})
-		wctx, stopWatch := context.WithCancel(ctx)
-		defer func() { stopWatch(); <-watched }()
-		go func() {
-			defer close(watched)
-			watchDirectory(wctx, dirPath, dirData, log.Named("directory"), func(data []byte) error {
-				d, err := devDirectory(keys, dirPath, data, log)
-				if err != nil {
-					return err
-				}
-				if err := svc.SetDirectory(d); err != nil {
-					return err
-				}
-				a, ok := d.AccessOf(wsID)
-				if !ok {
-					log.Warn("the agent's workspace left the directory; its agent keeps running with no secrets", "workspace", wsID)
-					return nil
-				}
-				return agents.setAccess(a)
-			})
-		}()
+		stopWatch := goWatchDirectory(ctx, dirPath, dirData, log.Named("directory"), func(data []byte) error {
+			d, err := devDirectory(keys, dirPath, data, log)
+			if err != nil {
+				return err
+			}
+			if err := svc.SetDirectory(d); err != nil {
+				return err
+			}
+			a, ok := d.AccessOf(wsID)
+			if !ok {
+				log.Warn("the agent's workspace left the directory; its agent keeps running with no secrets", "workspace", wsID)
+				return nil
+			}
+			return agents.setAccess(a)
+		})
+		defer stopWatch()
 	}
 
 	specPath := ""
@@ -381,7 +376,7 @@ func (d *devAgents) startLocked(ctx context.Context, access controlplane.Access)
 		return nil, err
 	}
 	ag, err := agent.New(agent.Config{
-		Workspace: agent.Workspace{ID: d.wsID, Owner: access.Owner, Projects: access.Projects, Communities: access.Communities},
+		Workspace: workspaceOf(d.wsID, access),
 		Opener:    opener, Conn: conn, RuntimeDirs: []string{d.runtimeDir}, Socket: d.sock, Logger: d.log,
 		Policy: d.policy, JupyterServer: d.jupyterServer, MetricsAddr: d.metricsAddr,
 		StateFile: filepath.Join(filepath.Dir(d.sock), "agent-"+d.wsID+".state.json"),
@@ -424,7 +419,7 @@ func (d *devAgents) setAccess(access controlplane.Access) error {
 	if d.access.Owner == access.Owner && slices.Equal(d.access.Projects, access.Projects) && slices.Equal(d.access.Communities, access.Communities) {
 		return nil
 	}
-	if err := d.ag.SetAccess(agent.Workspace{ID: d.wsID, Owner: access.Owner, Projects: access.Projects, Communities: access.Communities}); err != nil {
+	if err := d.ag.SetAccess(workspaceOf(d.wsID, access)); err != nil {
 		return err
 	}
 	d.access = access

@@ -139,6 +139,18 @@ const reloadInterval = 30 * time.Second
 // chmod) become one reload.
 const reloadSettle = 100 * time.Millisecond
 
+// goWatchDirectory runs watchDirectory on a goroutine of its own; stop
+// ends it and waits for it.
+func goWatchDirectory(ctx context.Context, path string, current []byte, log hclog.Logger, apply func([]byte) error) (stop func()) {
+	wctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		watchDirectory(wctx, path, current, log, apply)
+	}()
+	return func() { cancel(); <-done }
+}
+
 // watchDirectory runs until ctx ends. It calls apply with the file's bytes
 // on SIGHUP, and when fsnotify reports a change in the file's directory or
 // every reloadInterval, if the bytes differ from the last ones seen
