@@ -19,16 +19,7 @@ import (
 // Jupyter Server). protoKernel drops iopub while muted, as a PUB socket does
 // before a subscription arrives.
 func TestBusyTrackerWaitsForIOPub(t *testing.T) {
-	dir := t.TempDir()
-	k := startProtoKernel(t, dir, false)
-	k.muted.Store(true)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	s, err := dialJupyter(ctx, k.connFile(dir))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	k, s, _ := dialProtoKernel(t, false, true)
 
 	// The probe is asked again (Client.Ready tries every second) because
 	// its status never came: the first reply was not taken as idle.

@@ -168,6 +168,24 @@ func (k *protoKernel) serve(ch jupyter.Channel, s, iopub zmq4.Socket) {
 	}
 }
 
+// dialProtoKernel starts a protoKernel (listing subshells or not; muted:
+// dropping iopub from the start) and opens a session to it. The session is
+// closed and ctx, bounding the test's requests, ends with the test.
+func dialProtoKernel(t *testing.T, subshells, muted bool) (*protoKernel, session, context.Context) {
+	t.Helper()
+	dir := t.TempDir()
+	k := startProtoKernel(t, dir, subshells)
+	k.muted.Store(muted)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	sess, err := dialJupyter(ctx, k.connFile(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sess.Close() })
+	return k, sess, ctx
+}
+
 func replyType(req string) string { return req[:len(req)-len("_request")] + "_reply" }
 
 func (k *protoKernel) publish(iopub zmq4.Socket, parent *jupyter.Message, state string) {
@@ -225,15 +243,7 @@ func decodeReseed(code string) (map[string]any, error) {
 // execute_request on shell whose header names that subshell. Tested against
 // the protocol as specified (protoKernel), not a real ipykernel 7.
 func TestSubshellReseed(t *testing.T) {
-	dir := t.TempDir()
-	k := startProtoKernel(t, dir, true)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	sess, err := dialJupyter(ctx, k.connFile(dir))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sess.Close()
+	k, sess, ctx := dialProtoKernel(t, true, false)
 	if m := sess.Describe().Mode; m != ModeSubshell {
 		t.Fatalf("mode %s, want %s", m, ModeSubshell)
 	}
@@ -288,15 +298,7 @@ func TestSubshellReseed(t *testing.T) {
 // create_subshell_request is sent (ipykernel 6 would never answer it) and
 // the re-seed goes to control without a subshell id.
 func TestNoSubshellsUsesControl(t *testing.T) {
-	dir := t.TempDir()
-	k := startProtoKernel(t, dir, false)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	sess, err := dialJupyter(ctx, k.connFile(dir))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sess.Close()
+	k, sess, ctx := dialProtoKernel(t, false, false)
 	if m := sess.Describe().Mode; m != ModeControl {
 		t.Fatalf("mode %s, want %s", m, ModeControl)
 	}
