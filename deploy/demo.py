@@ -165,13 +165,13 @@ class Demo:
         self.cell("print(os.environ.get('DEMO_TOKEN'))\n!printenv DEMO_TOKEN || echo 'printenv: not set'")
 
         step(6, "Restart the kernel: it starts with the current values (the injector asks the agent)")
-        self.nb("secret", "create", "DB-PASSWORD", stdin="demo-db-password")
-        say("$ printf %s demo-db-password | nbsecrets secret create DB-PASSWORD")
-        self.wait_visible("import os; print(os.environ.get('DB-PASSWORD'))", "demo-db-password")
+        self.nb("secret", "create", "DB_PASSWORD", stdin="demo-db-password")
+        say("$ printf %s demo-db-password | nbsecrets secret create DB_PASSWORD")
+        self.wait_visible("import os; print(os.environ.get('DB_PASSWORD'))", "demo-db-password")
         say("restarting the kernel (jupyter_client re-runs the kernelspec argv, so the injector runs again)")
         self.km.restart_kernel(now=False)
         self.kc.wait_for_ready(timeout=60)
-        self.cell("import os\nprint(os.environ.get('DB-PASSWORD'), os.environ.get('DEMO_TOKEN'))\nprint('answer' in globals())  # a restart loses state: why live updates matter")
+        self.cell("import os\nprint(os.environ.get('DB_PASSWORD'), os.environ.get('DEMO_TOKEN'))\nprint('answer' in globals())  # a restart loses state: why live updates matter")
 
         step(7, "What the agent holds (never a value)")
         say("$ nbsecrets status")

@@ -50,6 +50,15 @@ func ValidateName(name string) error {
 	return nil
 }
 
+// IsShellIdentifier reports whether a valid name is also a POSIX shell
+// identifier: no hyphen. A name with a hyphen reaches os.environ and every
+// program started directly, but a shell cannot expand it ($DB-PASSWORD is
+// $DB followed by "-PASSWORD"), and some shells, Debian's /bin/sh (dash)
+// among them, drop it from the environment of the programs they start. The
+// secret commands warn about such names; they are allowed, as the platforms
+// whose secrets nbsecrets carries allow them.
+func IsShellIdentifier(name string) bool { return !strings.Contains(name, "-") }
+
 // printable makes a refused name, id or key safe to show: they are not
 // secret, but a refused one may hold control characters or invalid UTF-8,
 // which would forge or break a log line where it is printed with %s. Each

@@ -37,6 +37,17 @@ func checkAgainstOracle(t *testing.T, name string) {
 	}
 }
 
+func TestIsShellIdentifier(t *testing.T) {
+	for name, want := range map[string]bool{"DB_PASSWORD": true, "db2": true, "DB-PASSWORD": false, "a-b_c": false} {
+		if err := ValidateName(name); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if got := IsShellIdentifier(name); got != want {
+			t.Errorf("IsShellIdentifier(%q) = %v, want %v", name, got, want)
+		}
+	}
+}
+
 func TestValidateName(t *testing.T) {
 	tests := []struct {
 		name string

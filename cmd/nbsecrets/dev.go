@@ -235,9 +235,9 @@ func runDev(ctx context.Context, env *cliEnv, args []string) error {
 	}
 	fmt.Fprintf(env.stdout, `
 Try:
-  printf %%s 'my value' | nbsecrets secret create%s DB-PASSWORD
+  printf %%s 'my value' | nbsecrets secret create%s DB_PASSWORD
   nbsecrets status%s
-Then, in a notebook on the %q kernel: os.environ['DB-PASSWORD']. Ctrl-C stops.
+Then, in a notebook on the %q kernel: os.environ['DB_PASSWORD']. Ctrl-C stops.
 `, sd, sd, *kernel)
 	<-ctx.Done()
 	fmt.Fprintln(env.stdout, "nbsecrets dev: stopping")

@@ -177,11 +177,17 @@ func (f *secretFlags) parse(env *cliEnv, args []string, want int) ([]string, err
 }
 
 // checkName refuses a name no secret may have, saying which rule it breaks
-// (a usage error).
+// (a usage error). A valid name that shells cannot use gets a note on
+// standard error, and the command goes on.
 func checkName(env *cliEnv, cmd, name string) error {
 	if err := protocol.ValidateName(name); err != nil {
 		fmt.Fprintf(env.stderr, "nbsecrets secret %s: %s\n", cmd, strings.TrimPrefix(err.Error(), "protocol: "))
 		return errUsage
+	}
+	if !protocol.IsShellIdentifier(name) {
+		fmt.Fprintf(env.stderr, "nbsecrets secret %s: note: %s has a hyphen, so it is not a shell variable name: os.environ and programs a kernel starts directly see it, "+
+			"but a %%%%bash cell cannot expand it, and a `!` command sees it only where the kernel's $SHELL is bash, not dash (Debian's /bin/sh); %s has none of these limits\n",
+			cmd, name, strings.ReplaceAll(name, "-", "_"))
 	}
 	return nil
 }

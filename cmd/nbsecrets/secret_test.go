@@ -298,6 +298,45 @@ func TestSecretCommandsRenameCloneShare(t *testing.T) {
 	}
 }
 
+// TestSecretCommandsNoteHyphenNames: a name with a hyphen is accepted, with a
+// note on standard error naming the shell-safe spelling; a shell identifier
+// gets no note; standard output is the same either way.
+func TestSecretCommandsNoteHyphenNames(t *testing.T) {
+	in := newSecretInstance(t)
+	steps := []struct {
+		stdin string
+		args  []string
+		want  string
+		note  bool
+	}{
+		{"hyphen-value-7f3a", []string{"create", "DB-PASSWORD"}, "Created secret DB-PASSWORD (private, version 1)", true},
+		{"", []string{"clone", "DB-PASSWORD", "DB-COPY"}, "Cloned secret DB-PASSWORD to DB-COPY (private, same value, version 1)", true},
+		{"", []string{"update", "DB-COPY", "--rename", "DB_COPY"}, "Renamed secret DB-COPY to DB_COPY (private, version 2)", false},
+		{"", []string{"update", "DB_COPY", "--rename", "DB-COPY2"}, "Renamed secret DB_COPY to DB-COPY2 (private, version 3)", true},
+		{"plain-value-91c2", []string{"create", "DB_PASSWORD"}, "Created secret DB_PASSWORD (private, version 1)", false},
+	}
+	for _, s := range steps {
+		code, out, errs := in.run(s.stdin, s.args...)
+		if code != 0 || strings.TrimSpace(out) != s.want {
+			t.Fatalf("%v: exit %d\nstdout: %s\nstderr: %s\nwant %q", s.args, code, out, errs, s.want)
+		}
+		newName := s.args[1]
+		if s.args[0] == "clone" {
+			newName = s.args[2]
+		} else if s.args[0] == "update" {
+			newName = s.args[3]
+		}
+		hasNote := strings.Contains(errs, "note: "+newName+" has a hyphen") &&
+			strings.Contains(errs, strings.ReplaceAll(newName, "-", "_")+" has none of these limits")
+		if hasNote != s.note || (!s.note && errs != "") {
+			t.Errorf("%v: stderr %q, want a hyphen note: %v", s.args, errs, s.note)
+		}
+		if strings.Contains(errs, "value-") {
+			t.Errorf("%v: stderr shows a value", s.args)
+		}
+	}
+}
+
 func TestSecretCommandErrors(t *testing.T) {
 	in := newSecretInstance(t)
 	if code, _, errs := in.run("v1", "create", "EXISTING"); code != 0 {
