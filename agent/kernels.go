@@ -39,6 +39,11 @@ type KernelStatus struct {
 	Reseeds        uint64          `json:"reseeds"`
 	LastReseed     time.Time       `json:"last_reseed,omitzero"`
 	LastError      string          `json:"last_error,omitempty"`
+	// Busy: a cell runs on the kernel's shell, as the agent last saw on
+	// iopub (from a cell's execute_input to its idle status; assumed until
+	// the kernel first answers on shell). A restart waits for it to end
+	// (Policy.BusyWait).
+	Busy bool `json:"busy,omitempty"`
 	// Restarts counts the agent's restarts of the kernel, the last one's
 	// time and reason (see Policy).
 	Restarts          uint64          `json:"restarts,omitempty"`
@@ -69,6 +74,7 @@ type worker struct {
 
 	mu     sync.Mutex
 	status KernelStatus
+	busy   func() bool // the connected session's Busy; nil while not connected
 }
 
 func (w *worker) update(f func(*KernelStatus)) {
@@ -81,6 +87,7 @@ func (w *worker) snapshot() KernelStatus {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	s := w.status
+	s.Busy = w.busy != nil && w.busy()
 	s.Holds = make(map[string]Held, len(w.status.Holds))
 	for k, v := range w.status.Holds {
 		s.Holds[k] = v
@@ -215,9 +222,15 @@ func (ks *kernels) serve(ctx context.Context, w *worker) {
 		}
 		bo.reset()
 		desc := sess.Describe()
-		w.update(func(s *KernelStatus) { s.Language, s.Mode, s.LastError = desc.Language, desc.Mode, "" })
+		w.mu.Lock()
+		w.status.Language, w.status.Mode, w.status.LastError = desc.Language, desc.Mode, ""
+		w.busy = sess.Busy
+		w.mu.Unlock()
 		log.Info("kernel connected", "language", desc.Language, "mode", desc.Mode)
 		err = ks.follow(ctx, w, sess, wake, log)
+		w.mu.Lock()
+		w.busy = nil
+		w.mu.Unlock()
 		_ = sess.Close()
 		if err == nil {
 			return

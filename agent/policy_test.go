@@ -372,8 +372,8 @@ func TestWorkerRestartWaitsForIdle(t *testing.T) {
 	k.setBusy(true)
 	change(t, st, put("s1", "A", 1, alice, "a1"))
 	waitFor(t, 5*time.Second, func() error {
-		if s := ks.statuses(); len(s) != 1 || s[0].PendingRestart == nil || !s[0].PendingRestart.WaitingForIdle {
-			return fmt.Errorf("not waiting for idle: %+v", s)
+		if s := ks.statuses(); len(s) != 1 || s[0].PendingRestart == nil || !s[0].PendingRestart.WaitingForIdle || !s[0].Busy {
+			return fmt.Errorf("not waiting for idle, or not shown busy: %+v", s)
 		}
 		return nil
 	})
@@ -385,6 +385,12 @@ func TestWorkerRestartWaitsForIdle(t *testing.T) {
 	if n := len(r.times()); n != 1 {
 		t.Errorf("%d restarts", n)
 	}
+	waitFor(t, 5*time.Second, func() error {
+		if s := ks.statuses(); len(s) != 1 || s[0].Busy {
+			return fmt.Errorf("still shown busy: %+v", s)
+		}
+		return nil
+	})
 }
 
 func TestWorkerBusyAction(t *testing.T) {

@@ -356,6 +356,14 @@ func (rs *restartSetup) waitKernel(t *testing.T, id string, what string, cond fu
 	return got
 }
 
+// waitBusy waits until the agent sees a cell running on the kernel. A cell
+// can have begun (its marker file written) before its execute_input,
+// published by the kernel's iopub thread, has reached the agent.
+func (rs *restartSetup) waitBusy(t *testing.T, id string) {
+	t.Helper()
+	rs.waitKernel(t, id, "seen busy", func(k KernelStatus) bool { return k.Busy })
+}
+
 func (rs *restartSetup) waitRestarts(t *testing.T, id string, n uint64) KernelStatus {
 	t.Helper()
 	return rs.waitKernel(t, id, fmt.Sprintf("restarted %d times and live", n), func(k KernelStatus) bool {
@@ -488,6 +496,7 @@ func TestRestartJupyterServerBusy(t *testing.T) {
 		out <- strings.TrimSpace(res.Stdout)
 	}()
 	waitFile(t, started)
+	rs.waitBusy(t, id)
 	rs.h.put("s1", "BUSY", 2, v2)
 	rs.waitKernel(t, id, "waiting for idle", func(k KernelStatus) bool {
 		return k.PendingRestart != nil && k.PendingRestart.WaitingForIdle
@@ -515,6 +524,7 @@ func TestRestartJupyterServerBusy(t *testing.T) {
 		lost <- err
 	}()
 	waitFile(t, started2)
+	rs.waitBusy(t, id)
 	rs.h.put("s1", "BUSY", 3, v3)
 	rs.waitKernel(t, id, "waiting for idle", func(k KernelStatus) bool {
 		return k.PendingRestart != nil && k.PendingRestart.WaitingForIdle

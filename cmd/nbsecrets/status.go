@@ -129,6 +129,9 @@ func printStatus(w io.Writer, st *agent.Status) {
 		if k.LastError != "" && k.State != agent.StateLive {
 			state += " (" + k.LastError + ")"
 		}
+		if k.Busy {
+			state += ", cell running"
+		}
 		lang := k.Language
 		if lang == "" {
 			lang = "-"

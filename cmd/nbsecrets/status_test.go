@@ -12,7 +12,7 @@ import (
 func TestStatusTableShowsMode(t *testing.T) {
 	st := &agent.Status{Workspace: "ws", Owner: "bob", Projects: []string{"ml", "nlp"}, Kernels: []agent.KernelStatus{
 		{ID: "k1", State: agent.StateLive, Language: "python", Mode: agent.ModeControl},
-		{ID: "k2", State: agent.StateLive, Language: "R", Mode: agent.ModeShellIdle},
+		{ID: "k2", State: agent.StateLive, Language: "R", Mode: agent.ModeShellIdle, Busy: true},
 		{ID: "k3", State: agent.StateStartOnly, Language: "bash", Mode: agent.ModeNone},
 		{ID: "k4", State: agent.StateLive, Language: "python", Mode: agent.ModeSubshell},
 		{ID: "k5", State: agent.StateConnecting},
@@ -35,6 +35,9 @@ func TestStatusTableShowsMode(t *testing.T) {
 		}
 		if !strings.Contains(line, want) {
 			t.Errorf("kernel %s: line %q lacks %q", id, line, want)
+		}
+		if busy := strings.Contains(line, "live, cell running "); busy != (id == "k2") {
+			t.Errorf("kernel %s: line %q says a cell runs: %v", id, line, busy)
 		}
 	}
 	if !strings.Contains(out, "kernels    5: 3 live, 1 at start only, 1 not connected yet") {
