@@ -134,7 +134,10 @@ func Prepare(ctx context.Context, opts Options) (argv0 string, argv []string, en
 
 // Exec prepares the kernel's start (see Prepare) and replaces the process
 // with the kernel, so the kernel keeps this process's PID, process group and
-// signals. It returns only on error.
+// signals. What belongs to the main thread, such as the parent-death signal,
+// carries over only if Exec runs there: call it from main with main locked
+// to its thread (runtime.LockOSThread in an init function, as cmd/nbsecrets
+// does). It returns only on error.
 func Exec(ctx context.Context, opts Options) error {
 	argv0, argv, env, err := Prepare(ctx, opts)
 	if err != nil {

@@ -14,10 +14,12 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/nbsecrets/nbsecrets/injector"
+	"github.com/nbsecrets/nbsecrets/internal/kerneltest"
 	"github.com/nbsecrets/nbsecrets/protocol/localapi"
 )
 
@@ -114,6 +116,36 @@ func TestInjectExec(t *testing.T) {
 		}
 	default:
 		t.Error("no announcement")
+	}
+}
+
+// TestInjectKeepsParentDeathSignal: the kernel inherits what the process
+// that ran inject was given, per-thread attributes included, as if inject
+// were not there. The parent-death signal (PR_SET_PDEATHSIG) belongs to a
+// thread, and an exec from any thread but the main one would drop it; a
+// supervisor that relies on it would leave the kernel running after its
+// own death. The built binary runs inject several times against an agent
+// that answers (so the main goroutine blocks on I/O and could resume on
+// another thread), and the kernel, a Python that asks prctl, must report
+// the signal.
+func TestInjectKeepsParentDeathSignal(t *testing.T) {
+	python := kerneltest.Python(t)
+	bin := buildBinary(t, t.TempDir())
+	socket, announced := startInjectAgent(t)
+	const code = "import ctypes; s = ctypes.c_int(); ctypes.CDLL(None).prctl(2, ctypes.byref(s)); print(s.value)" // 2: PR_GET_PDEATHSIG
+	for i := range 10 {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		cmd := exec.CommandContext(ctx, bin, "inject", "--socket", socket, "--", python, "-c", code, "-f", "/run/test/kernel-pdeathsig.json")
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGUSR2}
+		out, err := cmd.Output()
+		cancel()
+		if err != nil {
+			t.Fatalf("start %d: inject: %v", i, err)
+		}
+		if got, want := strings.TrimSpace(string(out)), fmt.Sprint(int(syscall.SIGUSR2)); got != want {
+			t.Fatalf("start %d: the kernel's parent-death signal is %s, want %s (SIGUSR2)", i, got, want)
+		}
+		<-announced
 	}
 }
 

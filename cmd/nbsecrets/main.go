@@ -31,9 +31,17 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime"
 	"sort"
 	"syscall"
 )
+
+// init keeps main, and so `inject`'s exec of the kernel, on the process's
+// main thread. Some of what a process is given belongs to its main thread,
+// the parent-death signal (PR_SET_PDEATHSIG) among them; an exec from
+// another thread, where the Go scheduler may have moved the main goroutine,
+// would start the kernel without it.
+func init() { runtime.LockOSThread() }
 
 func main() { os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr)) }
 
