@@ -64,18 +64,29 @@ func newKernel(dir, python string, prefix, env []string) (*kernel, error) {
 
 // newPorts picks five free loopback ports and rewrites the connection file.
 func (k *kernel) newPorts() error {
-	var ports [5]int
-	for i := range ports {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return fmt.Errorf("picking a free port: %w", err)
-		}
-		defer l.Close()
-		ports[i] = l.Addr().(*net.TCPAddr).Port
+	ports, err := freePorts(5)
+	if err != nil {
+		return err
 	}
 	k.Info.ShellPort, k.Info.IOPubPort, k.Info.StdinPort, k.Info.ControlPort, k.Info.HBPort =
 		ports[0], ports[1], ports[2], ports[3], ports[4]
 	return k.Info.WriteFile(k.ConnFile)
+}
+
+// freePorts picks n distinct loopback ports that are free now (each is
+// listened on until all are picked, then released: whoever binds them next
+// may still lose one to another process, and must retry).
+func freePorts(n int) ([]int, error) {
+	ports := make([]int, n)
+	for i := range ports {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("picking a free port: %w", err)
+		}
+		defer l.Close()
+		ports[i] = l.Addr().(*net.TCPAddr).Port
+	}
+	return ports, nil
 }
 
 // start starts the kernel process with its environment plus extraEnv. It
@@ -149,32 +160,14 @@ type connectTimes struct {
 	Ready   time.Time // kernel_info answered and iopub live
 }
 
-// connect dials the kernel and waits until it answers kernel_info and the
-// iopub subscription is live (jupyter.Client.Ready, what jupyter_client's
-// wait_for_ready does). It gives up when the process exits, returning
-// errPortTaken when it died of a port in use.
+// connect dials the kernel and waits until it is ready (dialReady). It
+// gives up when the process exits, returning errPortTaken when it died of
+// a port in use.
 func (k *kernel) connect(ctx context.Context) (*jupyter.Client, connectTimes, error) {
-	var ct connectTimes
-	ctx, cancel := context.WithTimeout(ctx, kernelStartTimeout)
-	defer cancel()
 	exited := k.Exited()
-	stop := make(chan struct{})
-	defer close(stop)
-	go func() { // owned by connect: cancels the wait when the process dies
-		select {
-		case <-exited:
-			cancel()
-		case <-stop:
-		}
-	}()
-	c, err := jupyter.Dial(ctx, k.Info)
+	c, ct, err := dialReady(ctx, k.Info, exited)
 	if err == nil {
-		ct.Dialled = time.Now()
-		if err = c.Ready(ctx); err == nil {
-			ct.Ready = time.Now()
-			return c, ct, nil
-		}
-		c.Close()
+		return c, ct, nil
 	}
 	select {
 	case <-exited:
@@ -185,6 +178,38 @@ func (k *kernel) connect(ctx context.Context) (*jupyter.Client, connectTimes, er
 	default:
 		return nil, ct, fmt.Errorf("connecting to the kernel: %w", err)
 	}
+}
+
+// dialReady dials the kernel of info, retrying until its ports accept
+// connections, and waits until it answers kernel_info and the iopub
+// subscription is live (jupyter.Client.Ready, what jupyter_client's
+// wait_for_ready does). It gives up after kernelStartTimeout, when ctx
+// ends or when gone (if not nil) is closed: whatever would start the
+// kernel has exited.
+func dialReady(ctx context.Context, info *jupyter.ConnectionInfo, gone <-chan struct{}) (*jupyter.Client, connectTimes, error) {
+	var ct connectTimes
+	ctx, cancel := context.WithTimeout(ctx, kernelStartTimeout)
+	defer cancel()
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() { // owned by dialReady: cancels the wait when gone closes
+		select {
+		case <-gone:
+			cancel()
+		case <-stop:
+		}
+	}()
+	c, err := jupyter.Dial(ctx, info)
+	if err != nil {
+		return nil, ct, err
+	}
+	ct.Dialled = time.Now()
+	if err := c.Ready(ctx); err != nil {
+		c.Close()
+		return nil, ct, err
+	}
+	ct.Ready = time.Now()
+	return c, ct, nil
 }
 
 // tail keeps the last max bytes written to it; safe for concurrent writers.

@@ -10,7 +10,9 @@
 //	go run ./cmd/nbsecrets-bench [flags]
 //
 // It needs bin/nbsecrets (make build) and /usr/bin/python3 with Debian's
-// python3-ipykernel and python3-jupyter-client (make deps).
+// python3-ipykernel and python3-jupyter-client (make deps); row 6 also
+// needs Debian's python3-jupyter-server, which make deps does not install,
+// and is skipped without it.
 //
 // # Set-up
 //
@@ -19,8 +21,9 @@
 //   - an embedded nats-server (127.0.0.1, a random port, JetStream, its
 //     store in the temporary directory);
 //   - the secrets service (controlplane) in this process, with a directory
-//     of one user, one project and one workspace, and fresh keys; and a
-//     second user with a workspace of its own, for row 5 only;
+//     of one user, one project and one workspace, and fresh keys; a second
+//     user with a workspace of its own, for row 5 only; and a third, for
+//     row 6 only;
 //   - the user's controlplane.Client on its own NATS connection; it creates
 //     the secret BENCH_TOKEN, private to the user. Its values are made up
 //     ("bench-N", N the sample number); no real secret is involved, and
@@ -91,47 +94,104 @@
 //     reason.
 //  5. Restart by agent policy (-restarts samples): the restart decided and
 //     done by the agent itself. A second agent process, started like the
-//     first but for the second user's workspace (that user's client
-//     creates and updates its own BENCH_TOKEN, so the other rows' changes
-//     never reach this agent, nor theirs it), with a restart policy and
-//     nothing artificial added: `--on-change restart --busy-wait 5m
-//     --busy-action restart --splay 0s --restart-window 0s`, and no
-//     --jupyter-url, so the agent restarts a kernel by sending it
-//     shutdown_request (restart: true) on control and relies on the
-//     kernel's manager to start it again. The bench is that manager: its
-//     kernel is started as in row 4, behind the injector, in this agent's
-//     runtime dir, and the moment its process exits the bench starts it
-//     again the same way on the same connection file (same ports), as
-//     jupyter_client's KernelRestarter would, minus the restarter's
-//     polling: it checks every 3 s, so a real one adds up to 3 s to this
-//     row (a restart through Jupyter Server's REST API, --jupyter-url, does
-//     not poll). The clock starts when Client.Update returns and stops, as
-//     in rows 3 and 4, when the restarted kernel's check cell prints the
-//     new value, which it also says came from the start environment. The
-//     steps: when the agent began its restart (last_restart in its
-//     status, read after the sample: the agent's wall clock against the
-//     bench's), when the old process exited, when the bench had started
-//     the new one, ports accepting, ready, output. After each sample,
-//     outside the clock, the bench waits until the agent serves the new
-//     process live with the new version and has counted exactly one more
-//     restart. The unrecorded first start is the kernel's start and one
-//     restart by the agent; the row is skipped, with the reason, when
-//     either fails or the value did not come from the start environment.
-//     The report gives its p50 less row 3's p50 in the same run; no target.
+//     first but for the second user's workspace (that user's client creates
+//     and updates its own BENCH_TOKEN, so the other rows' changes never
+//     reach this agent, nor theirs it), with a restart policy and nothing
+//     artificial added: `--on-change restart --busy-wait 5m --busy-action
+//     restart --splay 0s --restart-window 0s`, and no --jupyter-url, so the
+//     agent restarts a kernel by sending it shutdown_request (restart:
+//     true) on control and relies on the kernel's manager to start it
+//     again. The bench is that manager: its kernel is started as in row 4,
+//     behind the injector, in this agent's runtime dir, and the moment its
+//     process exits the bench starts it again the same way on the same
+//     connection file (same ports), as jupyter_client's KernelRestarter
+//     would, minus the restarter's polling: it checks every 3 s, so a real
+//     one adds up to 3 s to this row (a restart through Jupyter Server's
+//     REST API, --jupyter-url, row 6, does not poll). The clock starts when
+//     Client.Update returns and stops, as in rows 3 and 4, when the
+//     restarted kernel's check cell prints the new value, which it also
+//     says came from the start environment. The steps: when the agent began
+//     its restart (last_restart in its status, read after the sample: the
+//     agent's wall clock against the bench's), when the old process exited,
+//     when the bench had started the new one, ports accepting, ready,
+//     output. After each sample, outside the clock, the bench waits until
+//     the agent serves the new process live with the new version and has
+//     counted exactly one more restart. The unrecorded first start is the
+//     kernel's start and one restart by the agent; the row is skipped, with
+//     the reason, when either fails or the value did not come from the
+//     start environment. The report gives its p50 less row 3's p50 in the
+//     same run; no target.
+//  6. Restart by agent policy through Jupyter Server (-restarts samples):
+//     the agent's other way to restart a kernel, through a real Jupyter
+//     Server's REST API. The bench starts one: `PYTHON -m jupyter_server
+//     --no-browser --allow-root --ServerApp.ip=127.0.0.1
+//     --ServerApp.port=PORT --ServerApp.port_retries=0
+//     --ServerApp.root_dir=DIR` (PYTHON the -python interpreter, PORT a
+//     free one, tried again on another up to 3 times should it be taken),
+//     with the environment of the bench's kernels (no BENCH_TOKEN) plus a
+//     fresh random token as JUPYTER_TOKEN (never printed; the server's
+//     output, shown only on failure, has it redacted), a private
+//     JUPYTER_DATA_DIR, an empty private JUPYTER_CONFIG_DIR, an empty
+//     JUPYTER_PATH and, as JUPYTER_RUNTIME_DIR, the runtime dir of a third
+//     agent. The data dir's python3 kernelspec (`PYTHON -m
+//     ipykernel_launcher -f {connection_file}`) is wrapped in place by
+//     injector.InstallKernelspec, as `nbsecrets kernelspec install` does,
+//     so that it runs `bin/nbsecrets inject --socket SOCK -- ...` against
+//     that agent. The third agent is started like the second but for a
+//     third user's workspace (that user's client creates and updates its
+//     own BENCH_TOKEN, so no other row's change reaches it, nor its theirs),
+//     with row 5's flags plus `--jupyter-url URL --jupyter-token-file FILE`
+//     (the token in a 0600 file) and, last, `--log-level info --log-json`,
+//     for one step below; nothing else differs. Its kernel is started with
+//     POST /api/kernels, so the server is its manager. On a change the
+//     agent decides the restart and calls the server: GET /api/kernels (is
+//     the kernel managed?), then POST /api/kernels/{id}/restart. The
+//     server sends the kernel shutdown_request, checks every 0.1 s whether
+//     the process has exited (jupyter_client's finish_shutdown), runs the
+//     wrapped kernelspec argv again on the same connection file (same
+//     ports), so that the injector asks the agent, and answers the call
+//     once the new process is started (jupyter_server 1.23 does not wait
+//     for it to be ready); no restarter polls every 3 s here. The bench
+//     is no part of that: it holds a pidfd on the kernel process (whose
+//     id a cell printed after the previous sample), sees the old process
+//     exit through it, then dials the same ports, which retries (every
+//     25 ms, as in rows 3 to 5) until the new kernel listens. The clock
+//     starts when Client.Update returns and stops, as in rows 3 to 5, when
+//     the restarted kernel's check cell prints the new value, which it
+//     also says came from the start environment. The steps: when the agent
+//     began its restart (last_restart in its status, as in row 5), when
+//     the old process exited (the pidfd; the server reaps it), when the
+//     agent's REST call returned (the time of the agent's info log line
+//     "kernel restarted; reconnecting" for the kernel, which it writes
+//     right after the call returns: the agent's wall clock against the
+//     bench's; absent when the line is not found), ports accepting, ready,
+//     output. After each sample, outside the clock, the bench has the
+//     kernel print its process id and waits until the agent serves it
+//     live with the new version and has counted exactly one more restart.
+//     The unrecorded first start is POST /api/kernels and one restart by
+//     the agent. The row is skipped, with the reason, when PYTHON cannot
+//     import jupyter_server, when the server does not start, when the
+//     first start or restart fails, or when the value did not come from the
+//     start environment. The report gives its p50 less row 3's p50 in the
+//     same run; no target.
 //
 // Each restart row begins with one unrecorded start (it warms the page
-// cache and checks the row can be measured). Then the three rows
+// cache and checks the row can be measured). Then the four rows
 // alternate, sample by sample, so that all see the same machine load; all
-// kernels stay up meanwhile, idle while another restarts. A restart whose
-// new kernel cannot bind a port yet is retried within the clock and
-// counted. The second agent is stopped after these rows.
+// kernels stay up meanwhile, idle while another restarts, and the Jupyter
+// Server runs from before the first of these starts (it is started after
+// the live rows). A restart whose new kernel cannot bind a port yet is
+// retried within the clock and counted (rows 3 to 5; in row 6 that is the
+// server's business). After these rows the second agent is stopped, then
+// the Jupyter Server (its kernel deleted through its API, DELETE
+// /api/kernels/{id}, then SIGTERM) and the third agent.
 //
-//  6. Injector overhead (60 starts each, alternating): `true` started
+//  7. Injector overhead (60 starts each, alternating): `true` started
 //     directly and through `nbsecrets inject --socket S --` against the
 //     running agent; each clock runs from the fork to the child's exit. The
 //     difference of the medians is the injector's own cost (its process
 //     start, the agent's answer, the exec), measured without a kernel's
-//     start-up, whose noise in rows 3 to 5 is hundreds of milliseconds.
+//     start-up, whose noise in rows 3 to 6 is hundreds of milliseconds.
 //
 // After the run the bench reads VmRSS and VmHWM from /proc/<agent
 // pid>/status (VmRSS also once after set-up).
@@ -141,39 +201,51 @@
 // A table on stdout: one row per measurement with n, lost samples (no
 // datagram within -timeout), and p50, p95, p99 and max in milliseconds
 // (nearest-rank percentiles over the recorded samples: every figure is a
-// measured sample); the ratios restart-baseline p50 / live p50; row 5's
-// p50 less row 3's, with the second agent's flags; the agent's memory; the targets with met or NOT MET (live idle p50 <= 5 ms and p99 <=
-// 15 ms; live busy p99 <= 20 ms; agent VmRSS <= 20 MB, 1 MB = 10^6 bytes; a
-// row with lost samples does not meet its targets); and where the time
-// goes: the Update call, Update return to putenv in the kernel, putenv to
-// the poller, and for restarts the steps from Update return. The JSON has
-// row 5's flags, mechanism and difference under restart_by_policy and its
-// steps under detail.restart_policy. The same
-// figures, every sample and the machine (cores, Go, Python, ipykernel,
-// IPython and jupyter_client versions, CPU, load average) go as JSON to the
-// -out file. Nothing is tuned after the fact.
+// measured sample); the ratios restart-baseline p50 / live p50; rows 5's
+// and 6's p50 less row 3's, each with its agent's flags; the agent's
+// memory; the targets with met or NOT MET (live idle p50 <= 5 ms and p99
+// <= 15 ms; live busy p99 <= 20 ms; agent VmRSS <= 20 MB, 1 MB = 10^6
+// bytes; a row with lost samples does not meet its targets); and where the
+// time goes: the Update call, Update return to putenv in the kernel,
+// putenv to the poller, and for restarts the steps from Update return. The
+// same figures, every sample and the machine (cores, Go, Python,
+// ipykernel, IPython, jupyter_client and jupyter_server versions, CPU,
+// load average) go as JSON to the -out file. There row 5's flags,
+// mechanism and difference are under restart_by_policy and its steps
+// under detail.restart_policy; row 6's under
+// restart_by_policy_through_jupyter_server and
+// detail.restart_policy_jupyter_server (there to_old_kernel_reaped is
+// when the old process exited, and to_rest_call_returned the REST step).
+// Nothing is tuned after the fact.
 //
 // # Flags
 //
 //	-n N            live samples per live row (default 200)
-//	-restarts N     samples per restart row, rows 3 to 5 (default 20)
+//	-restarts N     samples per restart row, rows 3 to 6 (default 20)
 //	-warmup N       unrecorded live samples before each live row (default 5)
 //	-pause D        pause between samples (default 20ms)
 //	-timeout D      how long a live sample may take before it counts as lost (default 2s)
 //	-out FILE       write the JSON report there (default: none)
 //	-nbsecrets BIN  the nbsecrets binary for the agent and the injector (default bin/nbsecrets)
-//	-python PATH    the kernels' interpreter (default /usr/bin/python3)
+//	-python PATH    the kernels' and the Jupyter Server's interpreter (default /usr/bin/python3)
 //
 // # Clean-up
 //
 // The bench stops everything it started, on every path, including errors
 // and SIGINT/SIGTERM (Ctrl-C): kernels (SIGKILL to their process groups),
-// the agents (SIGTERM, then SIGKILL after 5s), the service, the NATS
-// connections and server; then it removes the temporary directory. Every
-// child runs in a process group of its own with a parent-death signal, so
-// a Ctrl-C on the terminal reaches only the bench, and a bench that is
-// killed outright (SIGKILL) takes its children with it; only its
-// temporary directory then stays behind. Exit status: 0 when it
+// the Jupyter Server (its kernels deleted through its API, then SIGTERM to
+// its process group, SIGKILL after 10s), the agents (SIGTERM, then SIGKILL
+// after 5s), the service, the NATS connections and server; then it removes
+// the temporary directory. Every child runs in a process group of its own
+// with a parent-death signal, so a Ctrl-C on the terminal reaches only the
+// bench, and a bench that is killed outright (SIGKILL) takes its children
+// with it (the injector keeps the signal for the kernel it becomes: it
+// execs from the main thread, which holds it); only its temporary directory
+// then stays behind. The Jupyter Server's kernel is the server's child, not
+// the bench's, in a session of its own (jupyter_client starts kernels so):
+// should the bench be killed outright, the server dies with it and the
+// kernel ends itself once ipykernel's parent poller sees it orphaned (it
+// checks every second whether its parent is PID 1). Exit status: 0 when it
 // measured (whether or not the targets are met), 1 on failure, 130 when
 // interrupted.
 package main
@@ -338,7 +410,19 @@ func run(args []string) (err error) {
 		return err
 	}
 	m.policyFlags, m.policyPID = policyAgentFlags, pb.a.PID()
-	progress(fmt.Sprintf("restarts, baseline, via injector and by agent policy alternating: %d each", cfg.restarts))
+	progress("starting a Jupyter Server and the third agent, with the restart policy and the server's URL")
+	jb, err := newJupyterBench(ctx, cfg, w, &seq, &cl)
+	if err != nil {
+		return err
+	}
+	if jb.a != nil {
+		m.jupyterFlags, m.jupyterPID = jb.flags, jb.a.PID()
+	}
+	m.jupyterServerVersion = jb.serverVersion
+	if jb.unavailable != "" {
+		progress("restart through Jupyter Server skipped: " + jb.unavailable)
+	}
+	progress(fmt.Sprintf("restarts, baseline, via injector, by agent policy and through Jupyter Server alternating: %d each", cfg.restarts))
 	bk, err := newRestartKernel(cfg, w, filepath.Join(dir, "baseline-runtime"), nil, &cl)
 	if err != nil {
 		return err
@@ -350,10 +434,10 @@ func run(args []string) (err error) {
 	}
 	base := &restartBench{cfg: cfg, w: w, k: bk, seq: &seq, valueInEnv: true}
 	inj := &restartBench{cfg: cfg, w: w, k: ik, seq: &seq}
-	if err := measureRestarts(ctx, cfg, []restartRunner{base, inj, pb}, cfg.restarts); err != nil {
+	if err := measureRestarts(ctx, cfg, []restartRunner{base, inj, pb, jb}, cfg.restarts); err != nil {
 		return err
 	}
-	m.baseline, m.injector, m.policy = base.row, inj.row, pb.row
+	m.baseline, m.injector, m.policy, m.jupyter = base.row, inj.row, pb.row, jb.row
 	// The policy row is done: its agent goes, so that it runs in nothing
 	// that follows (a failure to stop it is reported by the clean-up).
 	if err := pb.a.alive(); err != nil && pb.row.Failed == "" && pb.row.Skipped == "" {
@@ -361,6 +445,7 @@ func run(args []string) (err error) {
 	}
 	_ = pb.a.stop()
 	_ = os.Remove(pb.k.ConnFile)
+	jb.stop()
 
 	progress(fmt.Sprintf("injector overhead: %d starts of true, direct and through inject, alternating", injectorStarts))
 	if m.execDirect, m.execInject, err = measureInjectorExec(ctx, cfg.nbsecrets, w.agent.socket, injectorStarts); err != nil {

@@ -73,27 +73,35 @@ func (pb *policyBench) result() *restartRow { return pb.row }
 func (pb *policyBench) kill() error { return pb.k.kill() }
 
 // warm starts the kernel, waits until the agent serves it, and takes one
-// unrecorded restart. The row is skipped when either fails, or when the
-// value was not in the restarted kernel's start environment.
+// unrecorded restart (warmByAgent).
 func (pb *policyBench) warm(ctx context.Context) {
-	pb.row = &restartRow{}
-	if err := pb.firstStart(ctx); err != nil {
+	pb.row = warmByAgent(ctx, pb.firstStart, pb.restart)
+}
+
+// warmByAgent is the unrecorded first start of a row whose restarts the
+// agent does: firstStart, then one restart. The row is skipped when either
+// fails, or when the value was not in the restarted kernel's start
+// environment.
+func warmByAgent(ctx context.Context, firstStart func(context.Context) error, restart func(context.Context) (restartSample, error)) *restartRow {
+	row := &restartRow{}
+	if err := firstStart(ctx); err != nil {
 		if ctx.Err() != nil {
-			pb.row.Failed = "interrupted"
+			row.Failed = "interrupted"
 		} else {
-			pb.row.Skipped = "the first start failed: " + err.Error()
+			row.Skipped = "the first start failed: " + err.Error()
 		}
-		return
+		return row
 	}
-	smp, err := pb.restart(ctx)
+	smp, err := restart(ctx)
 	switch {
 	case ctx.Err() != nil:
-		pb.row.Failed = "interrupted"
+		row.Failed = "interrupted"
 	case err != nil:
-		pb.row.Skipped = "the first restart by the agent failed: " + err.Error()
+		row.Skipped = "the first restart by the agent failed: " + err.Error()
 	case !smp.FromStart:
-		pb.row.Skipped = "the new value was not in the restarted kernel's start environment (it came from a live re-seed): the start path does not supply values"
+		row.Skipped = "the new value was not in the restarted kernel's start environment (it came from a live re-seed): the start path does not supply values"
 	}
+	return row
 }
 
 // firstStart starts the kernel (on new ports should one be taken) and
@@ -116,7 +124,7 @@ func (pb *policyBench) firstStart(ctx context.Context) error {
 			return err
 		}
 	}
-	ks, err := pb.settle(ctx)
+	ks, err := settle(ctx, pb.a, pb.k.ConnFile, pb.version, pb.restarts)
 	if err != nil {
 		return err
 	}
@@ -124,17 +132,17 @@ func (pb *policyBench) firstStart(ctx context.Context) error {
 	return nil
 }
 
-// settle waits until the agent serves the kernel live with the current
-// version, no restart pending, and at least the restarts expected; it
-// returns the kernel's status then.
-func (pb *policyBench) settle(ctx context.Context) (agent.KernelStatus, error) {
+// settle waits until agent a serves the kernel of connFile live with at
+// least version of the secret, no restart pending, and at least restarts
+// restarts counted; it returns the kernel's status then.
+func settle(ctx context.Context, a *agentProc, connFile string, version, restarts uint64) (agent.KernelStatus, error) {
 	var got agent.KernelStatus
 	sctx, cancel := context.WithTimeout(ctx, policySettleTimeout)
 	defer cancel()
-	err := pb.a.waitFor(sctx, func(st *agent.Status) bool {
+	err := a.waitFor(sctx, func(st *agent.Status) bool {
 		for _, k := range st.Kernels {
-			if k.ConnectionFile == pb.k.ConnFile && k.State == agent.StateLive && k.PendingRestart == nil &&
-				k.Holds[secretName].Version >= pb.version && k.Restarts >= pb.restarts {
+			if k.ConnectionFile == connFile && k.State == agent.StateLive && k.PendingRestart == nil &&
+				k.Holds[secretName].Version >= version && k.Restarts >= restarts {
 				got = k
 				return true
 			}
@@ -142,9 +150,29 @@ func (pb *policyBench) settle(ctx context.Context) (agent.KernelStatus, error) {
 		return false
 	})
 	if err != nil {
-		return got, fmt.Errorf("the policy agent did not serve the kernel with version %d after %d restarts: %w", pb.version, pb.restarts, err)
+		return got, fmt.Errorf("the agent did not serve the kernel with version %d after %d restarts: %w", version, restarts, err)
 	}
 	return got, nil
+}
+
+// settleRestart is the end of a sample of a row whose restarts the agent
+// does, outside the clock: it waits until the agent serves the restarted
+// kernel (settle), checks that the agent counted exactly the restarts
+// expected, and sets smp's AgentRestart from the kernel's last_restart
+// (the agent's wall clock), start being when Update returned.
+func settleRestart(ctx context.Context, a *agentProc, connFile string, version, restarts uint64, start time.Time, smp *restartSample) (agent.KernelStatus, error) {
+	ks, err := settle(ctx, a, connFile, version, restarts)
+	if err != nil {
+		return ks, err
+	}
+	if ks.Restarts != restarts {
+		return ks, fmt.Errorf("the agent restarted the kernel %d times after %d changes (last reason %q)", ks.Restarts, restarts, ks.LastRestartReason)
+	}
+	if !ks.LastRestart.IsZero() {
+		// The agent's time is wall clock only, so this difference is too.
+		smp.AgentRestart, smp.GotAgent = ks.LastRestart.Sub(start), true
+	}
+	return ks, nil
 }
 
 // restart is one sample: update the policy secret; the clock starts when
@@ -215,16 +243,6 @@ func (pb *policyBench) restart(ctx context.Context) (restartSample, error) {
 	}
 	smp.Latency, smp.FromStart, smp.Cells = at.Sub(start), fromStart, cells
 
-	ks, err := pb.settle(ctx)
-	if err != nil {
-		return smp, err
-	}
-	if ks.Restarts != pb.restarts {
-		return smp, fmt.Errorf("the agent restarted the kernel %d times after %d changes (last reason %q)", ks.Restarts, pb.restarts, ks.LastRestartReason)
-	}
-	if !ks.LastRestart.IsZero() {
-		// The agent's time is wall clock only, so this difference is too.
-		smp.AgentRestart, smp.GotAgent = ks.LastRestart.Sub(start), true
-	}
-	return smp, nil
+	_, err = settleRestart(ctx, pb.a, pb.k.ConnFile, pb.version, pb.restarts, start, &smp)
+	return smp, err
 }

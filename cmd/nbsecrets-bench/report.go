@@ -32,6 +32,7 @@ type report struct {
 	Targets  []target      `json:"targets"`
 	Detail   detailReport  `json:"detail"`
 	Policy   *policyReport `json:"restart_by_policy,omitempty"`
+	Jupyter  *policyReport `json:"restart_by_policy_through_jupyter_server,omitempty"`
 	Notes    []string      `json:"notes,omitempty"`
 	raw      *measurements // what the rows were made from
 }
@@ -47,6 +48,7 @@ type machine struct {
 	IPyKernel     string    `json:"ipykernel_version"`
 	IPython       string    `json:"ipython_version"`
 	JupyterClient string    `json:"jupyter_client_version"`
+	JupyterServer string    `json:"jupyter_server_version,omitempty"`
 	SwitchInt     float64   `json:"python_switch_interval_ms"`
 	LoadStart     string    `json:"loadavg_start,omitempty"`
 	LoadEnd       string    `json:"loadavg_end,omitempty"`
@@ -98,9 +100,10 @@ type target struct {
 	Why   string  `json:"why_not,omitempty"`
 }
 
-// policyReport describes the restart-by-policy row: the second agent's
-// flags, how the restart is done, who restarts the kernel, and the row's
-// p50 less the bare restart's (row 3) in the same run. No target.
+// policyReport describes a row whose restarts the agent does (restart by
+// agent policy, and through Jupyter Server): its agent's flags, how the
+// restart is done, who restarts the kernel, and the row's p50 less the
+// bare restart's (row 3) in the same run. No target.
 type policyReport struct {
 	AgentFlags    []string `json:"agent_flags"`
 	AgentPID      int      `json:"agent_pid,omitempty"`
@@ -113,6 +116,9 @@ type policyReport struct {
 const (
 	policyMechanism     = "the agent sends shutdown_request (restart: true) on the kernel's control channel (no --jupyter-url) and relies on the kernel's manager to start it again"
 	policyKernelManager = "the bench: it starts the kernel again through the injector, on the same connection file (same ports), the moment its process exits; jupyter_client's KernelRestarter polls every 3 s and so adds up to 3 s to this row; Jupyter Server's REST restart (--jupyter-url) does not poll"
+
+	jupyterMechanism     = "the agent, given --jupyter-url and --jupyter-token-file, calls the Jupyter Server's REST API: GET /api/kernels (is the kernel managed?), then POST /api/kernels/{id}/restart"
+	jupyterKernelManager = "a real Jupyter Server started by the bench (its kernel started with POST /api/kernels): on the restart call it sends the kernel shutdown_request, checks every 0.1 s whether the process has exited (jupyter_client's finish_shutdown), then runs the wrapped kernelspec argv (the injector) again on the same connection file (same ports), and answers the call; no KernelRestarter polling"
 )
 
 // distribution is p50/p99 of a breakdown step, in ms.
@@ -139,15 +145,20 @@ type liveDetail struct {
 }
 
 // restartDetail splits a restart sample, each step from Update's return.
-// AgentRestart and Relaunched are the restart-by-policy row's only: when
-// the agent began its restart (its status's last_restart, wall clock) and
-// when the bench had started the new process; there Killed is when the old
-// process exited on the agent's shutdown_request.
+// AgentRestart is the agent-restart rows' only: when the agent began its
+// restart (its status's last_restart, wall clock). Relaunched is the
+// restart-by-policy row's only: when the bench had started the new
+// process; there Killed is when the old process exited on the agent's
+// shutdown_request. RESTReturned is the through-Jupyter-Server row's only:
+// when the agent's restart call to the server returned (its log, wall
+// clock); there Killed is when the old process, shut down by the server,
+// exited (its pidfd).
 type restartDetail struct {
 	UpdateCall   distribution `json:"update_call"`
 	AgentRestart distribution `json:"to_agent_restart_began,omitzero"`
 	Killed       distribution `json:"to_old_kernel_reaped"`
 	Relaunched   distribution `json:"to_relaunched,omitzero"`
+	RESTReturned distribution `json:"to_rest_call_returned,omitzero"`
 	Dialled      distribution `json:"to_ports_accepting"`
 	Ready        distribution `json:"to_kernel_info_and_iopub"`
 	Output       distribution `json:"to_output"`
@@ -163,6 +174,7 @@ type detailReport struct {
 	RestartBaseline restartDetail `json:"restart_baseline"`
 	RestartInjector restartDetail `json:"restart_injector"`
 	RestartPolicy   restartDetail `json:"restart_policy"`
+	RestartJupyter  restartDetail `json:"restart_policy_jupyter_server"`
 }
 
 // measurements are the raw results of a run.
@@ -175,6 +187,13 @@ type measurements struct {
 	policy      *restartRow
 	policyFlags []string
 	policyPID   int
+	// jupyter is the restart-through-Jupyter-Server row, by the agent of
+	// jupyterPID run with jupyterFlags, the server's jupyter_server being
+	// jupyterServerVersion.
+	jupyter              *restartRow
+	jupyterFlags         []string
+	jupyterPID           int
+	jupyterServerVersion string
 	// execDirect and execInject are starts of true, directly and through
 	// the injector.
 	execDirect, execInject []time.Duration
@@ -192,6 +211,7 @@ const (
 	rowBaseline   = "restart (baseline)"
 	rowInjector   = "restart via injector"
 	rowPolicy     = "restart by agent policy"
+	rowJupyter    = "restart by agent policy through Jupyter Server"
 	rowExecDirect = "start true, direct"
 	rowExecInject = "start true, via inject"
 )
@@ -202,6 +222,7 @@ func build(cfg *config, m *measurements, started time.Time) *report {
 	r.Machine = machineInfo()
 	r.Machine.Time = time.Now()
 	r.Machine.LoadStart, r.Machine.LoadEnd, r.Machine.TempDirFS = m.loadStart, loadavg(), m.tempFS
+	r.Machine.JupyterServer = m.jupyterServerVersion
 	if v := m.versions; v != nil {
 		r.Machine.Python, r.Machine.IPyKernel, r.Machine.IPython, r.Machine.JupyterClient = v.Python, v.IPyKernel, v.IPython, v.JupyterClient
 		r.Machine.SwitchInt = v.SwitchInterval * 1000
@@ -215,20 +236,20 @@ func build(cfg *config, m *measurements, started time.Time) *report {
 	base := restartRowReport(rowBaseline, m.baseline)
 	inj := restartRowReport(rowInjector, m.injector)
 	pol := restartRowReport(rowPolicy, m.policy)
+	jup := restartRowReport(rowJupyter, m.jupyter)
 	execDirect := rowReport{Name: rowExecDirect, Samples: []float64{}}
 	fill(&execDirect, m.execDirect)
 	execInject := rowReport{Name: rowExecInject, Samples: []float64{}}
 	fill(&execInject, m.execInject)
-	r.Rows = []rowReport{idle, waiting, busy, base, inj, pol, execDirect, execInject}
+	r.Rows = []rowReport{idle, waiting, busy, base, inj, pol, jup, execDirect, execInject}
 	r.Detail = detailReport{LiveIdle: liveDetailOf(m.idle), LiveWaiting: liveDetailOf(m.waiting), LiveBusy: liveDetailOf(m.busy),
 		RestartBaseline: restartDetailOf(m.baseline), RestartInjector: restartDetailOf(m.injector),
-		RestartPolicy: restartDetailOf(m.policy)}
+		RestartPolicy: restartDetailOf(m.policy), RestartJupyter: restartDetailOf(m.jupyter)}
 	if m.policy != nil {
-		r.Policy = &policyReport{AgentFlags: m.policyFlags, AgentPID: m.policyPID, Mechanism: policyMechanism, KernelManager: policyKernelManager}
-		if base.N > 0 && pol.N > 0 {
-			d := pol.P50 - base.P50
-			r.Policy.P50MinusBaseline = &d
-		}
+		r.Policy = agentRestartReport(m.policyFlags, m.policyPID, policyMechanism, policyKernelManager, base, pol)
+	}
+	if m.jupyter != nil {
+		r.Jupyter = agentRestartReport(m.jupyterFlags, m.jupyterPID, jupyterMechanism, jupyterKernelManager, base, jup)
 	}
 
 	if base.N > 0 && idle.N > 0 && idle.P50 > 0 {
@@ -245,6 +266,17 @@ func build(cfg *config, m *measurements, started time.Time) *report {
 		}
 	}
 	return r
+}
+
+// agentRestartReport describes a row whose restarts the agent does, with
+// its p50 less the baseline's when both have samples.
+func agentRestartReport(flags []string, pid int, mechanism, manager string, base, row rowReport) *policyReport {
+	p := &policyReport{AgentFlags: flags, AgentPID: pid, Mechanism: mechanism, KernelManager: manager}
+	if base.N > 0 && row.N > 0 {
+		d := row.P50 - base.P50
+		p.P50MinusBaseline = &d
+	}
+	return p
 }
 
 // row returns the row named name (a zero row if there is none).
@@ -314,15 +346,18 @@ func restartDetailOf(rr *restartRow) restartDetail {
 	if rr == nil {
 		return d
 	}
-	var upd, agentAt, kill, relaunch, dial, ready, out []time.Duration
+	var upd, agentAt, kill, relaunch, rest, dial, ready, out []time.Duration
 	for _, s := range rr.Samples {
 		upd, kill, dial = append(upd, s.Update), append(kill, s.Killed), append(dial, s.Dialled)
 		ready, out = append(ready, s.Ready), append(out, s.Latency)
-		if s.ByAgent {
+		if s.ByAgent && s.GotAgent {
+			agentAt = append(agentAt, s.AgentRestart)
+		}
+		switch {
+		case s.ByAgent && s.ViaServer && s.GotREST:
+			rest = append(rest, s.RESTReturned)
+		case s.ByAgent && !s.ViaServer:
 			relaunch = append(relaunch, s.Relaunched)
-			if s.GotAgent {
-				agentAt = append(agentAt, s.AgentRestart)
-			}
 		}
 		if s.FromStart {
 			d.FromStartEnv++
@@ -331,7 +366,7 @@ func restartDetailOf(rr *restartRow) restartDetail {
 		d.PortRetries += s.PortRetries
 	}
 	d.UpdateCall, d.Killed, d.Dialled, d.Ready, d.Output = distOf(upd), distOf(kill), distOf(dial), distOf(ready), distOf(out)
-	d.AgentRestart, d.Relaunched = distOf(agentAt), distOf(relaunch)
+	d.AgentRestart, d.Relaunched, d.RESTReturned = distOf(agentAt), distOf(relaunch), distOf(rest)
 	return d
 }
 
@@ -422,15 +457,28 @@ func (r *report) writeTable(w io.Writer) {
 	}
 	ratio("restart baseline p50 / live idle p50", r.Ratios.BaselineOverIdle)
 	ratio("restart baseline p50 / live, cell computing p50", r.Ratios.BaselineOverBusy)
-	if p := r.Policy; p != nil {
-		if p.P50MinusBaseline != nil {
-			fmt.Fprintf(w, "restart by agent policy p50 - restart baseline p50: %+.1f ms (reported, no target)\n", *p.P50MinusBaseline)
-		} else {
-			fmt.Fprintln(w, "restart by agent policy p50 - restart baseline p50: n/a")
+	agentRestart := func(name string, p *policyReport, agentName, how string) {
+		if p == nil {
+			return
 		}
-		fmt.Fprintf(w, "  policy agent (pid %d): %s\n", p.AgentPID, strings.Join(p.AgentFlags, " "))
-		fmt.Fprintln(w, "  the bench restarts the kernel the moment it exits; jupyter_client's KernelRestarter polls every 3 s and adds up to 3 s (Jupyter Server's REST restart does not)")
+		if p.P50MinusBaseline != nil {
+			fmt.Fprintf(w, "%s p50 - restart baseline p50: %+.1f ms (reported, no target)\n", name, *p.P50MinusBaseline)
+		} else {
+			fmt.Fprintf(w, "%s p50 - restart baseline p50: n/a\n", name)
+		}
+		if p.AgentPID != 0 {
+			fmt.Fprintf(w, "  %s (pid %d): %s\n", agentName, p.AgentPID, strings.Join(p.AgentFlags, " "))
+		}
+		fmt.Fprintf(w, "  %s\n", how)
 	}
+	agentRestart(rowPolicy, r.Policy, "policy agent",
+		"the bench restarts the kernel the moment it exits; jupyter_client's KernelRestarter polls every 3 s and adds up to 3 s (Jupyter Server's REST restart does not)")
+	server := "jupyter_server"
+	if m.JupyterServer != "" {
+		server += " " + m.JupyterServer
+	}
+	agentRestart(rowJupyter, r.Jupyter, "its agent",
+		"the agent calls POST /api/kernels/{id}/restart on "+server+", which shuts the kernel down (checking every 0.1 s that it exited) and starts the kernelspec argv (the injector) again on the same ports")
 	fmt.Fprintf(w, "agent (pid %d) after the run: VmRSS %.1f MB, VmHWM %.1f MB (1 MB = 10^6 bytes); VmRSS after start %.1f MB\n\n",
 		r.Agent.PID, float64(r.Agent.VmRSS)/1e6, float64(r.Agent.VmHWM)/1e6, float64(r.Agent.VmRSSStart)/1e6)
 	fmt.Fprintln(w, "targets:")
@@ -470,6 +518,12 @@ func (r *report) writeTable(w io.Writer) {
 			d.AgentRestart.P50, d.AgentRestart.P99, d.AgentRestart.N, d.Killed.P50, d.Killed.P99, d.Relaunched.P50, d.Relaunched.P99,
 			d.Dialled.P50, d.Dialled.P99, d.Ready.P50, d.Ready.P99, d.Output.P50, d.Output.P99)
 		fmt.Fprintf(w, "    value in the start environment in %d of %d; extra cells %d; port retries %d\n", d.FromStartEnv, n, d.ExtraCells, d.PortRetries)
+	}
+	if d, n := r.Detail.RestartJupyter, r.row(rowJupyter).N; n > 0 {
+		fmt.Fprintf(w, "  %s, from Update return: agent restart began %.1f / %.1f (n %d); old kernel exited %.1f / %.1f; REST call returned %.1f / %.1f (n %d); ports accepting %.1f / %.1f; ready %.1f / %.1f; output %.1f / %.1f\n",
+			rowJupyter, d.AgentRestart.P50, d.AgentRestart.P99, d.AgentRestart.N, d.Killed.P50, d.Killed.P99, d.RESTReturned.P50, d.RESTReturned.P99, d.RESTReturned.N,
+			d.Dialled.P50, d.Dialled.P99, d.Ready.P50, d.Ready.P99, d.Output.P50, d.Output.P99)
+		fmt.Fprintf(w, "    value in the start environment in %d of %d; extra cells %d\n", d.FromStartEnv, n, d.ExtraCells)
 	}
 	for _, n := range r.Notes {
 		fmt.Fprintf(w, "note: %s\n", n)

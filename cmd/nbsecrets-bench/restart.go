@@ -41,16 +41,24 @@ type restartSample struct {
 	Cells       int           // cells run until one printed the new value
 	FromStart   bool          // the new value was in the process's start environment
 	PortRetries int           // starts that failed on a port still taken
-	// The restart-by-policy row only: Killed is when the old process,
-	// asked by the agent to shut down, exited (and was reaped);
-	// AgentRestart when the agent began its restart (its status's
-	// last_restart, the agent's wall clock; GotAgent says it was read);
-	// Relaunched when the bench, as the kernel's manager, had started the
-	// new process.
+	// The rows whose restarts the agent does (ByAgent): AgentRestart is
+	// when the agent began its restart (its status's last_restart, the
+	// agent's wall clock; GotAgent says it was read). Restart by agent
+	// policy: Killed is when the old process, asked by the agent to shut
+	// down, exited (and was reaped); Relaunched when the bench, as the
+	// kernel's manager, had started the new process. Through Jupyter
+	// Server (ViaServer): Killed is when the old process, shut down by the
+	// server, exited (seen through a pidfd; the server reaps it); no
+	// Relaunched; RESTReturned when the agent's restart call to the server
+	// had returned (its log line's time, the agent's wall clock; GotREST
+	// says it was found).
 	ByAgent      bool
 	AgentRestart time.Duration
 	GotAgent     bool
 	Relaunched   time.Duration
+	ViaServer    bool
+	RESTReturned time.Duration
+	GotREST      bool
 }
 
 // restartRow is a restart row's result. Skipped or Failed say why it has

@@ -25,17 +25,20 @@ import (
 	"github.com/nbsecrets/nbsecrets/protocol"
 )
 
-// The bench's directory: one user, one project, one workspace; and a
-// second user with a workspace of its own for the restart-by-policy row,
-// whose agent must not see the other rows' changes (the user's private
-// secrets reach only the user's workspaces).
+// The bench's directory: one user, one project, one workspace; a second
+// user with a workspace of its own for the restart-by-policy row, and a
+// third for the restart-through-Jupyter-Server row, whose agents must not
+// see the other rows' changes (a user's private secrets reach only that
+// user's workspaces).
 const (
-	userID            = "bench-user"
-	projectID         = "bench-project"
-	workspaceID       = "bench-ws"
-	policyUserID      = "bench-policy-user"
-	policyWorkspaceID = "bench-policy-ws"
-	secretName        = "BENCH_TOKEN"
+	userID             = "bench-user"
+	projectID          = "bench-project"
+	workspaceID        = "bench-ws"
+	policyUserID       = "bench-policy-user"
+	policyWorkspaceID  = "bench-policy-ws"
+	jupyterUserID      = "bench-jupyter-user"
+	jupyterWorkspaceID = "bench-jupyter-ws"
+	secretName         = "BENCH_TOKEN"
 )
 
 // cleanups runs clean-up functions in reverse order of registration.
@@ -68,6 +71,10 @@ type world struct {
 	// workspace, whose curve seed is in policyKeyFile.
 	policyClient  *controlplane.Client
 	policyKeyFile string
+	// jupyterClient and jupyterKeyFile are the same for the third user,
+	// owner of the workspace of the restart-through-Jupyter-Server row.
+	jupyterClient  *controlplane.Client
+	jupyterKeyFile string
 	// signPub and curvePub are the service's public keys, pinned by the
 	// agents.
 	signPub, curvePub string
@@ -75,8 +82,9 @@ type world struct {
 
 // keys are the service's, the workspaces' and the users' nkeys.
 type keys struct {
-	sign, curve, workspace, user nkeys.KeyPair
-	policyWorkspace, policyUser  nkeys.KeyPair
+	sign, curve, workspace, user  nkeys.KeyPair
+	policyWorkspace, policyUser   nkeys.KeyPair
+	jupyterWorkspace, jupyterUser nkeys.KeyPair
 }
 
 func newKeys() (*keys, error) {
@@ -92,6 +100,9 @@ func newKeys() (*keys, error) {
 		return nil, err
 	}
 	if k.policyUser, err = nkeys.CreateUser(); err != nil {
+		return nil, err
+	}
+	if k.jupyterUser, err = nkeys.CreateUser(); err != nil {
 		return nil, err
 	}
 	return &k, nil
@@ -121,6 +132,10 @@ func setUp(ctx context.Context, cfg *config, dir string, cl *cleanups) (*world, 
 	if ks.policyWorkspace, _, err = keyfile.LoadOrCreate(w.policyKeyFile, true, nkeys.PrefixByteCurve); err != nil {
 		return nil, err
 	}
+	w.jupyterKeyFile = filepath.Join(dir, "keys", "jupyter-workspace.curve.nk")
+	if ks.jupyterWorkspace, _, err = keyfile.LoadOrCreate(w.jupyterKeyFile, true, nkeys.PrefixByteCurve); err != nil {
+		return nil, err
+	}
 
 	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true,
 		StoreDir: filepath.Join(dir, "jetstream"), NoSigs: true, NoLog: true, ServerName: "nbsecrets-bench"})
@@ -143,11 +158,12 @@ func setUp(ctx context.Context, cfg *config, dir string, cl *cleanups) (*world, 
 		Conn: svcConn, SignKey: ks.sign, CurveKey: ks.curve,
 		Directory: &controlplane.Directory{
 			Users: []controlplane.User{{ID: userID, PublicKey: pub(ks.user)},
-				{ID: policyUserID, PublicKey: pub(ks.policyUser)}},
+				{ID: policyUserID, PublicKey: pub(ks.policyUser)}, {ID: jupyterUserID, PublicKey: pub(ks.jupyterUser)}},
 			Projects: []controlplane.Project{{ID: projectID, Members: []controlplane.Member{{User: userID, Role: controlplane.RoleAdmin}}}},
 			Workspaces: []controlplane.Workspace{{ID: workspaceID, Owner: userID, Projects: []string{projectID},
 				CurveKey: pub(ks.workspace)},
-				{ID: policyWorkspaceID, Owner: policyUserID, CurveKey: pub(ks.policyWorkspace)}},
+				{ID: policyWorkspaceID, Owner: policyUserID, CurveKey: pub(ks.policyWorkspace)},
+				{ID: jupyterWorkspaceID, Owner: jupyterUserID, CurveKey: pub(ks.jupyterWorkspace)}},
 		},
 		Logger: hclog.New(&hclog.LoggerOptions{Name: "service", Level: hclog.Warn, Output: os.Stderr}),
 	})
@@ -166,6 +182,7 @@ func setUp(ctx context.Context, cfg *config, dir string, cl *cleanups) (*world, 
 	cl.add(func() error { userConn.Close(); return nil })
 	w.client = controlplane.NewClient(userConn, userID, ks.user, pub(ks.curve))
 	w.policyClient = controlplane.NewClient(userConn, policyUserID, ks.policyUser, pub(ks.curve))
+	w.jupyterClient = controlplane.NewClient(userConn, jupyterUserID, ks.jupyterUser, pub(ks.curve))
 	w.records = make(chan time.Time, 64)
 	if _, err := userConn.Subscribe(protocol.WorkspaceFilter(workspaceID), func(*nats.Msg) {
 		select {
@@ -186,18 +203,27 @@ func setUp(ctx context.Context, cfg *config, dir string, cl *cleanups) (*world, 
 	return w, nil
 }
 
-// startAgent starts `nbsecrets agent` for workspace ws of owner (with
-// projects, if not empty) as a process of its own, its runtime dir
-// (NAME-runtime), socket (NAME.sock) and state file (NAME.state.json)
-// under the temporary root, extra flags (a restart policy) last; it
-// registers its stop in cl and returns once the agent has loaded the
-// records.
-func (w *world) startAgent(ctx context.Context, cfg *config, name, ws, owner, projects, keyFile string, cl *cleanups, extra ...string) (*agentProc, error) {
-	runtimeDir := filepath.Join(w.dir, name+"-runtime")
+// agentPaths are the runtime dir (NAME-runtime, created) and the socket
+// (NAME.sock) of the agent NAME under the temporary root: startAgent's,
+// known before the agent starts (a Jupyter Server needs them first).
+func (w *world) agentPaths(name string) (runtimeDir, socket string, err error) {
+	runtimeDir = filepath.Join(w.dir, name+"-runtime")
 	if err := os.MkdirAll(runtimeDir, 0o700); err != nil {
+		return "", "", err
+	}
+	return runtimeDir, filepath.Join(w.dir, name+".sock"), nil
+}
+
+// startAgent starts `nbsecrets agent` for workspace ws of owner (with
+// projects, if not empty) as a process of its own, its runtime dir and
+// socket those of agentPaths and its state file NAME.state.json under the
+// temporary root, extra flags (a restart policy) last; it registers its
+// stop in cl and returns once the agent has loaded the records.
+func (w *world) startAgent(ctx context.Context, cfg *config, name, ws, owner, projects, keyFile string, cl *cleanups, extra ...string) (*agentProc, error) {
+	runtimeDir, socket, err := w.agentPaths(name)
+	if err != nil {
 		return nil, err
 	}
-	socket := filepath.Join(w.dir, name+".sock")
 	args := []string{
 		"agent",
 		"--nats", w.url,
