@@ -114,14 +114,7 @@ func TestPolicyRow(t *testing.T) {
 		}
 	}
 
-	path := filepath.Join(t.TempDir(), "bench.json")
-	if err := r.writeJSON(path); err != nil {
-		t.Fatal(err)
-	}
-	data, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	data := writtenJSON(t, r)
 	var got struct {
 		Rows   []struct{ Name string }
 		Policy struct {
@@ -199,14 +192,7 @@ func TestJupyterServerRow(t *testing.T) {
 		}
 	}
 
-	path := filepath.Join(t.TempDir(), "bench.json")
-	if err := r.writeJSON(path); err != nil {
-		t.Fatal(err)
-	}
-	data, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	data := writtenJSON(t, r)
 	var got struct {
 		Rows    []struct{ Name string }
 		Machine struct {
@@ -290,4 +276,18 @@ func TestPolicyDiffAbsentWithoutSamples(t *testing.T) {
 	if !regexp.MustCompile(`(?m)^restart by agent policy +skipped: the first restart by the agent failed: no exit$`).MatchString(b.String()) {
 		t.Errorf("table lacks the skipped policy row:\n%s", b.String())
 	}
+}
+
+// writtenJSON is what r.writeJSON writes.
+func writtenJSON(t *testing.T, r *report) []byte {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "bench.json")
+	if err := r.writeJSON(path); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
 }
