@@ -560,6 +560,48 @@ func TestWorkerRestartNewPorts(t *testing.T) {
 	}
 }
 
+// TestWorkerRestartWindowFromBeginning: the window between restarts runs
+// from when a restart began. The worker for the rewritten connection file
+// decides its restart while the first restart's call is still running,
+// before that restart is counted; its restart is still due a window after
+// the first began, not at once.
+func TestWorkerRestartWindowFromBeginning(t *testing.T) {
+	const window = 300 * time.Millisecond
+	st, _, r, ks := startPolicyKernels(t, Policy{OnChange: ActRestart, MinInterval: window}, ModeControl)
+	var due time.Time
+	r.mu.Lock()
+	r.newPort = true
+	r.during = func() {
+		change(t, st, put("s1", "A", 2, alice, "a2"))
+		waitFor(t, 5*time.Second, func() error { // the new worker (holding v1) owes a restart
+			s := ks.statuses()
+			if len(s) != 1 || s[0].Holds["A"].Version != 1 || s[0].PendingRestart == nil {
+				return fmt.Errorf("the new worker owes no restart yet: %+v", s)
+			}
+			due = s[0].PendingRestart.Due
+			return nil
+		})
+	}
+	r.mu.Unlock()
+	change(t, st, put("s1", "A", 1, alice, "a1"))
+	waitFor(t, 5*time.Second, func() error {
+		if s := ks.statuses(); len(s) != 1 || s[0].Restarts != 2 || s[0].State != StateLive {
+			return fmt.Errorf("status %+v", s)
+		}
+		return nil
+	})
+	at := r.times()
+	if len(at) != 2 {
+		t.Fatalf("restarts at %v, want 2", at)
+	}
+	if d := due.Sub(at[0]); d < window-50*time.Millisecond {
+		t.Errorf("the second restart was due %v after the first began, want the window (%v)", d, window)
+	}
+	if d := at[1].Sub(at[0]); d < window-50*time.Millisecond {
+		t.Errorf("restarts %v apart, want the window (%v)", d, window)
+	}
+}
+
 // TestWorkerRestartNewPortsChangeDuringRestart: the worker for the
 // rewritten connection file connects while the restart call is still
 // running, and a change has come meanwhile. The new kernel holds what the

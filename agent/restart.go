@@ -98,7 +98,7 @@ type kernelHistory struct {
 	lastRestart time.Time // when the agent's last restart of it began
 	lastReason  string
 	fresh       bool      // a restart began and the kernel was not connected to since
-	began       time.Time // when the restart that made it fresh began
+	began       time.Time // when the last restart that did not fail began (it may still run)
 	// started and startHeld: when the injector last fetched this kernel's
 	// environment, and what it was given.
 	started   time.Time
@@ -176,14 +176,21 @@ func (ks *kernels) restartedHolds(id string) map[string]Held {
 	return h.startHeld
 }
 
-// lastRestart returns when the agent last restarted the kernel.
+// lastRestart returns when the agent's last restart of the kernel began,
+// counting one whose call is still running: a worker for a connection file
+// the restart rewrote can decide the next restart before the call returns,
+// and the window runs from the restart's beginning all the same.
 func (ks *kernels) lastRestart(id string) time.Time {
 	ks.mu.Lock()
 	defer ks.mu.Unlock()
-	if h := ks.history[id]; h != nil {
-		return h.lastRestart
+	h := ks.history[id]
+	if h == nil {
+		return time.Time{}
 	}
-	return time.Time{}
+	if h.began.After(h.lastRestart) {
+		return h.began
+	}
+	return h.lastRestart
 }
 
 // restartBegins marks the kernel as being restarted from at, before the
@@ -198,12 +205,13 @@ func (ks *kernels) restartBegins(id string, at time.Time) {
 	h.fresh, h.began = true, at
 }
 
-// restartFailed undoes restartBegins.
+// restartFailed undoes restartBegins: a failed restart neither marks the
+// kernel fresh nor counts for the window.
 func (ks *kernels) restartFailed(id string) {
 	ks.mu.Lock()
 	defer ks.mu.Unlock()
 	if h := ks.history[id]; h != nil {
-		h.fresh = false
+		h.fresh, h.began = false, time.Time{}
 	}
 }
 
