@@ -8,7 +8,6 @@ import (
 
 	"github.com/nbsecrets/nbsecrets/agent"
 	"github.com/nbsecrets/nbsecrets/controlplane"
-	"github.com/nbsecrets/nbsecrets/protocol/jupyter"
 )
 
 // policyAgentFlags is the restart policy of the second agent: restart on
@@ -216,25 +215,13 @@ func (pb *policyBench) restart(ctx context.Context) (restartSample, error) {
 		return smp, ctx.Err()
 	}
 	smp.Killed = time.Since(start)
-	var c *jupyter.Client
-	for {
-		if err := pb.k.start(); err != nil {
-			return smp, err
-		}
+	c, err := pb.k.startConnected(ctx, start, &smp, func() {
 		if smp.Relaunched == 0 {
 			smp.Relaunched = time.Since(start)
 		}
-		var ct connectTimes
-		c, ct, err = pb.k.connect(ctx)
-		if err == nil {
-			smp.Dialled, smp.Ready = ct.Dialled.Sub(start), ct.Ready.Sub(start)
-			break
-		}
-		_ = pb.k.kill()
-		if !errors.Is(err, errPortTaken) || time.Since(start) > restartPortWait {
-			return smp, err
-		}
-		smp.PortRetries++
+	})
+	if err != nil {
+		return smp, err
 	}
 	at, fromStart, cells, err := runUntil(ctx, c, value, restartCellTimeout)
 	c.Close()

@@ -186,23 +186,9 @@ func (rb *restartBench) restart(ctx context.Context) (restartSample, error) {
 	if rb.valueInEnv {
 		extra = []string{secretName + "=" + value}
 	}
-	var c *jupyter.Client
-	for {
-		if err := rb.k.start(extra...); err != nil {
-			return smp, err
-		}
-		var ct connectTimes
-		var err error
-		c, ct, err = rb.k.connect(ctx)
-		if err == nil {
-			smp.Dialled, smp.Ready = ct.Dialled.Sub(start), ct.Ready.Sub(start)
-			break
-		}
-		_ = rb.k.kill()
-		if !errors.Is(err, errPortTaken) || time.Since(start) > restartPortWait {
-			return smp, err
-		}
-		smp.PortRetries++
+	c, err := rb.k.startConnected(ctx, start, &smp, nil, extra...)
+	if err != nil {
+		return smp, err
 	}
 	defer c.Close()
 	at, fromStart, cells, err := runUntil(ctx, c, value, restartCellTimeout)
@@ -294,4 +280,29 @@ func newRestartKernel(cfg *config, w *world, dir string, prefix []string, cl *cl
 	}
 	cl.add(k.kill)
 	return k, nil
+}
+
+// startConnected starts k with extraEnv and connects to it, starting it
+// again while it dies of a port still taken, up to restartPortWait after
+// start (when the sample's clock started). It fills smp's Dialled, Ready
+// and PortRetries, and calls started, if not nil, after each start.
+func (k *kernel) startConnected(ctx context.Context, start time.Time, smp *restartSample, started func(), extraEnv ...string) (*jupyter.Client, error) {
+	for {
+		if err := k.start(extraEnv...); err != nil {
+			return nil, err
+		}
+		if started != nil {
+			started()
+		}
+		c, ct, err := k.connect(ctx)
+		if err == nil {
+			smp.Dialled, smp.Ready = ct.Dialled.Sub(start), ct.Ready.Sub(start)
+			return c, nil
+		}
+		_ = k.kill()
+		if !errors.Is(err, errPortTaken) || time.Since(start) > restartPortWait {
+			return nil, err
+		}
+		smp.PortRetries++
+	}
 }
