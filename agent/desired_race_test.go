@@ -103,4 +103,3 @@ func TestSnapshotReadersRaceWriter(t *testing.T) {
 		t.Errorf("final value %q, want %q", got, value(versions))
 	}
 }
-
