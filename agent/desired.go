@@ -41,7 +41,8 @@ var ErrScopeNotAllowed = errors.New("agent: secret scope not allowed for this wo
 // errStale is a record whose version is not newer than the one applied.
 var errStale = errors.New("agent: record version not newer than the one held (replay or reorder)")
 
-// Var is one variable of the desired environment. Value never prints.
+// Var is one variable of the desired environment. Value never prints. Its
+// buffer is shared between snapshots and must not be modified (see store).
 type Var struct {
 	Value    protocol.Value
 	Version  uint64
@@ -78,6 +79,17 @@ func (d *Desired) Names() []string {
 
 // store holds the opened records and derives the desired environment. Sync
 // writes to it; kernel workers and the local API read snapshots.
+//
+// Ownership of values: apply takes ownership of a record's value buffer,
+// and from then on the buffer is immutable. A published Desired shares it
+// (no copy per publish), and a snapshot may be read by any goroutine at any
+// later time (a kernel worker building a plan, the local API encoding
+// /v1/env), so nothing ever writes to or wipes a value buffer once the
+// store holds it: a replaced or revoked value is dropped and left to the
+// garbage collector. Wiping it while a snapshot was being encoded sent a
+// kernel a value with NUL bytes in it (issue 8). Wiping would not keep a
+// value out of memory anyway: plans, JSON encodings and the kernels'
+// environments hold copies as strings.
 type store struct {
 	ws Workspace
 
@@ -127,9 +139,8 @@ func (s *store) apply(sec *protocol.Secret, at time.Time) error {
 		return fmt.Errorf("%w: %s", ErrScopeNotAllowed, sec.Scope)
 	}
 	s.versions[sec.SecretID] = sec.Version
-	if old := s.puts[sec.SecretID]; old != nil {
-		clear(old.Value)
-	}
+	// The replaced value is not wiped: published snapshots share its
+	// buffer (see store).
 	switch sec.Op {
 	case protocol.OpPut:
 		s.puts[sec.SecretID] = sec
@@ -159,8 +170,7 @@ func (s *store) setAccess(ws Workspace) (dropped int) {
 		}
 		s.floor[id] = max(s.floor[id], s.versions[id])
 		delete(s.versions, id)
-		clear(sec.Value)
-		delete(s.puts, id)
+		delete(s.puts, id) // not wiped: snapshots may share the buffer
 		s.dirty = true
 		dropped++
 	}
