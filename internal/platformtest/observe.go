@@ -134,14 +134,15 @@ func Watch(t testing.TB, file string, ready bool) *Watcher {
 	return w
 }
 
-// Foreign is every message since since that does not answer a request
-// of the watcher's own client: what the agent (or anyone else) caused.
-func (w *Watcher) Foreign(since time.Time) []IOPubMsg {
+// Foreign is every message from since until until (zero: no end) that
+// does not answer a request of the watcher's own client: what the agent
+// (or anyone else) caused.
+func (w *Watcher) Foreign(since, until time.Time) []IOPubMsg {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	var out []IOPubMsg
 	for _, m := range w.msgs {
-		if !m.At.Before(since) && m.ParentSession != w.Client.Session() {
+		if !m.At.Before(since) && (until.IsZero() || m.At.Before(until)) && m.ParentSession != w.Client.Session() {
 			out = append(out, m)
 		}
 	}
