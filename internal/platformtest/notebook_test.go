@@ -16,11 +16,11 @@ import (
 // screenshots (for documentation); unset, they go to a temporary dir.
 const ScreenshotsEnv = "NBSECRETS_SCREENSHOT_DIR"
 
-// notebookCells: a quiet cell of 6 s that marks its start and end in its
+// notebookFile: a quiet cell of 6 s that marks its start and end in its
 // output, and a cell that prints the secret.
 func notebookFile(sleep time.Duration) map[string]any {
-	code := func(src string) map[string]any {
-		return map[string]any{"cell_type": "code", "execution_count": nil, "metadata": map[string]any{},
+	code := func(id, src string) map[string]any {
+		return map[string]any{"id": id, "cell_type": "code", "execution_count": nil, "metadata": map[string]any{},
 			"outputs": []any{}, "source": src}
 	}
 	return map[string]any{
@@ -30,8 +30,8 @@ func notebookFile(sleep time.Duration) map[string]any {
 			"language_info": map[string]any{"name": "python"},
 		},
 		"cells": []any{
-			code(fmt.Sprintf("import time\nprint('cell-start', flush=True)\ntime.sleep(%g)\nprint('cell-end', flush=True)", sleep.Seconds())),
-			code(fmt.Sprintf("import os\nprint(os.environ[%q])", secretName)),
+			code("long", fmt.Sprintf("import time\nprint('cell-start', flush=True)\ntime.sleep(%g)\nprint('cell-end', flush=True)", sleep.Seconds())),
+			code("print", fmt.Sprintf("import os\nprint(os.environ[%q])", secretName)),
 		},
 	}
 }
