@@ -231,6 +231,9 @@ func (s *Service) clone(ctx context.Context, req *requestBody, value []byte) (*S
 	if err != nil {
 		return nil, err
 	}
+	if err := d.mayRead(req.User, src); err != nil {
+		return nil, err
+	}
 	if value == nil {
 		if value, err = s.store.open(src); err != nil {
 			return nil, err
