@@ -65,6 +65,10 @@ type Desired struct {
 	ChangedAt time.Time      // when the newest record in it was stored in JetStream (zero: unknown)
 	Env       map[string]Var // variable name → value
 	Shadowed  []Shadow       // secrets hidden by a same-named one
+	// OverBudget are the secrets left out because the workspace's
+	// environment would pass the budget (protocol.MaxWorkspaceSecrets,
+	// MaxWorkspaceEnvBytes); By is empty.
+	OverBudget []Shadow
 }
 
 // Names returns the variable names in order.
@@ -240,7 +244,10 @@ func (s *store) publish(now time.Time) {
 // buildDesired resolves the puts into an environment. When two secrets share
 // a name the one with the higher precedence scope wins (user, then project,
 // then community); between equals the lower secret id wins, so every agent
-// decides the same way.
+// decides the same way. In that same order secrets fill the per-workspace
+// budget: those that would pass it are left out (OverBudget), so that too
+// many or too large secrets, which the service should have refused, cannot
+// take the kernels' environment past ARG_MAX.
 func buildDesired(gen uint64, puts map[string]*protocol.Secret) *Desired {
 	d := &Desired{Gen: gen, Env: make(map[string]Var, len(puts))}
 	ids := make([]string, 0, len(puts))
@@ -254,12 +261,19 @@ func buildDesired(gen uint64, puts map[string]*protocol.Secret) *Desired {
 		}
 		return ids[i] < ids[j]
 	})
+	bytes := 0
 	for _, id := range ids {
 		p := puts[id]
 		if w, ok := d.Env[p.Name]; ok {
 			d.Shadowed = append(d.Shadowed, Shadow{Name: p.Name, SecretID: id, Scope: p.Scope, By: w.Scope})
 			continue
 		}
+		cost := protocol.EnvSize(p.Name, len(p.Value))
+		if len(d.Env) >= protocol.MaxWorkspaceSecrets || bytes+cost > protocol.MaxWorkspaceEnvBytes {
+			d.OverBudget = append(d.OverBudget, Shadow{Name: p.Name, SecretID: id, Scope: p.Scope})
+			continue
+		}
+		bytes += cost
 		d.Env[p.Name] = Var{Value: p.Value, Version: p.Version, SecretID: id, Scope: p.Scope}
 	}
 	return d

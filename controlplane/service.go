@@ -40,6 +40,9 @@ type Options struct {
 	// Now is the clock for request timestamps and record times. Nil means
 	// time.Now.
 	Now func() time.Time
+	// Names tightens the names of shared secrets; the zero value adds
+	// nothing to the reserved list (see NamePolicy).
+	Names NamePolicy
 }
 
 // QueueGroup is the NATS queue group the service subscribes in, so that
@@ -64,6 +67,7 @@ type Service struct {
 	log      hclog.Logger
 	now      func() time.Time
 	nonces   nonceCache
+	names    NamePolicy
 
 	records jetstream.KeyValue // protocol.Bucket
 	store   *store             // ServiceBucket
@@ -107,7 +111,7 @@ func New(opts Options) (*Service, error) {
 	}
 	s := &Service{
 		nc: opts.Conn, sealer: sealer, signPub: signPub, curvePub: curvePub, curve: opts.CurveKey,
-		log: opts.Logger, now: opts.Now, slots: make(chan struct{}, maxInFlight),
+		log: opts.Logger, now: opts.Now, slots: make(chan struct{}, maxInFlight), names: opts.Names,
 	}
 	if s.log == nil {
 		s.log = hclog.NewNullLogger()
