@@ -63,7 +63,6 @@ func TestLogin(t *testing.T) {
 	wantError(t, alice.do("GET", "/secrets/api/v1/secrets", nil, nil), 401, "unauthenticated")
 }
 
-
 // TestPages drives the seeds' screens through their forms as a browser
 // would: New Secret -> Create, info page, Edit -> Save, Clone -> Create,
 // Access (admin: on; member: refused), Delete -> "Secret destroyed"; every
