@@ -403,4 +403,3 @@ except PermissionError as e:
 		t.Log("not root: the other-owner case needs chown; skipped")
 	}
 }
-
