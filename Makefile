@@ -23,9 +23,11 @@ lint:
 	  $(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 $(PKGS); \
 	else echo "staticcheck could not be installed from the module proxy; skipped"; fi
 
-# Benchmarks against real NATS and real kernels; a table on stdout, JSON in bench.json.
+# Benchmarks against real NATS and real kernels; a table on stdout, JSON in bench.json;
+# then the HTTP API's latency (p50/p99 of list and update).
 bench: build
 	$(GO) run ./cmd/nbsecrets-bench -out bench.json
+	$(GO) test -run '^$$' -bench '^BenchmarkAPI$$' -benchtime 300x ./controlplane/web/
 
 # The main job on the embedded default: a secret changing live in a real kernel.
 demo: build deps

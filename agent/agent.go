@@ -222,7 +222,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	s := &syncer{js: js, ws: a.cfg.Workspace.ID, opener: a.cfg.Opener, st: a.st, log: a.log.Named("sync"), now: time.Now,
 		published: a.saveState, access: a.access}
-	wg.Add(2)
+	wg.Add(3)
+	go func() { defer wg.Done(); a.publishStatus(ctx) }()
 	go func() { defer wg.Done(); s.run(ctx) }()
 	go func() {
 		defer wg.Done()

@@ -36,6 +36,7 @@ func runDev(ctx context.Context, env *cliEnv, args []string) error {
 	wsFlag := fs.String("workspace", "", "with --directory: the workspace whose agent dev runs (default: the first owned by the current user, else the first)")
 	policy := policyFlags(fs)
 	metricsAddr := metricsFlag(fs)
+	uiAddr, uiBase, uiNonLoopback := uiFlags(fs)
 	logLevel, logJSON := logFlags(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -152,6 +153,13 @@ func runDev(ctx context.Context, env *cliEnv, args []string) error {
 		return fmt.Errorf("starting the secrets service: %w", err)
 	}
 	defer svc.Stop()
+	var ui *webUI
+	if *uiAddr != "" {
+		if ui, err = startWebUI(svc, svcConn, keys, *uiAddr, *uiBase, *uiNonLoopback, log.Named("web")); err != nil {
+			return err
+		}
+		defer ui.stop()
+	}
 
 	access, _ := dirc.AccessOf(wsID)
 	sock := filepath.Join(dir, agentSockName)
@@ -203,6 +211,9 @@ func runDev(ctx context.Context, env *cliEnv, args []string) error {
 
 	info := devInfo{PID: os.Getpid(), NATSURL: url, Workspace: wsID, User: userID, Socket: sock,
 		SignKey: signPub, SealKey: curvePub, RuntimeDir: *runtimeDir}
+	if ui != nil {
+		info.UIURL = ui.URL
+	}
 	b, _ := json.MarshalIndent(info, "", "  ")
 	if err := writeFileAtomic(filepath.Join(dir, devInfoFile), b, 0o600); err != nil {
 		return fmt.Errorf("writing instance info: %w", err)
@@ -236,6 +247,13 @@ func runDev(ctx context.Context, env *cliEnv, args []string) error {
 		}
 		fmt.Fprintf(env.stdout, "  metrics       http://%s/metrics (and /healthz, /readyz)\n", addr)
 	}
+	if ui != nil {
+		login, err := ui.loginURL(userID)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(env.stdout, "  web UI        %s\n  log in as %s  %s (works once; nbsecrets ui prints another)\n", ui.URL, userID, login)
+	}
 	sd := ""
 	if dir != defaultStateDir() {
 		sd = " --state-dir " + dir
@@ -244,8 +262,9 @@ func runDev(ctx context.Context, env *cliEnv, args []string) error {
 Try:
   printf %%s 'my value' | nbsecrets secret create%s DB_PASSWORD
   nbsecrets status%s
+  nbsecrets ui%s        (a new login URL for the web UI)
 Then, in a notebook on the %q kernel: os.environ['DB_PASSWORD']. Ctrl-C stops.
-`, sd, sd, *kernel)
+`, sd, sd, sd, *kernel)
 	<-ctx.Done()
 	fmt.Fprintln(env.stdout, "nbsecrets dev: stopping")
 	return nil

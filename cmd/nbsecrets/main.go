@@ -15,6 +15,7 @@
 //	status      what the agent holds: secrets, versions, kernels (never a value)
 //	inject      the kernel launcher wrapper: nbsecrets inject [flags] -- ARGV...
 //	kernelspec  install or uninstall the wrapper around a Jupyter kernelspec
+//	ui          print a one-time login URL for the dev instance's web UI
 //
 // Every command has --help. Commands that talk to a local dev instance find
 // it through --state-dir, by default $XDG_STATE_HOME/nbsecrets (else
@@ -66,6 +67,7 @@ var commands = map[string]command{
 	"status":     {"show what the agent holds (never a value)", runStatus},
 	"inject":     {"kernel launcher wrapper: inject -- ARGV...", runInject},
 	"kernelspec": {"install or uninstall the kernelspec wrapper", runKernelspec},
+	"ui":         {"print a one-time login URL for the web UI of the dev instance", runUI},
 
 	"nats-config": {"write the nats-server accounts and permissions of a deployment", runNatsConfig},
 }
