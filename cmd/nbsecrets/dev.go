@@ -125,9 +125,12 @@ func runDev(ctx context.Context, env *cliEnv, args []string) error {
 		}
 	}
 
-	// The embedded NATS server: loopback, a random port, JetStream under the state dir.
+	// The embedded NATS server: loopback, a random port, JetStream under the state dir,
+	// and no cap on consumers per stream (nats-server's default of 1,000 would refuse
+	// the 1,001st workspace's agent).
 	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true,
-		StoreDir: filepath.Join(dir, "jetstream"), NoSigs: true, NoLog: true, ServerName: "nbsecrets-dev"})
+		StoreDir: filepath.Join(dir, "jetstream"), NoSigs: true, NoLog: true, ServerName: "nbsecrets-dev",
+		JetStreamLimits: server.JSLimitOpts{DefaultMaxConsumers: -1}})
 	if err != nil {
 		return fmt.Errorf("embedded NATS: %w", err)
 	}

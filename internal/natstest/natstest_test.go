@@ -3,6 +3,7 @@ package natstest_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -63,5 +64,56 @@ func TestRestartKeepsStreams(t *testing.T) {
 	}
 	if _, err := kv.Get(ctx, "missing"); !errors.Is(err, jetstream.ErrKeyNotFound) {
 		t.Fatalf("missing key: %v", err)
+	}
+}
+
+// TestMoreThanAThousandConsumers creates 1,100 ordered consumers on one KV
+// bucket's stream, one filter each, as 1,100 workspace agents do: with
+// nats-server's default cap the 1,001st fails with error 10026.
+func TestMoreThanAThousandConsumers(t *testing.T) {
+	const n = 1100
+	s := natstest.Start(t)
+	nc, err := nats.Connect(s.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "many"}); err != nil {
+		t.Fatal(err)
+	}
+	const workers = 8
+	errs := make(chan error, workers)
+	for w := range workers {
+		go func() {
+			for i := w; i < n; i += workers {
+				_, err := js.OrderedConsumer(ctx, "KV_many", jetstream.OrderedConsumerConfig{
+					FilterSubjects: []string{fmt.Sprintf("$KV.many.ws%d.>", i)},
+					DeliverPolicy:  jetstream.DeliverLastPerSubjectPolicy,
+				})
+				if err != nil {
+					errs <- fmt.Errorf("consumer %d: %w", i, err)
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range workers {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	info, err := js.Stream(ctx, "KV_many")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := info.CachedInfo().State.Consumers; got != n {
+		t.Fatalf("stream has %d consumers, want %d", got, n)
 	}
 }
