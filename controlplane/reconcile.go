@@ -126,6 +126,7 @@ func target(m *secretMeta, d *directory, rekeyed func(string) bool) (changed, bu
 // It returns how many secrets changed, and the secrets it could not
 // reconcile; an error only when ctx ended.
 func (s *Service) reconcile(ctx context.Context, d *directory, rekeyed func(string) bool) (int, []error, error) {
+	s.revs.reset() // read what the bucket really holds: it may have lost records
 	ids, err := s.store.all(ctx)
 	if err != nil {
 		return 0, nil, fmt.Errorf("controlplane: %w", err)

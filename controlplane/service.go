@@ -68,6 +68,10 @@ type Service struct {
 	records jetstream.KeyValue // protocol.Bucket
 	store   *store             // ServiceBucket
 	openers sync.Map           // workspace id -> *protocol.Opener, to read our own records back
+	revs    revCache           // record key -> revision and version last written or verified
+	// verified counts the records read back and verified before being
+	// replaced (the slow path of writeRecord).
+	verified atomic.Int64
 
 	ctx    context.Context // cancelled by Stop once requests are done
 	cancel context.CancelFunc
