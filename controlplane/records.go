@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"sync"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -24,10 +23,14 @@ const fanoutWorkers = 64
 // written at once, each with its own compare-and-set.
 func (s *Service) publish(ctx context.Context, m *secretMeta, value []byte, d *directory) error {
 	now := s.now()
+	visible := make(map[string]bool, len(m.Visible))
+	for _, ws := range m.Visible {
+		visible[ws] = true
+	}
 	one := func(ws string) error {
 		scope := m.recordScope(ws)
 		build := func() ([]byte, error) {
-			if w, ok := d.workspace(ws); ok && slices.Contains(m.Visible, ws) {
+			if w, ok := d.workspace(ws); ok && visible[ws] {
 				return s.sealer.Put(protocol.Recipient{Workspace: ws, CurveKey: w.CurveKey}, m.ID, m.Name, m.Version, scope, value, now)
 			}
 			return s.sealer.Delete(ws, m.ID, m.Name, m.Version, scope, now)

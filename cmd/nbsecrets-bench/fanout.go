@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -39,6 +40,7 @@ type fanoutConfig struct {
 	natsServer string        // the nats-server binary
 	timeout    time.Duration // how long one round may take to apply everywhere
 	out        string        // JSON report file
+	cpuProfile string        // pprof file over the update rounds
 }
 
 // The targets of issue 12, for a single server on two cores.
@@ -230,6 +232,17 @@ func runFanout(ctx context.Context, cfg *fanoutConfig) (err error) {
 	}
 	progress(fmt.Sprintf("version 1: written %.2f s, applied everywhere %.2f s", rep.InitialWrittenS, rep.InitialAppliedS))
 
+	if cfg.cpuProfile != "" {
+		f, err := os.Create(cfg.cpuProfile)
+		if err != nil {
+			return err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			f.Close()
+			return err
+		}
+		cl.add(func() error { pprof.StopCPUProfile(); return f.Close() })
+	}
 	for r := range cfg.rounds {
 		version := uint64(r + 2)
 		if err := sleepCtx(ctx, time.Second); err != nil {

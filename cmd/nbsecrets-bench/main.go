@@ -271,6 +271,7 @@
 //	-fanout-creators N  agents creating their consumers at once (default 32)
 //	-fanout-timeout D how long an update may take to reach every agent (default 60s)
 //	-nats-server BIN  the nats-server binary for -fanout (default bin/nats-server)
+//	-fanout-cpuprofile FILE  the service's CPU profile over the update rounds (pprof)
 //
 // # Clean-up
 //
@@ -355,6 +356,7 @@ func parseFlags(args []string) (*config, error) {
 	fs.IntVar(&c.fanout.creators, "fanout-creators", 32, "fan-out: agents creating their consumers at once")
 	fs.DurationVar(&c.fanout.timeout, "fanout-timeout", 60*time.Second, "fan-out: how long one update may take to reach every agent")
 	fs.StringVar(&c.fanout.natsServer, "nats-server", filepath.Join("bin", "nats-server"), "fan-out: the nats-server binary (make bench-fanout builds it)")
+	fs.StringVar(&c.fanout.cpuProfile, "fanout-cpuprofile", "", "fan-out: write the service's CPU profile over the update rounds here")
 	fs.StringVar(&c.fanoutAgents, "fanout-agents", "", "internal: run as the fan-out's agents' process")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
