@@ -117,3 +117,53 @@ func TestMoreThanAThousandConsumers(t *testing.T) {
 		t.Fatalf("stream has %d consumers, want %d", got, n)
 	}
 }
+
+// TestClusterKeepsWritesAcrossLeaderLoss runs three nodes, an R3 bucket,
+// stops the bucket stream's leader, and checks that a new leader takes
+// writes and that a key written before is still there; then brings the
+// node back.
+func TestClusterKeepsWritesAcrossLeaderLoss(t *testing.T) {
+	c := natstest.StartCluster(t, 3)
+	nc, err := nats.Connect(c.URLs(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "r3", Replicas: 3, Storage: jetstream.FileStorage})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Put(ctx, "before", []byte("1")); err != nil {
+		t.Fatal(err)
+	}
+	leader := c.WaitStreamLeader("KV_r3", 10*time.Second)
+	c.Stop(leader)
+	start := time.Now()
+	for {
+		wctx, wcancel := context.WithTimeout(ctx, 2*time.Second)
+		_, err := kv.Put(wctx, "after", []byte("2"))
+		wcancel()
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("no write accepted within a minute of losing the stream leader: %v", err)
+		}
+	}
+	t.Logf("writes resumed %v after the stream leader (node %d) stopped", time.Since(start).Round(time.Millisecond), leader+1)
+	if now := c.StreamLeader("KV_r3"); now == leader || now < 0 {
+		t.Fatalf("stream leader is node %d after node %d stopped", now+1, leader+1)
+	}
+	e, err := kv.Get(ctx, "before")
+	if err != nil || string(e.Value()) != "1" {
+		t.Fatalf("a key written before the leader stopped: %v", err)
+	}
+	c.Restart(leader)
+	c.WaitReady()
+}
