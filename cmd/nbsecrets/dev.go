@@ -127,7 +127,8 @@ func runDev(ctx context.Context, env *cliEnv, args []string) error {
 
 	// The embedded NATS server: loopback, a random port, JetStream under
 	// the state dir, and the accounts and permissions of production (see
-	// devnats.go).
+	// devnats.go), with no cap on consumers per stream (nats-server's
+	// default of 1,000 would refuse the 1,001st workspace's agent).
 	ns, err := startDevNATS(dir, dirc)
 	if err != nil {
 		return err

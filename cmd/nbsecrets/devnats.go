@@ -115,6 +115,9 @@ include "%s"
 		return nil, fmt.Errorf("embedded NATS configuration: %w", err)
 	}
 	opts.NoSigs, opts.NoLog = true, true
+	// No cap on consumers per stream: nats-server's default of 1,000 would
+	// refuse the 1,001st workspace's agent.
+	opts.JetStreamLimits.DefaultMaxConsumers = -1
 	return opts, nil
 }
 
