@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 	"time"
@@ -27,6 +29,15 @@ type Config struct {
 	RuntimeDirs []string
 	// Socket is the local API's unix socket. Empty: no local API.
 	Socket string
+	// QuietSocket is the unix socket IPython kernels connect back to for
+	// the quiet channel (see quiet.go); kernels must be able to reach the
+	// same path. Empty: Socket + ".quiet", or a private temporary directory
+	// when Socket is empty too.
+	QuietSocket string
+	// NoQuiet serves IPython kernels over Jupyter's channels only (control,
+	// or a subshell), as before the quiet channel: every re-seed then shows
+	// on iopub.
+	NoQuiet bool
 	// Rescan is how often the runtime dirs are listed besides fsnotify.
 	// Zero: 10s.
 	Rescan time.Duration
@@ -72,6 +83,7 @@ type Agent struct {
 	obs     observer
 	started time.Time
 	access  *accessBox // SetAccess to the syncer
+	quiet   *quietHub
 
 	mu      sync.Mutex
 	running bool
@@ -110,11 +122,12 @@ func New(cfg Config) (*Agent, error) {
 		}
 		rs = cfg.JupyterServer
 	}
-	if cfg.dial == nil {
-		cfg.dial = dialJupyter
-	}
 	log := cfg.Logger.With("workspace", cfg.Workspace.ID)
-	a := &Agent{cfg: cfg, log: log, st: newStore(cfg.Workspace), metrics: &metrics{}, access: newAccessBox()}
+	hub := newQuietHub(log.Named("quiet"))
+	if cfg.dial == nil {
+		cfg.dial = hub.dial
+	}
+	a := &Agent{cfg: cfg, log: log, st: newStore(cfg.Workspace), metrics: &metrics{}, access: newAccessBox(), quiet: hub}
 	if cfg.StateFile != "" {
 		a.state = &stateStore{path: cfg.StateFile, ws: cfg.Workspace.ID, keys: cfg.Opener.SignerKeys()}
 		floor, err := a.state.load()
@@ -160,7 +173,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	errs := make(chan error, 3)
+	errs := make(chan error, 4)
 	var obsL net.Listener
 	if a.cfg.MetricsAddr != "" {
 		if obsL, err = a.listenObserve(); err != nil {
@@ -178,6 +191,21 @@ func (a *Agent) Run(ctx context.Context) error {
 			defer wg.Done()
 			if err := a.serveAPI(ctx, l); err != nil {
 				errs <- fmt.Errorf("agent: local API: %w", err)
+				cancel()
+			}
+		}()
+	}
+	if !a.cfg.NoQuiet {
+		l, path, cleanup, err := a.listenQuiet()
+		if err != nil {
+			return fmt.Errorf("agent: quiet channel: %w", err)
+		}
+		defer cleanup()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := a.quiet.serve(ctx, l, path); err != nil {
+				errs <- fmt.Errorf("agent: quiet channel: %w", err)
 				cancel()
 			}
 		}()
@@ -213,6 +241,28 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.log.Info("agent stopped")
 	return errors.Join(all...)
+}
+
+// listenQuiet opens the quiet channel's socket (see Config.QuietSocket).
+func (a *Agent) listenQuiet() (net.Listener, string, func(), error) {
+	path := a.cfg.QuietSocket
+	cleanup := func() {}
+	if path == "" && a.cfg.Socket != "" {
+		path = a.cfg.Socket + ".quiet"
+	}
+	if path == "" {
+		dir, err := os.MkdirTemp("", "nbsecrets-quiet-")
+		if err != nil {
+			return nil, "", nil, err
+		}
+		path, cleanup = filepath.Join(dir, "quiet.sock"), func() { _ = os.RemoveAll(dir) }
+	}
+	l, err := listen(path, a.log.Named("quiet"))
+	if err != nil {
+		cleanup()
+		return nil, "", nil, err
+	}
+	return l, path, cleanup, nil
 }
 
 // saveState records the versions held, if the agent keeps a state file.

@@ -74,7 +74,8 @@ type worker struct {
 
 	mu     sync.Mutex
 	status KernelStatus
-	busy   func() bool // the connected session's Busy; nil while not connected
+	busy   func() bool        // the connected session's Busy; nil while not connected
+	desc   func() Description // the connected session's Describe (its mode can change); nil while not connected
 }
 
 func (w *worker) update(f func(*KernelStatus)) {
@@ -88,6 +89,9 @@ func (w *worker) snapshot() KernelStatus {
 	defer w.mu.Unlock()
 	s := w.status
 	s.Busy = w.busy != nil && w.busy()
+	if w.desc != nil {
+		s.Mode = w.desc().Mode
+	}
 	s.Holds = make(map[string]Held, len(w.status.Holds))
 	for k, v := range w.status.Holds {
 		s.Holds[k] = v
@@ -224,12 +228,12 @@ func (ks *kernels) serve(ctx context.Context, w *worker) {
 		desc := sess.Describe()
 		w.mu.Lock()
 		w.status.Language, w.status.Mode, w.status.LastError = desc.Language, desc.Mode, ""
-		w.busy = sess.Busy
+		w.busy, w.desc = sess.Busy, sess.Describe
 		w.mu.Unlock()
 		log.Info("kernel connected", "language", desc.Language, "mode", desc.Mode)
 		err = ks.follow(ctx, w, sess, wake, log)
 		w.mu.Lock()
-		w.busy = nil
+		w.busy, w.desc = nil, nil
 		w.mu.Unlock()
 		_ = sess.Close()
 		if err == nil {

@@ -9,6 +9,8 @@ import (
 	"os"
 	"sort"
 	"strings"
+
+	"github.com/nbsecrets/nbsecrets/protocol/jupyter"
 )
 
 // rReseed is one R expression that applies p in an IRkernel: Sys.unsetenv
@@ -136,16 +138,17 @@ func rHexVector(ss []string) string {
 }
 
 // probeShellIdle is Probe for a single-threaded kernel (IRkernel): one
-// thread serves shell, control and heartbeat, control answers only
-// shutdown, and nothing answers while a cell runs. A busy kernel cannot be
-// told from a hung one, so it passes; a dead one is caught by Done. An idle
-// kernel must answer kernel_info on shell; if a cell started meanwhile and
-// holds the shell, the probe passes too.
+// thread serves shell, control and heartbeat, and nothing answers while a
+// cell runs. A busy kernel cannot be told from a hung one, so it passes; a
+// dead one is caught by Done. An idle kernel must echo on its heartbeat,
+// which Jupyter does not see (a kernel_info on shell would record
+// activity); if a cell started meanwhile and holds the thread, the probe
+// passes too.
 func (s *jupyterSession) probeShellIdle(ctx context.Context) error {
 	if s.Busy() {
 		return nil
 	}
-	if _, err := s.c.KernelInfo(ctx); err != nil && !s.Busy() {
+	if err := jupyter.Ping(ctx, &s.info); err != nil && !s.Busy() {
 		return err
 	}
 	return nil

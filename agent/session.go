@@ -63,17 +63,29 @@ type session interface {
 // dialer opens a session to the kernel of a connection file.
 type dialer func(ctx context.Context, connFile string) (session, error)
 
-// dialJupyter connects to a kernel over its ZMQ sockets and chooses how to
-// re-seed it: a subshell where the kernel offers them, else the control
-// channel for IPython kernels.
-//
-// Why not the shell channel when the kernel is idle: choosing per re-seed
-// between shell and control races with a cell that starts between the check
-// and the send, and a re-seed queued on shell behind a long cell would wait
-// for it to end. One ordered channel per kernel keeps re-seeds in order and
-// prompt, busy or idle. IRkernel leaves no choice: one thread serves every
-// channel, so it is re-seeded on shell once idle (ModeShellIdle).
+// dialJupyter is a dial without the quiet channel (tests, tools): a kernel
+// is served over Jupyter's channels only.
 func dialJupyter(ctx context.Context, connFile string) (session, error) {
+	return (*quietHub)(nil).dial(ctx, connFile)
+}
+
+// idleWithin is how long dial waits for a kernel's shell to answer before
+// taking it to be running a cell.
+const idleWithin = 1500 * time.Millisecond
+
+// dial connects to a kernel over its ZMQ sockets and chooses how to re-seed
+// it: the quiet channel for IPython kernels (see quiet.go), installed at
+// once when the shell is free, else once the running cell ends; meanwhile,
+// and where the hub does not listen, a subshell where the kernel offers
+// them, else the control channel.
+//
+// Why not the shell channel for every re-seed when the kernel is idle:
+// choosing per re-seed between shell and control races with a cell that
+// starts between the check and the send, and a re-seed queued on shell
+// behind a long cell would wait for it to end; each also shows on iopub.
+// IRkernel leaves no choice: one thread serves every channel, so it is
+// re-seeded on shell once idle (ModeShellIdle).
+func (h *quietHub) dial(ctx context.Context, connFile string) (session, error) {
 	info, err := jupyter.ReadConnectionFile(connFile)
 	if err != nil {
 		return nil, err
@@ -82,52 +94,182 @@ func dialJupyter(ctx context.Context, connFile string) (session, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connecting: %w", err)
 	}
-	// Ask on control first: ipykernel >= 6 answers there while a cell runs
-	// on shell, so a kernel found mid-cell (an agent restarted under running
-	// notebooks) is served at once. Kernels whose control channel does not
-	// answer (IRkernel) are asked on shell.
-	cctx, cancel := context.WithTimeout(ctx, time.Second)
-	ki, err := c.KernelInfoOn(cctx, jupyter.Control)
-	cancel()
-	if err != nil && ctx.Err() == nil {
-		ki, err = c.KernelInfo(ctx)
-	}
-	if err != nil {
-		_ = c.Close()
-		return nil, fmt.Errorf("kernel_info: %w", err)
-	}
 	sctx, stop := context.WithCancel(context.Background())
-	s := &jupyterSession{connFile: connFile, c: c, stop: stop, busy: newBusyTracker(), desc: Description{
-		Language: ki.LanguageInfo.Name, Implementation: ki.Implementation, Protocol: ki.ProtocolVersion, Mode: ModeNone,
-	}}
-	s.wg.Add(2)
+	s := &jupyterSession{connFile: connFile, info: *info, c: c, hub: h, stop: stop, busy: newBusyTracker(),
+		lost: make(chan struct{})}
+	s.closeLost = sync.OnceFunc(func() { close(s.lost) })
+	s.wg.Add(3)
 	go func() { defer s.wg.Done(); s.busy.follow(c.IOPub(), c.Session()) }()
 	go func() { defer s.wg.Done(); s.busy.probeShell(sctx, c) }()
+	go func() { // owned by the session: ends with it
+		defer s.wg.Done()
+		select {
+		case <-c.Done():
+			s.closeLost()
+		case <-sctx.Done():
+		}
+	}()
+	fail := func(err error) (session, error) {
+		_ = s.Close()
+		return nil, err
+	}
+	// Is the shell free? The busy tracker's kernel_info on shell is
+	// answered only once no cell runs, so its busy/idle statuses are honest.
+	// Then ask on shell who the kernel is. A kernel that does not answer in
+	// time runs a cell (or is IRkernel running one, or hung): ask on
+	// control, which ipykernel >= 6 answers beside a running cell;
+	// IRkernel's control does not answer, so then on shell.
+	ictx, cancel := context.WithTimeout(ctx, idleWithin)
+	idle := s.busy.waitIdle(ictx) == nil
+	cancel()
+	var ki *jupyter.KernelInfo
+	if idle {
+		ki, err = c.KernelInfo(ctx)
+	} else {
+		cctx, cancel := context.WithTimeout(ctx, time.Second)
+		ki, err = c.KernelInfoOn(cctx, jupyter.Control)
+		cancel()
+		if err != nil && ctx.Err() == nil {
+			ki, err = c.KernelInfo(ctx)
+		}
+	}
+	if err != nil {
+		return fail(fmt.Errorf("kernel_info: %w", err))
+	}
+	s.desc = Description{Language: ki.LanguageInfo.Name, Implementation: ki.Implementation, Protocol: ki.ProtocolVersion, Mode: ModeNone}
 	switch ki.LanguageInfo.Name {
 	case "R": // IRkernel: control answers only shutdown; see rReseed
 		s.desc.Mode, s.ch = ModeShellIdle, jupyter.Shell
+		return s, nil
 	case "python":
-		s.desc.Mode = ModeControl
-		s.ch = jupyter.Control
-		if ki.Supports(jupyter.FeatureSubshells) {
-			id, err := c.CreateSubshell(ctx)
-			if err == nil {
-				s.desc.Mode, s.subshell, s.ch = ModeSubshell, id, jupyter.Shell
-			}
+	default:
+		return s, nil
+	}
+	quiet := h.socketPath() != "" && ki.Implementation == "ipython"
+	if quiet && idle {
+		q, err := s.install(ctx)
+		if err == nil {
+			s.useQuiet(sctx, q)
+			return s, nil
 		}
+		h.log.Info("quiet channel not installed at first contact; serving the kernel over control until it is",
+			"kernel", kernelID(connFile), "error", err)
+	}
+	s.desc.Mode, s.ch = ModeControl, jupyter.Control
+	if ki.Supports(jupyter.FeatureSubshells) {
+		if id, err := c.CreateSubshell(ctx); err == nil {
+			s.desc.Mode, s.subshell, s.ch = ModeSubshell, id, jupyter.Shell
+		}
+	}
+	if quiet {
+		s.desc.Mode = map[Mode]Mode{ModeControl: ModeControlWaiting, ModeSubshell: ModeSubshellWaiting}[s.desc.Mode]
+		s.wg.Add(1)
+		go func() { defer s.wg.Done(); s.installWhenIdle(sctx) }() // owned by the session
 	}
 	return s, nil
 }
 
+// installAttempts bounds the installs tried on one session: a kernel whose
+// install fails (a user's code broke what it uses) stays on control.
+const installAttempts = 3
+
+// installWhenIdle installs the quiet channel once the running cell ends.
+func (s *jupyterSession) installWhenIdle(ctx context.Context) {
+	log := s.hub.log.With("kernel", kernelID(s.connFile))
+	for range installAttempts {
+		if s.busy.waitIdle(ctx) != nil {
+			return
+		}
+		// A cell started meanwhile puts the install behind it: wait for it.
+		ictx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+		q, err := s.install(ictx)
+		cancel()
+		if err == nil {
+			s.useQuiet(ctx, q)
+			log.Info("quiet channel installed once the kernel was idle")
+			return
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		log.Warn("quiet channel install failed; the kernel stays on control", "error", err)
+		if !waitCtx(ctx, 5*time.Second) {
+			return
+		}
+	}
+}
+
+// install runs the quiet channel's install on shell and returns the
+// kernel's connection, checked to come from the kernel's own process.
+func (s *jupyterSession) install(ctx context.Context) (*quietConn, error) {
+	t, err := s.hub.expect()
+	if err != nil {
+		return nil, err
+	}
+	defer s.hub.forget(t)
+	code, err := quietInstallCode(s.hub.socketPath(), t.token)
+	if err != nil {
+		return nil, err
+	}
+	opts := jupyter.SilentOptions()
+	opts.UserExpressions = map[string]string{"pid": quietPIDExpression}
+	reply, err := s.c.Execute(ctx, jupyter.Shell, code, opts)
+	if err != nil {
+		return nil, fmt.Errorf("installing the quiet channel: %w", err)
+	}
+	if err := reply.Err(); err != nil {
+		return nil, fmt.Errorf("installing the quiet channel: %w", err)
+	}
+	pid, err := parsePIDExpression(reply.UserExpressions["pid"])
+	if err != nil {
+		return nil, fmt.Errorf("installing the quiet channel: %w", err)
+	}
+	select {
+	case q := <-t.conn:
+		if q.pid != pid {
+			_ = q.Close()
+			return nil, fmt.Errorf("installing the quiet channel: the connection came from pid %d, not the kernel's %d", q.pid, pid)
+		}
+		return q, nil
+	case <-ctx.Done():
+		return nil, fmt.Errorf("installing the quiet channel: waiting for the kernel to connect: %w", ctx.Err())
+	}
+}
+
+// useQuiet switches the session to the quiet connection q.
+func (s *jupyterSession) useQuiet(ctx context.Context, q *quietConn) {
+	s.mu.Lock()
+	s.quiet = q
+	s.desc.Mode = ModeQuiet
+	s.mu.Unlock()
+	s.wg.Add(1)
+	go func() { // owned by the session: ends with it
+		defer s.wg.Done()
+		select {
+		case <-q.Done():
+			s.closeLost()
+		case <-ctx.Done():
+		}
+	}()
+}
+
 type jupyterSession struct {
 	connFile string
+	info     jupyter.ConnectionInfo
 	c        *jupyter.Client
-	desc     Description
+	hub      *quietHub
 	ch       jupyter.Channel
 	subshell string
 	busy     *busyTracker
 	stop     context.CancelFunc
 	wg       sync.WaitGroup
+
+	lost      chan struct{} // closed when the kernel's connection or quiet channel is lost
+	closeLost func()
+
+	mu    sync.Mutex
+	desc  Description
+	quiet *quietConn // nil until installed
 }
 
 // Busy reports whether a cell is running on the kernel's shell, as far as
@@ -137,15 +279,25 @@ func (s *jupyterSession) Busy() bool { return s.busy.isBusy() }
 // WaitIdle waits until no cell runs on the kernel's shell, or ctx ends.
 func (s *jupyterSession) WaitIdle(ctx context.Context) error { return s.busy.waitIdle(ctx) }
 
-func (s *jupyterSession) Describe() Description { return s.desc }
+func (s *jupyterSession) Describe() Description {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.desc
+}
 
 func (s *jupyterSession) Apply(ctx context.Context, p Plan, managed string) error {
-	if s.desc.Mode == ModeNone {
+	s.mu.Lock()
+	mode, q := s.desc.Mode, s.quiet
+	s.mu.Unlock()
+	if q != nil {
+		return q.apply(ctx, p, managed)
+	}
+	if mode == ModeNone {
 		return errors.New("kernel has no live re-seed")
 	}
 	var code string
 	var err error
-	if s.desc.Mode == ModeShellIdle {
+	if mode == ModeShellIdle {
 		// Queued behind a running cell the re-seed would hold the worker
 		// until the cell ends; wait for idle within ctx instead, so a cell
 		// that outlasts the apply timeout fails this try and the worker
@@ -174,27 +326,40 @@ func (s *jupyterSession) Apply(ctx context.Context, p Plan, managed string) erro
 	return nil
 }
 
-func (s *jupyterSession) Done() <-chan struct{} { return s.c.Done() }
+// Done is closed when the kernel's ZMQ connection or, once installed, its
+// quiet connection is lost.
+func (s *jupyterSession) Done() <-chan struct{} { return s.lost }
 
 func (s *jupyterSession) Shutdown(ctx context.Context, restart bool) error {
 	_, err := s.c.Request(ctx, jupyter.Control, "shutdown_request", map[string]any{"restart": restart}, nil)
 	return err
 }
 
+// Probe checks the kernel on its heartbeat channel, which Jupyter does not
+// see (no request, no status, no activity); the quiet connection's EOF and
+// the ZMQ connection's loss are caught by Done.
 func (s *jupyterSession) Probe(ctx context.Context) error {
-	if s.desc.Mode == ModeShellIdle {
+	s.mu.Lock()
+	mode := s.desc.Mode
+	s.mu.Unlock()
+	if mode == ModeShellIdle {
 		return s.probeShellIdle(ctx)
 	}
-	ch := jupyter.Control // answered while a cell runs on shell (ipykernel >= 6)
-	_, err := s.c.Request(ctx, ch, "kernel_info_request", map[string]any{}, nil)
-	return err
+	return jupyter.Ping(ctx, &s.info)
 }
 
 func (s *jupyterSession) Close() error {
 	s.stop()
+	s.mu.Lock()
+	q := s.quiet
+	s.mu.Unlock()
+	var qerr error
+	if q != nil {
+		qerr = q.Close()
+	}
 	err := s.c.Close() // closes IOPub, which ends follow
 	s.wg.Wait()
-	return err
+	return errors.Join(err, qerr)
 }
 
 // busyTracker follows whether a cell runs on the kernel's shell, from its

@@ -1,0 +1,306 @@
+package platformtest
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nbsecrets/nbsecrets/internal/testutil"
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	RemoveBuild()
+	os.Exit(code)
+}
+
+// The culling settings of issue 8: a kernel idle for 8 s is culled, checked
+// every 2 s, a busy one never.
+const (
+	cullIdle     = 8 * time.Second
+	cullInterval = 2 * time.Second
+)
+
+var cullingServer = JupyterApp{Module: Server.Module, Class: Server.Class, Args: []string{
+	"--MappingKernelManager.cull_idle_timeout=8",
+	"--MappingKernelManager.cull_interval=2",
+	"--MappingKernelManager.cull_busy=False",
+}}
+
+// secretName is the secret the platform tests change.
+const secretName = "PLATFORM_TOKEN"
+
+func digest(v string) string {
+	s := sha256.Sum256([]byte(v))
+	return hex.EncodeToString(s[:])
+}
+
+// digestCell sleeps, then prints the digest of the secret as the kernel
+// has it (never the value).
+func digestCell(sleep time.Duration) string {
+	return fmt.Sprintf("import time as _t, os as _o, hashlib as _h\n_t.sleep(%g)\n"+
+		"print(_h.sha256(_o.environ.get(%q, '').encode()).hexdigest())\ndel _t, _o, _h\n", sleep.Seconds(), secretName)
+}
+
+// changer updates the secret every interval from a goroutine the test
+// owns, until stop; it returns the last value set.
+type changer struct {
+	stop chan struct{}
+	done chan struct{}
+	// Read after finish: the values set, when each update returned, and
+	// the first error.
+	values []string
+	times  []time.Time
+	last   string
+	n      int
+	err    error
+}
+
+func startChanger(t *testing.T, d *Dev, interval time.Duration) *changer {
+	c := &changer{stop: make(chan struct{}), done: make(chan struct{})}
+	go func() { // ends on stop or on the first failed update
+		defer close(c.done)
+		tick := time.NewTicker(interval)
+		defer tick.Stop()
+		for {
+			select {
+			case <-c.stop:
+				return
+			case <-tick.C:
+			}
+			b := make([]byte, 8)
+			_, _ = rand.Read(b)
+			v := "platform-" + hex.EncodeToString(b)
+			if _, err := d.Run(v, "secret", "update", secretName); err != nil {
+				c.err = err
+				return
+			}
+			c.last, c.n = v, c.n+1
+			c.values, c.times = append(c.values, v), append(c.times, time.Now())
+		}
+	}()
+	t.Cleanup(c.finish)
+	return c
+}
+
+// finish stops the changes and waits for the one in flight.
+func (c *changer) finish() {
+	select {
+	case <-c.stop:
+	default:
+		close(c.stop)
+	}
+	<-c.done
+}
+
+// TestJupyterServerCulling runs a real Jupyter Server with kernel culling
+// (idle 8 s, every 2 s, never a busy kernel) and two kernels started
+// through its REST API on the wrapped kernelspec, both served by the
+// agent of `nbsecrets dev`. While the secret changes every 1.2 s for 7 s
+// and the agent's own liveness checks run:
+//
+//   - a quiet 26 s cell on the first kernel must survive, its kernel
+//     reported busy by /api/kernels for the whole cell, and it must end
+//     holding the last value (the changes reached it while it ran);
+//   - the second kernel, idle after the agent's first contact, must be
+//     culled on time: its last_activity never moves after the changes
+//     begin, and it is gone by 8 s + 2 s (+ slack) after it.
+func TestJupyterServerCulling(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a real Jupyter Server and a 20 s cell")
+	}
+	d := StartDev(t, Build(t))
+	d.Set(t, secretName, "platform-"+RandHex(t))
+	j := StartJupyter(t, d, cullingServer)
+	busyID, idleID := j.StartKernel(t), j.StartKernel(t)
+	d.WaitHeld(t, busyID, secretName, 60*time.Second)
+	d.WaitHeld(t, idleID, secretName, 60*time.Second)
+
+	// Both kernels served: the first contact is over. The cell's kernel
+	// gets a client of the test (a user's); the idle one only a listener.
+	busy := Watch(t, d.ConnectionFile(busyID), true)
+	idle := Watch(t, d.ConnectionFile(idleID), false)
+	testutil.WaitFor(t, 30*time.Second, func() error {
+		ks, err := j.Kernels()
+		if err != nil {
+			return err
+		}
+		for _, k := range ks {
+			if k.ExecutionState != "idle" {
+				return fmt.Errorf("kernel %s is %q", k.ID, k.ExecutionState)
+			}
+		}
+		return nil
+	})
+
+	// The cell outlasts the changes by more than the idle timeout plus a
+	// probe interval of the agent (15 s): a platform that took the agent's
+	// traffic for the end of the cell would cull it before its end.
+	const cell, changing = 26 * time.Second, 7 * time.Second
+	sampler := j.Sample(t, 200*time.Millisecond)
+	type runResult struct {
+		stdout string
+		err    error
+	}
+	ran := make(chan runResult, 1)
+	cellCtx, cancelCell := context.WithTimeout(context.Background(), cell+40*time.Second)
+	defer cancelCell()
+	t0 := time.Now()
+	go func() { // ends when the cell returns or cellCtx ends
+		res, err := busy.Client.Run(cellCtx, digestCell(cell))
+		if err == nil {
+			err = res.Reply.Err()
+		}
+		if err != nil {
+			ran <- runResult{err: err}
+			return
+		}
+		ran <- runResult{stdout: strings.TrimSpace(res.Stdout)}
+	}()
+	// The server has seen the cell begin.
+	testutil.WaitFor(t, 30*time.Second, func() error {
+		for _, s := range sampler.Samples() {
+			if s.At.After(t0) && s.Kernels[busyID].ExecutionState == "busy" {
+				return nil
+			}
+		}
+		return fmt.Errorf("the Jupyter Server has not seen the cell begin")
+	})
+	busySeen := time.Now()
+	changesFrom := time.Now()
+	ch := startChanger(t, d, 1200*time.Millisecond)
+
+	// Changes for a while, then the agent must show the cell's kernel
+	// holding the last value before the cell prints it.
+	var res runResult
+	select {
+	case res = <-ran:
+		t.Fatalf("the cell ended %.1fs in, before its time: %v", time.Since(t0).Seconds(), res.err)
+	case <-time.After(time.Until(changesFrom.Add(changing))):
+	}
+	ch.finish()
+	if ch.err != nil {
+		t.Fatalf("changing the secret: %v", ch.err)
+	}
+	if ch.n < 5 {
+		t.Fatalf("only %d changes during the cell", ch.n)
+	}
+	last := ch.last
+	d.WaitHeld(t, busyID, secretName, 30*time.Second)
+	res = <-ran
+	cellEnd := time.Now()
+	samples := sampler.Stop()
+
+	// The cell ran to its end, saw the last change, and its kernel was
+	// busy in every sample taken while it ran.
+	if res.err != nil {
+		why := ""
+		if j.Culled(busyID) {
+			why = " (the Jupyter Server culled its kernel)"
+		}
+		t.Errorf("the cell did not finish: it ended %.1fs into its %v with %v%s", cellEnd.Sub(t0).Seconds(), cell, res.err, why)
+	} else if res.stdout != digest(last) {
+		t.Errorf("the cell ended with %q, not the digest of the last value (%d changes)", res.stdout, ch.n)
+	}
+	var wrong []string
+	for _, s := range samples {
+		if s.Err != nil || s.At.Before(busySeen) || !s.At.Before(cellEnd.Add(-time.Second)) {
+			continue
+		}
+		k, ok := s.Kernels[busyID]
+		switch {
+		case !ok:
+			wrong = append(wrong, fmt.Sprintf("%.1fs gone", s.At.Sub(t0).Seconds()))
+		case k.ExecutionState != "busy":
+			wrong = append(wrong, fmt.Sprintf("%.1fs %s", s.At.Sub(t0).Seconds(), k.ExecutionState))
+		}
+	}
+	if len(wrong) > 0 {
+		t.Errorf("/api/kernels did not say busy for the running cell in %d samples: %s", len(wrong), strings.Join(first(wrong, 10), ", "))
+	}
+	if f := busy.Foreign(busySeen, cellEnd); len(f) > 0 {
+		t.Errorf("the agent caused %d iopub messages on the busy kernel during the cell:%s", len(f), Describe(f, t0))
+	}
+
+	// The idle kernel: culled on time, its last_activity never moved by
+	// the changes.
+	var before, firstContact time.Time // its last_activity when the changes began
+	culled := time.Time{}
+	var moves, idleWrong []string
+	for _, s := range samples {
+		if s.Err != nil {
+			continue
+		}
+		k, ok := s.Kernels[idleID]
+		if !ok {
+			if culled.IsZero() {
+				culled = s.At
+			}
+			continue
+		}
+		if k.ExecutionState != "idle" {
+			idleWrong = append(idleWrong, fmt.Sprintf("%.1fs %s", s.At.Sub(t0).Seconds(), k.ExecutionState))
+		}
+		if !s.At.After(changesFrom) {
+			before, firstContact = k.LastActivity, k.LastActivity
+			continue
+		}
+		if !before.IsZero() && k.LastActivity.After(before) {
+			moves = append(moves, fmt.Sprintf("%.1fs → %s", s.At.Sub(t0).Seconds(), k.LastActivity.Format("15:04:05.000")))
+			before = k.LastActivity
+		}
+	}
+	if len(idleWrong) > 0 {
+		t.Errorf("/api/kernels did not say idle for the idle kernel in %d samples: %s", len(idleWrong), strings.Join(first(idleWrong, 10), ", "))
+	}
+	if len(moves) > 0 {
+		t.Errorf("the idle kernel's last_activity moved %d times while secrets changed: %s", len(moves), strings.Join(first(moves, 10), ", "))
+	}
+	// Not counted: the culler's shutdown_request (the agent has no restart
+	// policy here, so it sends none).
+	var f []IOPubMsg
+	for _, m := range idle.Foreign(changesFrom, time.Time{}) {
+		if m.ParentType != "shutdown_request" {
+			f = append(f, m)
+		}
+	}
+	if len(f) > 0 {
+		t.Errorf("the agent caused %d iopub messages on the idle kernel:%s", len(f), Describe(f, t0))
+	}
+	changesBeforeCull := 0
+	for _, at := range ch.times {
+		if culled.IsZero() || at.Before(culled) {
+			changesBeforeCull++
+		}
+	}
+	if culled.IsZero() {
+		t.Errorf("the idle kernel was not culled in %.1fs of changes (culling: idle %v, every %v)", cellEnd.Sub(changesFrom).Seconds(), cullIdle, cullInterval)
+	} else if late := culled.Sub(changesFrom); late > cullIdle+cullInterval+5*time.Second {
+		t.Errorf("the idle kernel was culled %.1fs after the changes began: late", late.Seconds())
+	} else if changesBeforeCull < 2 {
+		t.Errorf("the idle kernel was culled %.1fs after the changes began, after only %d changes: the test proves nothing", late.Seconds(), changesBeforeCull)
+	} else {
+		t.Logf("the idle kernel was culled %.1fs after the changes began (%.1fs after its last activity), after %d changes; the cell's kernel was busy in every sample of its %.0fs cell (%d changes)",
+			late.Seconds(), culled.Sub(firstContact).Seconds(), changesBeforeCull, cell.Seconds(), ch.n)
+	}
+	out := d.Output()
+	for _, v := range ch.values {
+		if strings.Contains(out, v) {
+			t.Error("a secret value appears in the output of nbsecrets dev")
+			break
+		}
+	}
+}
+
+func first(s []string, n int) []string {
+	if len(s) > n {
+		return append(s[:n:n], fmt.Sprintf("... (%d in all)", len(s)))
+	}
+	return s
+}
