@@ -13,7 +13,7 @@ build:
 
 # The whole suite, with the race detector. Real-kernel tests need `make deps`.
 test:
-	$(GO) test -race -count=1 $(PKGS)
+	$(GO) test -race -count=1 -timeout 30m $(PKGS)
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \

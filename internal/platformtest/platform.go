@@ -143,6 +143,11 @@ func StartDev(t testing.TB, bin string) *Dev {
 	}
 	d.start()
 	t.Cleanup(d.Stop)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("nbsecrets dev output:\n%s", d.Output())
+		}
+	})
 	return d
 }
 
