@@ -20,6 +20,9 @@ import (
 // runAgent is `nbsecrets agent`: the workspace sidecar against a production
 // NATS. Every flag has an environment variable for container deployments.
 func runAgent(ctx context.Context, env *cliEnv, args []string) error {
+	if i := slices.Index(args, "--exec"); i >= 0 {
+		return runAgentExec(ctx, env, args[:i], args[i+1:]) // hubagent.go
+	}
 	lowMemory()
 	fs := newFlags(env, "agent", "[flags]")
 	url := fs.String("nats", envOr("NATS_URL", nats.DefaultURL), "NATS server URL(s), comma-separated ($NATS_URL)")
