@@ -65,8 +65,13 @@ func (r *Rollout) receive(m *nats.Msg) {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if old, ok := r.latest[st.Workspace]; ok && old.st.Started.Equal(st.Started) && old.st.Seq > st.Seq {
+	old, ok := r.latest[st.Workspace]
+	if ok && old.st.Started.Equal(st.Started) && old.st.Seq > st.Seq {
 		return // an older message of the same agent run, overtaken
+	}
+	if !ok && len(r.latest) >= maxRolloutWorkspaces {
+		r.log.Warn("agent status refused", "subject", m.Subject, "reason", "too many workspaces reporting")
+		return
 	}
 	r.latest[st.Workspace] = received{st: st, at: r.now()}
 }
@@ -82,6 +87,13 @@ func (r *Rollout) of(ws string) (*protocol.WorkspaceStatus, time.Time, bool) {
 	return x.st, x.at, ok
 }
 
+// maxRolloutWorkspaces bounds how many workspaces' status Rollout keeps.
+const maxRolloutWorkspaces = 1 << 16
+
+// silentAfter is how long after its last status an agent counts as silent:
+// three of its heartbeats (agent/statuspub.go).
+const silentAfter = 15 * time.Second
+
 // rolloutView is the reply of GET api/v1/secrets/{id}/rollout.
 type rolloutView struct {
 	SecretID   string             `json:"secret_id"`
@@ -92,8 +104,11 @@ type rolloutView struct {
 
 type workspaceRollout struct {
 	ID string `json:"id"`
-	// Reporting: the workspace's agent has sent a status; LastSeen is when.
+	// Reporting: the workspace's agent has sent a status; LastSeen is
+	// when. Silent: not for silentAfter (stopped, or cut off): what it
+	// last said may be out of date.
 	Reporting bool              `json:"reporting"`
+	Silent    bool              `json:"silent,omitempty"`
 	LastSeen  time.Time         `json:"last_seen,omitzero"`
 	Holds     uint64            `json:"holds"` // the version the agent holds, 0 = none
 	Shadowed  string            `json:"shadowed_by,omitempty"`
@@ -118,7 +133,7 @@ func (s *Server) rolloutOf(info *controlplane.SecretInfo) rolloutView {
 		w := workspaceRollout{ID: ws, Kernels: []kernelRolloutUI{}}
 		st, at, ok := s.rollout.of(ws)
 		if ok {
-			w.Reporting, w.LastSeen = true, at
+			w.Reporting, w.LastSeen, w.Silent = true, at, s.rollout.now().Sub(at) > silentAfter
 			for _, sec := range st.Secrets {
 				if sec.SecretID != info.ID {
 					continue
@@ -151,6 +166,8 @@ func (s *Server) rolloutOf(info *controlplane.SecretInfo) rolloutView {
 // waitingReason says why kernel k does not hold the newest version yet.
 func waitingReason(w workspaceRollout, k protocol.KernelRollout) string {
 	switch {
+	case w.Silent:
+		return "its agent has been silent since " + w.LastSeen.UTC().Format(time.TimeOnly) + " UTC"
 	case w.Shadowed != "":
 		return "hidden in this workspace by the same-named secret of " + w.Shadowed
 	case k.PendingRestart != "" && k.Busy:

@@ -237,3 +237,27 @@ func TestRolloutView(t *testing.T) {
 		t.Fatalf("misaddressed status not logged")
 	}
 }
+
+// TestWaitingReason: the rollout view says why a kernel is not at the
+// newest version, in the order that matters.
+func TestWaitingReason(t *testing.T) {
+	seen := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	for _, c := range []struct {
+		w    workspaceRollout
+		k    protocol.KernelRollout
+		want string
+	}{
+		{workspaceRollout{Silent: true, LastSeen: seen}, protocol.KernelRollout{State: "live"}, "silent since 03:04:05 UTC"},
+		{workspaceRollout{Shadowed: "user:bob"}, protocol.KernelRollout{State: "live"}, "hidden in this workspace by the same-named secret of user:bob"},
+		{workspaceRollout{}, protocol.KernelRollout{State: "live", PendingRestart: "secret changed", Busy: true}, "a restart is owed (secret changed); a cell is running"},
+		{workspaceRollout{}, protocol.KernelRollout{State: "live", PendingRestart: "secret changed"}, "a restart is owed (secret changed)"},
+		{workspaceRollout{}, protocol.KernelRollout{State: "start-only"}, "start-only kernel"},
+		{workspaceRollout{}, protocol.KernelRollout{State: "unreachable"}, "kernel unreachable"},
+		{workspaceRollout{}, protocol.KernelRollout{State: "live", Mode: "live:shell-idle", Busy: true}, "the change arrives when it ends"},
+		{workspaceRollout{}, protocol.KernelRollout{State: "connecting"}, "connecting"},
+	} {
+		if got := waitingReason(c.w, c.k); !strings.Contains(got, c.want) {
+			t.Errorf("%+v %+v: %q, want %q", c.w, c.k, got, c.want)
+		}
+	}
+}

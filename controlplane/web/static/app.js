@@ -78,7 +78,7 @@
           cell(tr, k.language || "-");
           cell(tr, k.mode || "-");
           cell(tr, k.version ? "v" + k.version : "-");
-          cell(tr, k.current ? "current" : "waiting: " + k.waiting, k.current ? "current" : "waiting");
+          cell(tr, k.current && !ws.silent ? "current" : "waiting: " + (k.waiting || "its agent is silent"), k.current && !ws.silent ? "current" : "waiting");
           tbody.appendChild(tr);
         }
       }
