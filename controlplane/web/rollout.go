@@ -22,8 +22,19 @@ type Rollout struct {
 	now func() time.Time
 	sub *nats.Subscription
 
-	mu     sync.Mutex
-	latest map[string]received
+	mu      sync.Mutex
+	latest  map[string]received
+	changed chan struct{} // closed and replaced when a status is taken
+}
+
+// changes returns a channel that is closed at the next status taken.
+func (r *Rollout) changes() <-chan struct{} {
+	if r == nil {
+		return nil
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.changed
 }
 
 type received struct {
@@ -36,7 +47,7 @@ func StartRollout(nc *nats.Conn, log hclog.Logger) (*Rollout, error) {
 	if log == nil {
 		log = hclog.NewNullLogger()
 	}
-	r := &Rollout{log: log.Named("rollout"), now: time.Now, latest: map[string]received{}}
+	r := &Rollout{log: log.Named("rollout"), now: time.Now, latest: map[string]received{}, changed: make(chan struct{})}
 	sub, err := nc.Subscribe(protocol.StatusSubjectPrefix+"*", r.receive)
 	if err != nil {
 		return nil, fmt.Errorf("web: subscribing to agents' status: %w", err)
@@ -74,6 +85,8 @@ func (r *Rollout) receive(m *nats.Msg) {
 		return
 	}
 	r.latest[st.Workspace] = received{st: st, at: r.now()}
+	close(r.changed)
+	r.changed = make(chan struct{})
 }
 
 // of returns workspace ws's newest status and when it came.

@@ -83,6 +83,8 @@
         }
       }
     };
+    // Server-sent events (rollout/events) when the browser has them; a
+    // short poll of the same view otherwise.
     const poll = async () => {
       try {
         const r = await fetch(box.dataset.rollout, { credentials: "same-origin" });
@@ -90,6 +92,12 @@
       } catch (e) { /* try again */ }
       setTimeout(poll, 250);
     };
-    poll();
+    if (window.EventSource) {
+      const es = new EventSource(box.dataset.rollout + "/events");
+      es.onmessage = (e) => render(JSON.parse(e.data));
+      es.addEventListener("gone", () => { es.close(); box.dataset.gone = "1"; });
+    } else {
+      poll();
+    }
   }
 })();
