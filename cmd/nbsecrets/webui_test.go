@@ -128,10 +128,14 @@ func TestWebUIInBrowser(t *testing.T) {
 	wantEnv("refused", map[string]string{"BOB_TOKEN": values["v5"]})
 	wantEnv("deleted", map[string]string{"DB_PASS": ""})
 	var res struct {
-		HTML      []string `json:"html"`
-		Destroyed string   `json:"destroyed"`
+		HTML            []string `json:"html"`
+		Destroyed       string   `json:"destroyed"`
+		SaveToPageMs    float64  `json:"saveToPageMs"`
+		SaveToCurrentMs float64  `json:"saveToCurrentMs"`
 	}
 	drv.Wait(t, &res)
+	t.Logf("from the click on Save: the secret's page loaded after %.0f ms, its rollout view showed the kernel at the new version after %.0f ms",
+		res.SaveToPageMs, res.SaveToCurrentMs)
 	if res.Destroyed != "Secret destroyed" || len(res.HTML) < 7 {
 		t.Fatalf("driver result: %q, %d pages", res.Destroyed, len(res.HTML))
 	}
