@@ -505,3 +505,20 @@ func TestRKernelProbeQuiet(t *testing.T) {
 		t.Errorf("liveness checks of an idle R kernel published on iopub: %v", got)
 	}
 }
+
+// TestQuietUnavailable: an agent that cannot open its quiet socket (here a
+// path too long for a unix socket) still serves IPython kernels live, over
+// control, and says so.
+func TestQuietUnavailable(t *testing.T) {
+	h := newHarness(t)
+	long := filepath.Join(t.TempDir(), strings.Repeat("q", 120)+".sock")
+	a := h.startAgentWith(func(c *Config) { c.QuietSocket = long })
+	k := kerneltest.Start(t, kerneltest.Options{Dir: h.dir})
+	c := k.Client(t)
+	v := secretValue("fallback")
+	h.put("s1", "FALLBACK", 1, v)
+	waitEnv(t, c, "FALLBACK", v)
+	if ks := a.Status().Kernels; len(ks) != 1 || ks[0].Mode != ModeControl {
+		t.Errorf("kernels: %+v; want one in %s", ks, ModeControl)
+	}
+}
