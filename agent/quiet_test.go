@@ -229,10 +229,19 @@ print("done")`, marker, release)
 	v := secretValue("midcell")
 	h.put("s1", "MID", 1, v)
 	a := h.startAgent()
+	met := time.Now()
 	waitFor(t, 30*time.Second, func() error {
 		ks := a.Status().Kernels
 		if len(ks) != 1 || ks[0].Mode != ModeControlWaiting || ks[0].Holds["MID"].Version != 1 {
 			return fmt.Errorf("want live:control waiting for idle, holding MID: %+v", ks)
+		}
+		return nil
+	})
+	// The cell runs on for a few seconds with the agent connected: long
+	// enough for a probe that asked once a second to have queued several.
+	waitFor(t, 30*time.Second, func() error {
+		if time.Since(met) < 5*time.Second {
+			return errors.New("the cell has not run 5s beside the agent yet")
 		}
 		return nil
 	})
@@ -243,6 +252,18 @@ print("done")`, marker, release)
 		t.Fatalf("cell: %s", got)
 	}
 	waitQuiet(t, a, "MID", 1)
+	// The agent asked who the kernel is once on control (answered beside
+	// the cell) and once on shell (answered after it): two busy/idle pairs.
+	run(t, c, "pass") // iopub is ordered: what the agent caused before is in the channel
+	infos := 0
+	for _, m := range foreign(c) {
+		if strings.Contains(m, "parent kernel_info_request") {
+			infos++
+		}
+	}
+	if infos > 4 {
+		t.Errorf("%d iopub messages answered the agent's kernel_info requests; want at most 4 (one request on each channel)", infos)
+	}
 	h.put("s1", "MID", 2, v+"2")
 	waitQuiet(t, a, "MID", 2)
 	waitEnv(t, c, "MID", v+"2")
