@@ -266,6 +266,16 @@ func (a *Agent) listenQuiet() (net.Listener, string, func(), error) {
 		cleanup()
 		return nil, "", nil, err
 	}
+	// Kernels refuse a socket in a directory others can write (another
+	// user could have put it there); say so here rather than time out.
+	if fi, err := os.Stat(filepath.Dir(path)); err != nil || fi.Mode().Perm()&0o022 != 0 {
+		_ = l.Close()
+		cleanup()
+		if err == nil {
+			err = fmt.Errorf("directory %s is writable by group or others (mode %#o); kernels would refuse the socket", filepath.Dir(path), fi.Mode().Perm())
+		}
+		return nil, "", nil, err
+	}
 	return l, path, cleanup, nil
 }
 

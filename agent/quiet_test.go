@@ -530,16 +530,29 @@ func TestRKernelProbeQuiet(t *testing.T) {
 // TestQuietUnavailable: an agent that cannot open its quiet socket (here a
 // path too long for a unix socket) still serves IPython kernels live, over
 // control, and says so.
+//
+// Also when the socket's directory is writable by others: the kernel's
+// thread would refuse such a socket, so the agent does not offer it.
 func TestQuietUnavailable(t *testing.T) {
-	h := newHarness(t)
-	long := filepath.Join(t.TempDir(), strings.Repeat("q", 120)+".sock")
-	a := h.startAgentWith(func(c *Config) { c.QuietSocket = long })
-	k := kerneltest.Start(t, kerneltest.Options{Dir: h.dir})
-	c := k.Client(t)
-	v := secretValue("fallback")
-	h.put("s1", "FALLBACK", 1, v)
-	waitEnv(t, c, "FALLBACK", v)
-	if ks := a.Status().Kernels; len(ks) != 1 || ks[0].Mode != ModeControl {
-		t.Errorf("kernels: %+v; want one in %s", ks, ModeControl)
+	open := t.TempDir()
+	if err := os.Chmod(open, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	for name, path := range map[string]string{
+		"too long":             filepath.Join(t.TempDir(), strings.Repeat("q", 120)+".sock"),
+		"dir others can write": filepath.Join(open, "q.sock"),
+	} {
+		t.Run(name, func(t *testing.T) {
+			h := newHarness(t)
+			a := h.startAgentWith(func(c *Config) { c.QuietSocket = path })
+			k := kerneltest.Start(t, kerneltest.Options{Dir: h.dir})
+			c := k.Client(t)
+			v := secretValue("fallback")
+			h.put("s1", "FALLBACK", 1, v)
+			waitEnv(t, c, "FALLBACK", v)
+			if ks := a.Status().Kernels; len(ks) != 1 || ks[0].Mode != ModeControl {
+				t.Errorf("kernels: %+v; want one in %s", ks, ModeControl)
+			}
+		})
 	}
 }

@@ -230,6 +230,11 @@ func (s *jupyterSession) install(ctx context.Context) (*quietConn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("installing the quiet channel: %w", err)
 	}
+	// The thread connects as soon as the install has run: a kernel that
+	// does not within quietConnectWait refused the socket (its checks of
+	// the socket's owner and directory failed) or could not reach it.
+	wait := time.NewTimer(quietConnectWait)
+	defer wait.Stop()
 	select {
 	case q := <-t.conn:
 		if q.pid != pid {
@@ -237,10 +242,17 @@ func (s *jupyterSession) install(ctx context.Context) (*quietConn, error) {
 			return nil, fmt.Errorf("installing the quiet channel: the connection came from pid %d, not the kernel's %d", q.pid, pid)
 		}
 		return q, nil
+	case <-wait.C:
+		return nil, fmt.Errorf("installing the quiet channel: the kernel did not connect back to %s within %v (can it reach the socket, and are the socket and its directory its user's, not writable by others?)",
+			s.hub.socketPath(), quietConnectWait)
 	case <-ctx.Done():
 		return nil, fmt.Errorf("installing the quiet channel: waiting for the kernel to connect: %w", ctx.Err())
 	}
 }
+
+// quietConnectWait bounds the wait for the kernel's connection once the
+// install has run.
+const quietConnectWait = 10 * time.Second
 
 // useQuiet switches the session to the quiet connection q.
 func (s *jupyterSession) useQuiet(ctx context.Context, q *quietConn) {
