@@ -191,3 +191,22 @@ func TestDialRefusesAListenerOfAnotherUser(t *testing.T) {
 		t.Fatalf("without a policy the listener received %q bytes; the control proves nothing", received.Text())
 	}
 }
+
+// A FIFO in place of a connection file is refused at once, not read (which
+// would block until some process writes to it).
+func TestReadConnectionFileRefusesAFIFO(t *testing.T) {
+	f := t.TempDir() + "/kernel-fifo.json"
+	if err := syscall.Mkfifo(f, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { _, err := ReadConnectionFile(f); done <- err }()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "not a regular file") {
+			t.Errorf("err = %v, want not a regular file", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("ReadConnectionFile blocked on a FIFO")
+	}
+}
