@@ -453,6 +453,9 @@ func (ks *kernels) run(ctx context.Context, dirs []string, rescan time.Duration)
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			ks.log.Warn("cannot create runtime dir", "dir", d, "error", err)
 		}
+		if err := ks.trust.checkDir(d); err != nil {
+			ks.log.Warn("runtime dir refused: no kernel in it is served", "dir", d, "reason", err)
+		}
 		if err := watcher.Add(d); err != nil {
 			ks.log.Warn("cannot watch runtime dir; relying on rescans", "dir", d, "error", err)
 		}
