@@ -315,3 +315,34 @@ func TestAgentSendsNothingToAnotherUsersListener(t *testing.T) {
 		t.Fatalf("the other user's listener received %q bytes, want 0", received.Text())
 	}
 }
+
+// A refused file that is put right (mode 0600) is served at the next look,
+// and a served file that turns untrustworthy stops being served.
+func TestRefusedConnectionFileServedOnceFixed(t *testing.T) {
+	st := newStore(aliceWS)
+	st.publish(time.Now())
+	d := &dialLog{files: map[string]int{}, k: newFakeKernel()}
+	ks, dir := startKernels(t, st, d.dial)
+	f := writeFile(t, filepath.Join(dir, "kernel-fix.json"), goodConn("127.0.0.1"), 0o644)
+	ks.rescan([]string{dir})
+	if n := len(ks.statuses()); n != 0 {
+		t.Fatalf("%d kernels served from a 0644 file", n)
+	}
+	if err := os.Chmod(f, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ks.rescan([]string{dir})
+	waitFor(t, 20*time.Second, func() error {
+		if s := ks.statuses(); len(s) != 1 || s[0].State != StateLive {
+			return fmt.Errorf("status %+v", s)
+		}
+		return nil
+	})
+	if err := os.Chmod(f, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	ks.rescan([]string{dir})
+	if n := len(ks.statuses()); n != 0 {
+		t.Errorf("a file turned 0640 is still served (%d kernels)", n)
+	}
+}
