@@ -68,6 +68,12 @@ type Config struct {
 	// MetricsNonLoopback allows a MetricsAddr other hosts can reach. False:
 	// such an address is refused.
 	MetricsNonLoopback bool
+	// AllowRemoteKernels lets the agent serve kernels whose connection
+	// files name TCP addresses other than loopback (a kernel in another
+	// container of a pod reached by its pod address, say); their
+	// listeners' uids cannot be checked. False: only loopback TCP and ipc
+	// beside the connection file (see kernelTrust).
+	AllowRemoteKernels bool
 
 	dial dialer // tests: a fake kernel session
 }
@@ -140,7 +146,10 @@ func New(cfg Config) (*Agent, error) {
 	}
 	a.kernels = &kernels{log: log.Named("kernel"), st: a.st, dial: cfg.dial, probeInterval: cfg.Probe,
 		applyTimeout: cfg.ApplyTimeout, metrics: a.metrics, workers: map[string]*worker{},
-		policy: cfg.Policy, restarter: rs}
+		policy: cfg.Policy, restarter: rs, trust: kernelTrust{allowRemote: cfg.AllowRemoteKernels}}
+	if cfg.AllowRemoteKernels {
+		log.Warn("kernels on non-loopback addresses are served: their listeners' uids cannot be checked")
+	}
 	if cfg.Policy.Restarts() {
 		log.Info("restart policy", "on_change", cfg.Policy.OnChange, "on_revoke", cfg.Policy.OnRevoke,
 			"busy_wait", cfg.Policy.BusyWait, "busy_action", cfg.Policy.BusyAction, "splay", cfg.Policy.Splay,
