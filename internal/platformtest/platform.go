@@ -308,22 +308,24 @@ func (s Status) Kernel(id string) (KernelStatus, bool) {
 // version of name that it holds itself (not 0) and returns that version.
 func (d *Dev) WaitHeld(t testing.TB, id, name string, timeout time.Duration) uint64 {
 	t.Helper()
-	var v uint64
-	testutil.WaitFor(t, timeout, func() error {
+	deadline := time.Now().Add(timeout)
+	for {
 		st := d.Status(t)
 		want := st.Version(name)
 		k, ok := st.Kernel(id)
-		if !ok {
-			return fmt.Errorf("the agent does not serve kernel %s: %+v", id, st.Kernels)
+		if ok && want != 0 && k.State == "live" && k.Holds[name].Version == want {
+			return want
 		}
-		if want == 0 || k.State != "live" || k.Holds[name].Version != want {
-			return fmt.Errorf("kernel %s: state %q, holds %s version %d, the agent has %d; last error %q",
-				id, k.State, name, k.Holds[name].Version, want, k.LastError)
+		if time.Now().After(deadline) {
+			if !ok {
+				t.Fatalf("after %v: the agent does not serve kernel %s: %+v", timeout, id, st.Kernels)
+			}
+			t.Fatalf("after %v: kernel %s: state %q, holds %s version %d, the agent has %d; last error %q",
+				timeout, id, k.State, name, k.Holds[name].Version, want, k.LastError)
 		}
-		v = want
-		return nil
-	})
-	return v
+		// Each poll runs `nbsecrets status`: a process, so not too often.
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // Jupyter is a running Jupyter Server (`python3 -m jupyter_server`) or
