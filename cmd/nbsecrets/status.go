@@ -145,6 +145,10 @@ func printStatus(w io.Writer, st *agent.Status) {
 // when it starts. The mode's own name follows in parentheses, as in --json.
 func servedAs(m agent.Mode) string {
 	switch m {
+	case agent.ModeQuiet:
+		return "live, quiet channel (live:quiet)"
+	case agent.ModeControlWaiting, agent.ModeSubshellWaiting:
+		return "live, Jupyter channel until the running cell ends (" + string(m) + ")"
 	case agent.ModeSubshell:
 		return "live, subshell (live:subshell)"
 	case agent.ModeControl:
