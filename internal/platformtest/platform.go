@@ -201,6 +201,33 @@ func (d *Dev) Stop() {
 	d.mu.Unlock()
 }
 
+// PID is the running instance's process id (0 when stopped).
+func (d *Dev) PID() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.proc == nil {
+		return 0
+	}
+	return d.proc.cmd.Process.Pid
+}
+
+// Socket is the agent's socket, as the instance's dev.json says: what a
+// kernelspec's injector is pointed at.
+func (d *Dev) Socket(t testing.TB) string {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join(d.State, "dev.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var info struct {
+		Socket string `json:"socket"`
+	}
+	if err := json.Unmarshal(raw, &info); err != nil || info.Socket == "" {
+		t.Fatalf("dev.json: %v (socket %q)", err, info.Socket)
+	}
+	return info.Socket
+}
+
 // Restart stops the instance and starts it again on the same state: a new
 // agent that finds the running kernels in the runtime dir.
 func (d *Dev) Restart() {
