@@ -142,7 +142,13 @@ func StartDev(t testing.TB, bin string) *Dev {
 		}
 	}
 	d.start()
-	t.Cleanup(d.Stop)
+	t.Cleanup(func() {
+		d.Stop()
+		if t.Failed() {
+			lines := strings.Split(strings.TrimSpace(d.Output()), "\n")
+			t.Logf("the end of nbsecrets dev's output:\n%s", strings.Join(lines[max(0, len(lines)-80):], "\n"))
+		}
+	})
 	return d
 }
 
