@@ -195,12 +195,12 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 		}()
 	}
-	if !a.cfg.NoQuiet {
-		l, path, cleanup, err := a.listenQuiet()
-		if err != nil {
-			return fmt.Errorf("agent: quiet channel: %w", err)
-		}
+	if l, path, cleanup, err := a.listenQuiet(); err != nil {
+		// Kernels are still served, the old way; say why.
+		a.log.Warn("quiet channel unavailable; IPython kernels are re-seeded over Jupyter's channels, visibly on iopub", "error", err)
+	} else if l != nil {
 		defer cleanup()
+		a.quiet.setPath(path) // before any kernel is dialled
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -243,8 +243,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	return errors.Join(all...)
 }
 
-// listenQuiet opens the quiet channel's socket (see Config.QuietSocket).
+// listenQuiet opens the quiet channel's socket (see Config.QuietSocket);
+// a nil listener without error when the channel is off (Config.NoQuiet).
 func (a *Agent) listenQuiet() (net.Listener, string, func(), error) {
+	if a.cfg.NoQuiet {
+		return nil, "", nil, nil
+	}
 	path := a.cfg.QuietSocket
 	cleanup := func() {}
 	if path == "" && a.cfg.Socket != "" {
@@ -260,6 +264,16 @@ func (a *Agent) listenQuiet() (net.Listener, string, func(), error) {
 	l, err := listen(path, a.log.Named("quiet"))
 	if err != nil {
 		cleanup()
+		return nil, "", nil, err
+	}
+	// Kernels refuse a socket in a directory others can write (another
+	// user could have put it there); say so here rather than time out.
+	if fi, err := os.Stat(filepath.Dir(path)); err != nil || fi.Mode().Perm()&0o022 != 0 {
+		_ = l.Close()
+		cleanup()
+		if err == nil {
+			err = fmt.Errorf("directory %s is writable by group or others (mode %#o); kernels would refuse the socket", filepath.Dir(path), fi.Mode().Perm())
+		}
 		return nil, "", nil, err
 	}
 	return l, path, cleanup, nil

@@ -164,11 +164,16 @@ func (h *quietHub) claim(token string, c *net.UnixConn, pid int) bool {
 	return true
 }
 
-// serve accepts kernels' connections on l until ctx ends.
-func (h *quietHub) serve(ctx context.Context, l net.Listener, path string) error {
+// setPath says where the hub listens (serve does too): installs name it.
+func (h *quietHub) setPath(path string) {
 	h.mu.Lock()
 	h.path = path
 	h.mu.Unlock()
+}
+
+// serve accepts kernels' connections on l until ctx ends.
+func (h *quietHub) serve(ctx context.Context, l net.Listener, path string) error {
+	h.setPath(path)
 	var wg sync.WaitGroup
 	stop := context.AfterFunc(ctx, func() {
 		_ = l.Close()

@@ -32,6 +32,15 @@ func waitQuiet(t *testing.T, a *runningAgent, name string, ver uint64) {
 	})
 }
 
+// settle runs a cell of the test's own (code: a no-op in the kernel's
+// language), then empties the iopub channel: iopub is ordered, so what
+// others caused before is gone with it.
+func settle(t *testing.T, c *jupyter.Client, code string) {
+	t.Helper()
+	run(t, c, code)
+	drain(c)
+}
+
 // drain empties a client's iopub channel.
 func drain(c *jupyter.Client) {
 	for {
@@ -75,10 +84,7 @@ func TestQuietNoIOPub(t *testing.T) {
 	waitQuiet(t, a, "QUIET", 1)
 	// First contact is over (its install published busy/idle); from here
 	// on, nothing.
-	waitFor(t, 10*time.Second, func() error {
-		drain(c)
-		return nil
-	})
+	settle(t, c, "pass")
 	const n = 30
 	var last string
 	for i := 2; i <= n+1; i++ {
@@ -115,7 +121,7 @@ func TestQuietDuringSleepingCell(t *testing.T) {
 	v1, v2 := secretValue("before"), secretValue("during")
 	h.put("s1", "LIVE", 1, v1)
 	waitQuiet(t, a, "LIVE", 1)
-	drain(c)
+	settle(t, c, "pass")
 	marker := filepath.Join(t.TempDir(), "started")
 	cell := fmt.Sprintf(`import os, time, hashlib
 open(%q, "w").close()
@@ -223,10 +229,19 @@ print("done")`, marker, release)
 	v := secretValue("midcell")
 	h.put("s1", "MID", 1, v)
 	a := h.startAgent()
+	met := time.Now()
 	waitFor(t, 30*time.Second, func() error {
 		ks := a.Status().Kernels
 		if len(ks) != 1 || ks[0].Mode != ModeControlWaiting || ks[0].Holds["MID"].Version != 1 {
 			return fmt.Errorf("want live:control waiting for idle, holding MID: %+v", ks)
+		}
+		return nil
+	})
+	// The cell runs on for a few seconds with the agent connected: long
+	// enough for a probe that asked once a second to have queued several.
+	waitFor(t, 30*time.Second, func() error {
+		if time.Since(met) < 5*time.Second {
+			return errors.New("the cell has not run 5s beside the agent yet")
 		}
 		return nil
 	})
@@ -237,6 +252,18 @@ print("done")`, marker, release)
 		t.Fatalf("cell: %s", got)
 	}
 	waitQuiet(t, a, "MID", 1)
+	// The agent asked who the kernel is once on control (answered beside
+	// the cell) and once on shell (answered after it): two busy/idle pairs.
+	run(t, c, "pass") // iopub is ordered: what the agent caused before is in the channel
+	infos := 0
+	for _, m := range foreign(c) {
+		if strings.Contains(m, "parent kernel_info_request") {
+			infos++
+		}
+	}
+	if infos > 4 {
+		t.Errorf("%d iopub messages answered the agent's kernel_info requests; want at most 4 (one request on each channel)", infos)
+	}
 	h.put("s1", "MID", 2, v+"2")
 	waitQuiet(t, a, "MID", 2)
 	waitEnv(t, c, "MID", v+"2")
@@ -450,7 +477,7 @@ func TestQuietFailureReported(t *testing.T) {
 	if m := sess.Describe().Mode; m != ModeQuiet {
 		t.Fatalf("mode %s, want %s", m, ModeQuiet)
 	}
-	drain(c)
+	settle(t, c, "pass")
 	bad := secretValue("nul") + "\x00tail"
 	err = sess.Apply(ctx, Plan{Set: map[string]string{"BROKEN": bad}}, "BROKEN")
 	if err == nil || !strings.Contains(err.Error(), "ValueError") {
@@ -469,5 +496,63 @@ func TestQuietFailureReported(t *testing.T) {
 	waitEnv(t, c, "FINE", good)
 	if out := k.Output(); strings.Contains(out, "Traceback") || strings.Contains(out, "ValueError") {
 		t.Errorf("the failure reached the kernel's output:\n%s", out)
+	}
+}
+
+// TestRKernelProbeQuiet: IRkernel's liveness checks go to its heartbeat:
+// an idle R kernel probed every 100 ms shows nothing on iopub and stays
+// live.
+func TestRKernelProbeQuiet(t *testing.T) {
+	h := newHarness(t)
+	a := h.startAgentWith(func(c *Config) { c.Probe = 100 * time.Millisecond })
+	_, c := startRKernel(t, h)
+	h.put("s1", "QUIET_R", 1, secretValue("r"))
+	waitFor(t, 30*time.Second, func() error {
+		ks := a.Status().Kernels
+		if len(ks) != 1 || ks[0].State != StateLive || ks[0].Mode != ModeShellIdle || ks[0].Holds["QUIET_R"].Version != 1 {
+			return fmt.Errorf("R kernel not live with QUIET_R: %+v", ks)
+		}
+		return nil
+	})
+	settle(t, c, "invisible(NULL)")
+	idle := time.Now().Add(2 * time.Second)
+	for time.Now().Before(idle) {
+		if ks := a.Status().Kernels; len(ks) != 1 || ks[0].State != StateLive {
+			t.Fatalf("R kernel left the live state while idle: %+v", ks)
+		}
+		time.Sleep(50 * time.Millisecond) // sampling the state, not synchronising
+	}
+	if got := foreign(c); len(got) != 0 {
+		t.Errorf("liveness checks of an idle R kernel published on iopub: %v", got)
+	}
+}
+
+// TestQuietUnavailable: an agent that cannot open its quiet socket (here a
+// path too long for a unix socket) still serves IPython kernels live, over
+// control, and says so.
+//
+// Also when the socket's directory is writable by others: the kernel's
+// thread would refuse such a socket, so the agent does not offer it.
+func TestQuietUnavailable(t *testing.T) {
+	open := t.TempDir()
+	if err := os.Chmod(open, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	for name, path := range map[string]string{
+		"too long":             filepath.Join(t.TempDir(), strings.Repeat("q", 120)+".sock"),
+		"dir others can write": filepath.Join(open, "q.sock"),
+	} {
+		t.Run(name, func(t *testing.T) {
+			h := newHarness(t)
+			a := h.startAgentWith(func(c *Config) { c.QuietSocket = path })
+			k := kerneltest.Start(t, kerneltest.Options{Dir: h.dir})
+			c := k.Client(t)
+			v := secretValue("fallback")
+			h.put("s1", "FALLBACK", 1, v)
+			waitEnv(t, c, "FALLBACK", v)
+			if ks := a.Status().Kernels; len(ks) != 1 || ks[0].Mode != ModeControl {
+				t.Errorf("kernels: %+v; want one in %s", ks, ModeControl)
+			}
+		})
 	}
 }

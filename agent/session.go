@@ -230,6 +230,11 @@ func (s *jupyterSession) install(ctx context.Context) (*quietConn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("installing the quiet channel: %w", err)
 	}
+	// The thread connects as soon as the install has run: a kernel that
+	// does not within quietConnectWait refused the socket (its checks of
+	// the socket's owner and directory failed) or could not reach it.
+	wait := time.NewTimer(quietConnectWait)
+	defer wait.Stop()
 	select {
 	case q := <-t.conn:
 		if q.pid != pid {
@@ -237,10 +242,17 @@ func (s *jupyterSession) install(ctx context.Context) (*quietConn, error) {
 			return nil, fmt.Errorf("installing the quiet channel: the connection came from pid %d, not the kernel's %d", q.pid, pid)
 		}
 		return q, nil
+	case <-wait.C:
+		return nil, fmt.Errorf("installing the quiet channel: the kernel did not connect back to %s within %v (can it reach the socket, and are the socket and its directory its user's, not writable by others?)",
+			s.hub.socketPath(), quietConnectWait)
 	case <-ctx.Done():
 		return nil, fmt.Errorf("installing the quiet channel: waiting for the kernel to connect: %w", ctx.Err())
 	}
 }
+
+// quietConnectWait bounds the wait for the kernel's connection once the
+// install has run.
+const quietConnectWait = 10 * time.Second
 
 // useQuiet switches the session to the quiet connection q.
 func (s *jupyterSession) useQuiet(ctx context.Context, q *quietConn) {
@@ -378,9 +390,10 @@ func (s *jupyterSession) Close() error {
 // re-seed or a restart that must wait for idle.
 type busyTracker struct {
 	mu      sync.Mutex
-	known   bool                // the shell probe answered: no cell ran then
-	running map[string]struct{} // ids of the requests seen starting and not ending
-	idle    chan struct{}       // closed while idle; replaced when busy again
+	known   bool                     // the shell probe answered: no cell ran then
+	running map[string]struct{}      // ids of the requests seen starting and not ending
+	idle    chan struct{}            // closed while idle; replaced when busy again
+	own     map[string]chan struct{} // the session's own requests whose iopub status is awaited
 }
 
 func newBusyTracker() *busyTracker {
@@ -424,6 +437,10 @@ func (b *busyTracker) waitIdle(ctx context.Context) error {
 // follow reads iopub until it closes.
 func (b *busyTracker) follow(iopub <-chan *jupyter.Message, ours string) {
 	for m := range iopub {
+		if m.ParentHeader != nil && m.ParentHeader.Session == ours && m.Header.MsgType == "status" {
+			b.sawOwn(m.ParentHeader.MsgID)
+			continue
+		}
 		if m.ParentHeader == nil || m.ParentHeader.Session == ours || m.ParentHeader.MsgType != "execute_request" {
 			continue
 		}
@@ -445,12 +462,80 @@ func (b *busyTracker) follow(iopub <-chan *jupyter.Message, ours string) {
 // probeShell learns the state at connect: a kernel_info_request on shell
 // is answered only once the shell is free, so its reply means no cell ran
 // then. The reply counts only once the request's own status has also come
-// back on iopub (Client.Ready): until the SUB socket's subscription has
-// reached the kernel, iopub drops messages, and a cell started just after
-// the probe would go unseen, leaving the tracker idle while the cell runs.
+// back on iopub: until the SUB socket's subscription has reached the
+// kernel, iopub drops messages, and a cell started just after the probe
+// would go unseen, leaving the tracker idle while the cell runs. If the
+// status was dropped, it asks again (the kernel is free then, so it answers
+// at once); it never has more than one request waiting, so a kernel found
+// in a cell of hours gets one, not one a second (jupyter_client's
+// wait_for_ready, which Client.Ready follows, sends one a second).
 func (b *busyTracker) probeShell(ctx context.Context, c *jupyter.Client) {
-	if err := c.Ready(ctx); err == nil {
-		b.update(func() { b.known = true })
+	for ctx.Err() == nil {
+		var id string
+		_, err := c.Request(ctx, jupyter.Shell, "kernel_info_request", map[string]any{}, func(h *jupyter.Header) {
+			id = h.MsgID
+			b.expectStatus(id)
+		})
+		if err != nil {
+			b.dropStatus(id)
+			if c.Err() != nil || ctx.Err() != nil {
+				return
+			}
+			continue
+		}
+		wctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		seen := b.waitStatus(wctx, id)
+		cancel()
+		if seen {
+			b.update(func() { b.known = true })
+			return
+		}
+	}
+}
+
+// expectStatus, waitStatus and dropStatus follow the iopub status of one
+// request of the session's own (follow closes its channel).
+func (b *busyTracker) expectStatus(id string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.own == nil {
+		b.own = map[string]chan struct{}{}
+	}
+	b.own[id] = make(chan struct{})
+}
+
+func (b *busyTracker) waitStatus(ctx context.Context, id string) bool {
+	b.mu.Lock()
+	ch := b.own[id]
+	b.mu.Unlock()
+	defer b.dropStatus(id)
+	if ch == nil {
+		return false
+	}
+	select {
+	case <-ch:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func (b *busyTracker) dropStatus(id string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	delete(b.own, id)
+}
+
+// sawOwn notes an iopub message of the session's own request id.
+func (b *busyTracker) sawOwn(id string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if ch, ok := b.own[id]; ok {
+		select {
+		case <-ch: // busy then idle: closed at the first
+		default:
+			close(ch)
+		}
 	}
 }
 
