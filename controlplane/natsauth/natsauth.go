@@ -10,7 +10,8 @@
 // JetStream:
 //
 //	nbsecrets                the secrets service (every instance): the KV
-//	                         buckets "nbsecrets" and "nbsecrets_service"
+//	                         buckets "nbsecrets", "nbsecrets_service" and
+//	                         "nbsecrets_nonces"
 //	nbsecrets-ws-<id>        one workspace's agent
 //	nbsecrets-user-<id>      one user's CLI
 //
@@ -85,7 +86,7 @@ const ServiceAccount = "nbsecrets"
 func WorkspaceAccount(id string) string { return "nbsecrets-ws-" + id }
 
 // UserAccount is the account of user id's CLI.
-func UserAccount(id string) string { return "nbsecrets-user-" + id }
+func UserAccount(id string) string { return controlplane.UserAccountPrefix + id }
 
 // Permissions are one NATS user's publish and subscribe allow lists. A
 // subscribe entry "SUBJECT QUEUE" allows that subject only in that queue
@@ -103,6 +104,7 @@ const jsAPI = "$JS.API."
 var (
 	recordStream  = protocol.StreamName()              // KV_nbsecrets
 	serviceStream = "KV_" + controlplane.ServiceBucket // KV_nbsecrets_service
+	nonceStream   = "KV_" + controlplane.NonceBucket   // KV_nbsecrets_nonces
 )
 
 // consumerCreate is the subject on which ws's agent creates its ordered
@@ -155,12 +157,13 @@ func UserPermissions() Permissions {
 // ServicePermissions are what the secrets service may do in its account,
 // as controlplane.Service uses them.
 //
-//	publish $KV.nbsecrets.> and $KV.nbsecrets_service.>
-//	        writing records and its own state (Create, Update, Delete)
+//	publish $KV.nbsecrets.>, $KV.nbsecrets_service.> and $KV.nbsecrets_nonces.>
+//	        writing records, its own state (Create, Update, Delete) and the
+//	        nonces of accepted requests (Create), which every instance shares
 //	publish $JS.API.INFO, $JS.API.STREAM.INFO.<stream>, $JS.API.STREAM.CREATE.<stream>
 //	        binding the buckets, creating them when missing
 //	publish $JS.API.DIRECT.GET.<stream>.>
-//	        KV Get on both buckets
+//	        KV Get on the buckets (KV Create reads a key it found taken)
 //	publish $JS.API.CONSUMER.CREATE.KV_nbsecrets_service.>,
 //	        $JS.API.CONSUMER.DELETE.KV_nbsecrets_service.*, $JS.FC.KV_nbsecrets_service.>
 //	        listing keys of its own bucket (a short-lived ordered consumer
@@ -176,11 +179,11 @@ func UserPermissions() Permissions {
 // subjects.
 func ServicePermissions() Permissions {
 	var pub []string
-	for _, bucket := range []string{protocol.Bucket, controlplane.ServiceBucket} {
+	for _, bucket := range []string{protocol.Bucket, controlplane.ServiceBucket, controlplane.NonceBucket} {
 		pub = append(pub, "$KV."+bucket+".>")
 	}
 	pub = append(pub, jsAPI+"INFO")
-	for _, stream := range []string{recordStream, serviceStream} {
+	for _, stream := range []string{recordStream, serviceStream, nonceStream} {
 		pub = append(pub,
 			jsAPI+"STREAM.INFO."+stream,
 			jsAPI+"STREAM.CREATE."+stream,
