@@ -44,7 +44,12 @@ What each may do:
   - user U (account "nbsecrets-user-U") can only send requests on
     nbsecrets.api.v1.* and receive the replies.
 Each party has an account of its own, so no one sees another's replies, and
-no request from another account can aim a reply at a record's subject.
+no request from another account can aim a reply at a record's subject. The
+service's account may hold at most two consumers per workspace plus 64, so
+an agent cannot flood the server with consumers.
+
+Keep the server's monitoring port private (it lists consumer names), and use
+TLS for every NATS connection from another host.
 
 The output depends only on the directory and the keys. The server
 configuration is written with mode 0600 (to standard output without --out);

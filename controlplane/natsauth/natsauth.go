@@ -214,6 +214,47 @@ type Config struct {
 	// UserKeys maps each user id to the NATS nkey of the user's CLI. It
 	// must differ from the user's request-signing key in Directory.
 	UserKeys map[string]string
+	// Limits bound the service account's JetStream; the zero value gives
+	// the defaults of JetStreamLimits.
+	Limits JetStreamLimits
+}
+
+// JetStreamLimits bound what the service's account may hold in
+// JetStream, whoever in it (or importing from it) asks: an agent may create
+// consumers on its records, and without a limit it could create thousands
+// (each costs the server memory and store). Zero fields take the defaults.
+type JetStreamLimits struct {
+	// MaxConsumers is the most consumers at once across the account's
+	// streams. Default: two per workspace (an agent's ordered consumer, and
+	// its replacement while it resets) plus 64 for the service's own key
+	// listings.
+	MaxConsumers int
+	// MaxStreams is the most streams. Default 8: the service's buckets are
+	// 3.
+	MaxStreams int
+	// MaxMemory and MaxStore are the most bytes of memory and file
+	// storage; 0 leaves them unlimited. A single server reserves them
+	// against its own limits at start and refuses the account JetStream
+	// when they do not fit, so the right values depend on the server.
+	MaxMemory, MaxStore int64
+}
+
+// withDefaults fills in the zero fields for a deployment of workspaces
+// workspaces.
+func (l JetStreamLimits) withDefaults(workspaces int) JetStreamLimits {
+	if l.MaxConsumers == 0 {
+		l.MaxConsumers = 2*workspaces + 64
+	}
+	if l.MaxStreams == 0 {
+		l.MaxStreams = 8
+	}
+	if l.MaxMemory <= 0 {
+		l.MaxMemory = -1
+	}
+	if l.MaxStore <= 0 {
+		l.MaxStore = -1
+	}
+	return l
 }
 
 // Generate renders the nats-server configuration of cfg: an accounts block
@@ -308,7 +349,9 @@ func Generate(cfg Config) ([]byte, error) {
 
 	// The service's account: JetStream, the service's users, the exports.
 	fmt.Fprintf(&b, "  %s {\n", q(ServiceAccount))
-	b.WriteString("    jetstream: enabled\n")
+	lim := cfg.Limits.withDefaults(len(wss))
+	fmt.Fprintf(&b, "    jetstream {\n      max_consumers: %d\n      max_streams: %d\n      max_memory: %d\n      max_store: %d\n    }\n",
+		lim.MaxConsumers, lim.MaxStreams, lim.MaxMemory, lim.MaxStore)
 	b.WriteString("    users: [\n")
 	for _, k := range services {
 		writeUser(&b, k, ServicePermissions())
