@@ -38,9 +38,9 @@ What each may do:
     the record bucket "nbsecrets" and its own bucket "nbsecrets_service" and
     serves nbsecrets.api.v1.* in queue group nbsecrets-service; it cannot
     delete, purge or reconfigure the buckets;
-  - the agent of workspace W (account "nbsecrets-ws-W") can only create
-    ordered consumers filtered on $KV.nbsecrets.W.>, pull from them and
-    delete them: it reads W's records and writes nothing;
+  - the agent of workspace W (account "nbsecrets-ws-W") can only create,
+    pull from and delete its one consumer, "nbsecrets-ws-W", filtered on
+    $KV.nbsecrets.W.>: it reads W's records and writes nothing;
   - user U (account "nbsecrets-user-U") can only send requests on
     nbsecrets.api.v1.* and receive the replies.
 Each party has an account of its own, so no one sees another's replies, and

@@ -1,6 +1,7 @@
 package natsauth_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strings"
@@ -47,53 +48,90 @@ func TestRequestBoundToAccount(t *testing.T) {
 	}
 }
 
-// TestAgentConsumerFlood performs part of issue 9's finding 6: an agent's
-// NATS credentials create durable consumers on its own records, one after
-// another (the review made 3,000: +121 MB of server memory). The service
-// account's JetStream limit stops it at two per workspace plus 64, with
-// the server's "maximum consumers" error, and the flood does not take
-// anything from the service: it still writes and the other agent still
-// reads.
-func TestAgentConsumerFlood(t *testing.T) {
+// TestAgentConsumerConfinement performs issue 9's finding 6: with an
+// agent's NATS credentials, create consumers of other names (the review
+// made 3,000 durable ones: +121 MB of server memory), pull from and delete
+// another workspace's consumer by name (names show on the monitoring
+// port), and create a push consumer under its own name whose deliveries
+// go to a subject of its choosing, a bucket's included. Each is refused or
+// harmless: the agent has one consumer name, and the server stores no
+// delivery. The service account's consumer limit is in the generated
+// configuration as the second wall.
+func TestAgentConsumerConfinement(t *testing.T) {
 	d := newDeployment(t)
+	if !strings.Contains(string(d.auth), fmt.Sprintf("max_consumers: %d", 2*len(d.dir.Workspaces)+64)) {
+		t.Fatalf("the generated configuration has no consumer limit:\n%s", d.auth)
+	}
 	url := startEmbedded(t, writeServerConfig(t, t.TempDir(), d.auth))
 	ctx := ctxT(t, 2*time.Minute)
 	svcConn := connect(t, url, d.svcNATS)
 	startService(t, d, svcConn)
-	limit := 2*len(d.dir.Workspaces) + 64
-
-	js := must(jetstream.New(connect(t, url, d.agentNATS["wsa"]).Conn))
-	created := 0
-	var err error
-	for i := range limit + 10 {
-		_, err = js.CreateOrUpdateConsumer(ctx, protocol.StreamName(), jetstream.ConsumerConfig{
-			Durable: fmt.Sprintf("flood%d", i), FilterSubject: protocol.WorkspaceFilter("wsa"),
-		})
-		if err != nil {
-			break
-		}
-		created++
-	}
-	if err == nil || !strings.Contains(strings.ToLower(err.Error()), "maximum consumers limit") {
-		t.Fatalf("after %d consumers: %v, want the account's maximum consumers limit", created, err)
-	}
-	if created > limit {
-		t.Fatalf("the agent created %d consumers, limit %d", created, limit)
-	}
-	t.Logf("the agent's flood stopped after %d consumers (limit %d across the account)", created, limit)
-
-	// The service still serves. Its key listings need consumers too: free
-	// a few as the server would once an ephemeral flood expired.
-	for i := range 8 {
-		if err := js.DeleteConsumer(ctx, protocol.StreamName(), fmt.Sprintf("flood%d", i)); err != nil {
+	for _, u := range []string{"alice", "bob"} {
+		c := controlplane.NewClient(connect(t, url, d.userNATS[u]).Conn, u, d.userSign[u], pub(d.curve))
+		if _, err := c.Create(ctx, strings.ToUpper(u)+"_TOKEN", []byte("value of "+u), controlplane.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	bob := controlplane.NewClient(connect(t, url, d.userNATS["bob"]).Conn, "bob", d.userSign["bob"], pub(d.curve))
-	if _, err := bob.Create(ctx, "AFTER_FLOOD", []byte("v"), controlplane.CreateOptions{}); err != nil {
-		t.Fatalf("the service after the flood: %v", err)
+	agentA, agentB := connect(t, url, d.agentNATS["wsa"]), connect(t, url, d.agentNATS["wsb"])
+	jsA := must(jetstream.New(agentA.Conn))
+	if got := readAll(t, agentB, "wsb"); len(got) != 1 { // B's consumer exists, by its known name
+		t.Fatalf("agent B read %v", keys(got))
 	}
-	if got := readAll(t, connect(t, url, d.agentNATS["wsb"]), "wsb"); len(got) != 1 {
-		t.Fatalf("the other agent reads %v after the flood", keys(got))
+
+	for i := range 3 {
+		name := fmt.Sprintf("flood%d", i)
+		expectDenied(t, agentA, "Publish", "$JS.API.CONSUMER.CREATE.KV_nbsecrets."+name+".>", func(ctx context.Context) error {
+			_, err := jsA.CreateOrUpdateConsumer(ctx, protocol.StreamName(), jetstream.ConsumerConfig{
+				Durable: name, FilterSubject: protocol.WorkspaceFilter("wsa")})
+			return err
+		})
+	}
+	other := protocol.ConsumerName("wsb")
+	expectDenied(t, agentA, "Publish", "$JS.API.CONSUMER.MSG.NEXT.KV_nbsecrets."+other, func(ctx context.Context) error {
+		inbox := agentA.NewInbox()
+		sub, err := agentA.SubscribeSync(inbox)
+		if err != nil {
+			return err
+		}
+		defer sub.Unsubscribe()
+		if err := agentA.PublishRequest("$JS.API.CONSUMER.MSG.NEXT.KV_nbsecrets."+other, inbox, []byte(`{"batch":1,"no_wait":true}`)); err != nil {
+			return err
+		}
+		_, err = sub.NextMsgWithContext(ctx)
+		return err
+	})
+	expectDenied(t, agentA, "Publish", "$JS.API.CONSUMER.DELETE.KV_nbsecrets."+other, func(ctx context.Context) error {
+		return jsA.DeleteConsumer(ctx, protocol.StreamName(), other)
+	})
+	if got := readAll(t, agentB, "wsb"); len(got) != 1 {
+		t.Fatalf("agent B reads %v after A's attempts", keys(got))
+	}
+
+	// A push consumer under A's own name, delivering onto a bucket's
+	// subjects: nothing may be stored.
+	svcJS := must(jetstream.New(svcConn.Conn))
+	before := map[string]uint64{}
+	for _, st := range []string{protocol.StreamName(), "KV_" + controlplane.ServiceBucket, "KV_" + controlplane.NonceBucket} {
+		before[st] = must(must(svcJS.Stream(ctx, st)).Info(ctx)).State.LastSeq
+	}
+	own := protocol.ConsumerName("wsa")
+	for _, deliver := range []string{"nbsecrets.api.v1.create", "$KV." + protocol.Bucket + ".wsb.forged", "$KV." + controlplane.ServiceBucket + ".secrets.forged"} {
+		_ = jsA.DeleteConsumer(ctx, protocol.StreamName(), own)
+		body := `{"stream_name":"KV_nbsecrets","config":{"name":"` + own + `","deliver_subject":"` + deliver + `","deliver_policy":"all","ack_policy":"none","filter_subject":"$KV.nbsecrets.wsa.>"}}`
+		msg, err := agentA.RequestWithContext(ctx, "$JS.API.CONSUMER.CREATE.KV_nbsecrets."+own+".$KV.nbsecrets.wsa.>", []byte(body))
+		if err != nil {
+			t.Fatalf("push consumer to %s: %v", deliver, err)
+		}
+		t.Logf("push consumer delivering to %s: %s", deliver, msg.Data)
+	}
+	// A push consumer delivers on its own schedule: watch the streams for
+	// a while (an absence cannot be awaited otherwise).
+	for end := time.Now().Add(3 * time.Second); time.Now().Before(end); {
+		for st, seq := range before {
+			if after := must(must(svcJS.Stream(ctx, st)).Info(ctx)).State.LastSeq; after != seq {
+				t.Fatalf("stream %s went from %d to %d: a delivery was stored", st, seq, after)
+			}
+		}
+		time.Sleep(50 * time.Millisecond) // the poll interval
 	}
 }

@@ -17,7 +17,7 @@
 //
 // The service's account exports, as services, only what the others need:
 // the API (nbsecrets.api.v1.*) to the user accounts, and to each workspace
-// account the JetStream API requests of an ordered consumer on that
+// account the JetStream API requests of its one consumer on that
 // workspace's records. Separate accounts are what make "writes nothing"
 // hold. Within one account a JetStream API response or a pull consumer's
 // delivery goes to whatever reply subject the requester chose, and the
@@ -36,21 +36,18 @@
 // so that anything else is refused with a permissions violation rather than
 // silently going nowhere. The exact subjects are those of [AgentPermissions],
 // [UserPermissions] and [ServicePermissions]; their comments say why each
-// is there. An agent's ordered consumer (nats.go v1.55, see agent/sync.go)
-// needs three JetStream API requests and nothing else: CONSUMER.CREATE with
-// its one filter subject in the request subject, CONSUMER.MSG.NEXT (pull
-// requests) and CONSUMER.DELETE (the old consumer, when it resets after a
-// server restart or missed heartbeats). It never asks for stream or consumer
-// info. Consumer creation is allowed only with the workspace's filter in the
-// subject, which the server checks against the consumer's configuration and
-// refuses together with multiple filters; creation without a filter in the
-// subject (no filter, or several) is not allowed at all.
-//
-// Consumer names are random (nuid), so the pull and delete requests cannot
-// be narrowed to a workspace's own consumers: an agent that learned the name
-// of another workspace's consumer could pull from it or delete it. Names
-// are never shown to agents (they may not list consumers or read
-// advisories), and the records are sealed to their workspace anyway: the
+// is there. An agent's consumer (see agent/sync.go) has one name,
+// protocol.ConsumerName, and the agent needs three JetStream API requests on
+// it and nothing else: CONSUMER.CREATE with that name and its one filter
+// subject in the request subject, CONSUMER.MSG.NEXT (pull requests) and
+// CONSUMER.DELETE (the consumer left from a previous read). It never asks
+// for stream or consumer info. The server checks the filter in the subject
+// against the consumer's configuration and refuses it together with
+// multiple filters; creation under another name, or without a filter in
+// the subject, is not allowed at all. So an agent cannot pull from or
+// delete another workspace's consumer, nor make consumers of other names;
+// the service account's JetStream limits (JetStreamLimits) bound what the
+// one name can cost. The records are sealed to their workspace anyway: the
 // permissions are the second wall, the sealing the first.
 //
 // # Keys
@@ -107,17 +104,21 @@ var (
 	nonceStream   = "KV_" + controlplane.NonceBucket   // KV_nbsecrets_nonces
 )
 
-// consumerCreate is the subject on which ws's agent creates its ordered
-// consumer: any consumer name, the workspace's filter subject.
+// consumerCreate is the subject on which ws's agent creates its consumer:
+// its one name (protocol.ConsumerName), the workspace's filter subject.
 func consumerCreate(ws string) string {
-	return jsAPI + "CONSUMER.CREATE." + recordStream + ".*." + protocol.WorkspaceFilter(ws)
+	return jsAPI + "CONSUMER.CREATE." + recordStream + "." + protocol.ConsumerName(ws) + "." + protocol.WorkspaceFilter(ws)
 }
 
-// The pull and delete requests on the record stream's consumers.
-var (
-	consumerNext   = jsAPI + "CONSUMER.MSG.NEXT." + recordStream + ".*"
-	consumerDelete = jsAPI + "CONSUMER.DELETE." + recordStream + ".*"
-)
+// consumerNext and consumerDelete are the pull and delete requests on ws's
+// consumer, and on no other.
+func consumerNext(ws string) string {
+	return jsAPI + "CONSUMER.MSG.NEXT." + recordStream + "." + protocol.ConsumerName(ws)
+}
+
+func consumerDelete(ws string) string {
+	return jsAPI + "CONSUMER.DELETE." + recordStream + "." + protocol.ConsumerName(ws)
+}
 
 // jsAPIInfo is imported into each workspace account although its agent may
 // not publish it: an account without JetStream of its own gets the server's
@@ -128,17 +129,17 @@ const jsAPIInfo = jsAPI + "INFO"
 
 // AgentPermissions are what the agent of workspace ws may do in its account.
 //
-//	publish $JS.API.CONSUMER.CREATE.KV_nbsecrets.*.$KV.nbsecrets.<ws>.>
-//	        creating its ordered consumer, only on its own filter
-//	publish $JS.API.CONSUMER.MSG.NEXT.KV_nbsecrets.*
+//	publish $JS.API.CONSUMER.CREATE.KV_nbsecrets.nbsecrets-ws-<ws>.$KV.nbsecrets.<ws>.>
+//	        creating its consumer: its one name, its own filter
+//	publish $JS.API.CONSUMER.MSG.NEXT.KV_nbsecrets.nbsecrets-ws-<ws>
 //	        the consumer's pull requests (Messages)
-//	publish $JS.API.CONSUMER.DELETE.KV_nbsecrets.*
-//	        deleting the previous consumer when the ordered consumer resets
+//	publish $JS.API.CONSUMER.DELETE.KV_nbsecrets.nbsecrets-ws-<ws>
+//	        deleting its consumer left from a previous read
 //	subscribe _INBOX.>
 //	        API replies and deliveries; the account is the agent's alone
 func AgentPermissions(ws string) Permissions {
 	return Permissions{
-		Publish:   []string{consumerCreate(ws), consumerNext, consumerDelete},
+		Publish:   []string{consumerCreate(ws), consumerNext(ws), consumerDelete(ws)},
 		Subscribe: []string{"_INBOX.>"},
 	}
 }
@@ -225,9 +226,8 @@ type Config struct {
 // (each costs the server memory and store). Zero fields take the defaults.
 type JetStreamLimits struct {
 	// MaxConsumers is the most consumers at once across the account's
-	// streams. Default: two per workspace (an agent's ordered consumer, and
-	// its replacement while it resets) plus 64 for the service's own key
-	// listings.
+	// streams. Default: two per workspace (an agent has one; the
+	// margin is for growth) plus 64 for the service's own key listings.
 	MaxConsumers int
 	// MaxStreams is the most streams. Default 8: the service's buckets are
 	// 3.
@@ -362,13 +362,13 @@ func Generate(cfg Config) ([]byte, error) {
 		fmt.Fprintf(&b, "      {service: %s, accounts: %s}\n", q(controlplane.SubjectPrefix+"*"), list(mapped(users, UserAccount)))
 	}
 	for _, ws := range wss {
-		fmt.Fprintf(&b, "      {service: %s, accounts: %s}\n", q(consumerCreate(ws)), list([]string{WorkspaceAccount(ws)}))
+		acc := list([]string{WorkspaceAccount(ws)})
+		fmt.Fprintf(&b, "      {service: %s, accounts: %s}\n", q(consumerCreate(ws)), acc)
+		fmt.Fprintf(&b, "      {service: %s, response_type: stream, accounts: %s}\n", q(consumerNext(ws)), acc)
+		fmt.Fprintf(&b, "      {service: %s, accounts: %s}\n", q(consumerDelete(ws)), acc)
 	}
 	if len(wss) > 0 {
-		accs := list(mapped(wss, WorkspaceAccount))
-		fmt.Fprintf(&b, "      {service: %s, response_type: stream, accounts: %s}\n", q(consumerNext), accs)
-		fmt.Fprintf(&b, "      {service: %s, accounts: %s}\n", q(consumerDelete), accs)
-		fmt.Fprintf(&b, "      {service: %s, accounts: %s}\n", q(jsAPIInfo), accs)
+		fmt.Fprintf(&b, "      {service: %s, accounts: %s}\n", q(jsAPIInfo), list(mapped(wss, WorkspaceAccount)))
 	}
 	b.WriteString("    ]\n")
 	b.WriteString("  }\n")
@@ -379,7 +379,7 @@ func Generate(cfg Config) ([]byte, error) {
 		writeUser(&b, cfg.AgentKeys[ws], AgentPermissions(ws))
 		b.WriteString("    ]\n")
 		b.WriteString("    imports: [\n")
-		for _, s := range []string{consumerCreate(ws), consumerNext, consumerDelete, jsAPIInfo} {
+		for _, s := range []string{consumerCreate(ws), consumerNext(ws), consumerDelete(ws), jsAPIInfo} {
 			fmt.Fprintf(&b, "      {service: {account: %s, subject: %s}}\n", q(ServiceAccount), q(s))
 		}
 		b.WriteString("    ]\n")
