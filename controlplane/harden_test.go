@@ -355,3 +355,61 @@ func TestNonceBucketTTL(t *testing.T) {
 		t.Fatalf("nonce bucket TTL %v, want twice the accepted clock skew (%v)", st.TTL(), 2*MaxClockSkew)
 	}
 }
+
+// TestReplacingAShareIsVisible: issue 9's finding 3 also asks that a
+// secret replacing another of the same name is never silent. A project
+// secret that hides, in the project's workspaces, a community share the
+// project relied on says so in its reply, and so does a private secret
+// hiding a project's; the list marks the hidden ones.
+func TestReplacingAShareIsVisible(t *testing.T) {
+	f := newWorld(t)
+	ctx := ctxT(t)
+	dave, bob, alice, erin := f.client("dave"), f.client("bob"), f.client("alice"), f.client("erin")
+	shared, err := dave.Create(ctx, "TEAM_KEY", []byte("the real one"), CreateOptions{Project: "vision"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dave.Share(ctx, "TEAM_KEY", "research"); err != nil {
+		t.Fatal(err)
+	}
+	mine, err := bob.Create(ctx, "TEAM_KEY", []byte("bob's"), CreateOptions{Project: "ml"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(mine.Hides, []protocol.Scope{scopeResearch}) {
+		t.Fatalf("bob's project secret hides %v, want the research share", mine.Hides)
+	}
+	if !strings.Contains(f.logs.String(), "secret hides same-named secrets") {
+		t.Error("not logged")
+	}
+	list, err := bob.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(list, func(i SecretInfo) bool {
+		return i.ID == shared.ID && i.ShadowedBy != nil && *i.ShadowedBy == scopeML
+	}) {
+		t.Fatalf("bob's list does not mark the share as hidden by project ml: %+v", list)
+	}
+	priv, err := alice.Create(ctx, "TEAM_KEY", []byte("alice's"), CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(priv.Hides, []protocol.Scope{scopeResearch, scopeML}) && !slices.Equal(priv.Hides, []protocol.Scope{scopeML, scopeResearch}) {
+		t.Fatalf("alice's private secret hides %v, want project ml and the research share", priv.Hides)
+	}
+	other, err := erin.Create(ctx, "ERINS_OWN", []byte("x"), CreateOptions{})
+	if err != nil || len(other.Hides) != 0 {
+		t.Fatalf("a secret that hides nothing: %+v, %v", other, err)
+	}
+	// In vision's workspaces the share is vision's own project secret:
+	// a private secret of erin's hides it as project vision, not as the
+	// research share.
+	ep, err := erin.Create(ctx, "TEAM_KEY", []byte("erin's"), CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []protocol.Scope{{Kind: protocol.ScopeProject, ID: "vision"}}; !slices.Equal(ep.Hides, want) {
+		t.Fatalf("erin's private secret hides %v, want %v", ep.Hides, want)
+	}
+}
