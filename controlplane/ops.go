@@ -171,14 +171,14 @@ func (s *Service) update(ctx context.Context, req *requestBody, value []byte) (*
 		}
 		s.log.Info("secret renamed", "op", opUpdate, "user", req.User, "name", m.Name, "old_name", found.Name,
 			"scope", m.Scope.String(), "id", m.ID, "version", m.Version, "workspaces", len(m.Visible))
-		info := m.info()
-		s.noteHides(ctx, d, m, &info)
-		return &info, nil
 	} else {
 		s.log.Info("secret updated", "op", opUpdate, "user", req.User, "name", m.Name, "scope", m.Scope.String(),
 			"id", m.ID, "version", m.Version, "workspaces", len(m.Visible))
 	}
 	info := m.info()
+	if rename {
+		s.noteHides(ctx, d, m, &info)
+	}
 	return &info, nil
 }
 
