@@ -75,6 +75,7 @@ type Service struct {
 	replicas int // of the buckets the service creates
 
 	records jetstream.KeyValue // protocol.Bucket
+	nonceKV jetstream.KeyValue // NonceBucket
 	store   *store             // ServiceBucket
 	openers sync.Map           // workspace id -> *protocol.Opener, to read our own records back
 	revs    revCache           // record key -> revision and version last written or verified
@@ -167,6 +168,9 @@ func (s *Service) Start(ctx context.Context) error {
 		return err
 	}
 	s.store = &store{kv: kv, curve: s.curve, pub: s.curvePub}
+	if s.nonceKV, err = ensureBucket(ctx, js, nonceBucketConfig); err != nil {
+		return err
+	}
 	s.dirMu.Lock()
 	_, failed, err := s.reconcile(ctx, s.dir.Load(), nil)
 	if err == nil {
@@ -279,6 +283,12 @@ func (s *Service) handle(m *nats.Msg) {
 
 	var rep reply
 	req, value, err := s.authenticate(op, m.Data)
+	if err == nil {
+		err = checkSender(m, req.User)
+	}
+	if err == nil {
+		err = s.useNonce(ctx, req)
+	}
 	if err == nil {
 		switch op {
 		case opCreate:
