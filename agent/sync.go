@@ -64,6 +64,13 @@ func (b *accessBox) take() (Workspace, bool) {
 	return ws, true
 }
 
+// syncHeartbeat is how often the server tells an idle consumer it is still
+// there. Two missed in a row make the ordered consumer recreate itself on
+// another node, so it bounds how long a crashed node's consumer goes
+// unnoticed (nats.go's default, 5s, made that 10s); each idle agent costs
+// the server one message per period.
+const syncHeartbeat = 2 * time.Second
+
 // errResync ends a consumer so that the records are read again from the
 // start, after a change of what the workspace may have.
 var errResync = errors.New("agent: access changed; reading the records again")
@@ -106,7 +113,7 @@ func (s *syncer) consume(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	it, err := cons.Messages()
+	it, err := cons.Messages(jetstream.PullHeartbeat(syncHeartbeat))
 	if err != nil {
 		return err
 	}
