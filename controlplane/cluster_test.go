@@ -317,4 +317,3 @@ func TestClusterFailover(t *testing.T) {
 		func(node string) { c.Restart(index(node)); c.WaitReady() },
 		"", "ws-a")
 }
-
