@@ -40,6 +40,15 @@ type Options struct {
 	// Now is the clock for request timestamps and record times. Nil means
 	// time.Now.
 	Now func() time.Time
+	// LeaseTTL is how long the background lease lasts unless its holder
+	// renews it (see lease.go): when the holder is gone, another replica
+	// takes the background work over within about this long. 0 means
+	// DefaultLeaseTTL. It must exceed the replicas' clock skew.
+	LeaseTTL time.Duration
+	// ReconcileInterval is how often the lease holder reconciles every
+	// secret with the directory besides directory changes and take-overs,
+	// rewriting records the bucket lost. 0 means never.
+	ReconcileInterval time.Duration
 	// Replicas is how many copies of each KV bucket a JetStream cluster
 	// keeps when the service creates the buckets (3 on a three-node
 	// cluster). 0 means 1. Buckets that exist keep their own setting.
@@ -69,6 +78,10 @@ type Service struct {
 	now      func() time.Time
 	nonces   nonceCache
 	replicas int // of the buckets the service creates
+	leaseTTL time.Duration
+	every    time.Duration  // ReconcileInterval
+	lease    *lease         // the background lease, from Start
+	bg       sync.WaitGroup // the lease's goroutines
 
 	records jetstream.KeyValue // protocol.Bucket
 	store   *store             // ServiceBucket
@@ -117,6 +130,7 @@ func New(opts Options) (*Service, error) {
 	s := &Service{
 		nc: opts.Conn, sealer: sealer, signPub: signPub, curvePub: curvePub, curve: opts.CurveKey,
 		log: opts.Logger, now: opts.Now, slots: make(chan struct{}, maxInFlight), replicas: max(opts.Replicas, 1),
+		leaseTTL: opts.LeaseTTL, every: opts.ReconcileInterval,
 	}
 	if s.log == nil {
 		s.log = hclog.NewNullLogger()
@@ -162,6 +176,14 @@ func (s *Service) Start(ctx context.Context) error {
 		return err
 	}
 	s.store = &store{kv: kv, curve: s.curve, pub: s.curvePub}
+	s.lease = newLease(kv, s.leaseTTL, s.now, s.log)
+	// One try for the lease before the reconciliation every start makes,
+	// so that taking it does not make a second one at once.
+	s.lease.tick(ctx)
+	select {
+	case <-s.lease.gained:
+	default:
+	}
 	s.dirMu.Lock()
 	_, failed, err := s.reconcile(ctx, s.dir.Load(), nil)
 	if err == nil {
@@ -187,6 +209,7 @@ func (s *Service) Start(ctx context.Context) error {
 	s.mu.Lock()
 	s.sub = sub
 	s.mu.Unlock()
+	s.background(s.ctx, s.every)
 	s.log.Info("serving", "subject", SubjectPrefix+"*", "sign_key", s.signPub, "curve_key", s.curvePub)
 	return nil
 }
@@ -210,6 +233,7 @@ func (s *Service) Stop() error {
 	}
 	s.inflight.Wait()
 	s.cancel()
+	s.bg.Wait() // the lease released
 	if err != nil {
 		return fmt.Errorf("controlplane: stopping: %w", err)
 	}
@@ -269,7 +293,7 @@ func inboxReply(reply string) bool {
 // handle authenticates one request, carries it out and replies.
 func (s *Service) handle(m *nats.Msg) {
 	op := strings.TrimPrefix(m.Subject, SubjectPrefix)
-	ctx, cancel := context.WithTimeout(s.ctx, requestTimeout)
+	ctx, cancel := context.WithTimeout(s.ctx, requestTimeout+time.Duration(len(s.dir.Load().workspaces))*perRecordTime)
 	defer cancel()
 
 	var rep reply

@@ -86,6 +86,7 @@ type fanoutReport struct {
 	ConsumerCreateS      float64       `json:"consumer_create_s"`
 	ConsumerCreatePerS   float64       `json:"consumer_create_per_s"`
 	ConsumerCreateRetry  int           `json:"consumer_create_retries"`
+	ServerSettleS        float64       `json:"server_settle_s"`
 	ServerRSSBeforeKiB   int64         `json:"server_rss_before_kib"`
 	ServerRSSAfterKiB    int64         `json:"server_rss_after_kib"`
 	ServerKiBPerConsumer float64       `json:"server_kib_per_consumer"`
@@ -204,10 +205,14 @@ func runFanout(ctx context.Context, cfg *fanoutConfig) (err error) {
 		return fmt.Errorf("only %d of %d agents' consumers could be created", agents.created, cfg.n)
 	}
 	progress(fmt.Sprintf("%d consumers in %.1f s (%.0f/s, %d retries)", agents.created, agents.createS, rep.ConsumerCreatePerS, agents.retries))
-	// Let the server settle after the mass creation before measuring.
-	if err := sleepCtx(ctx, 3*time.Second); err != nil {
+	// Let the server settle after the mass creation before measuring: it
+	// scans for each new consumer's first message for a while.
+	settle, err := servers[0].settle(ctx, 2*time.Minute)
+	if err != nil {
 		return err
 	}
+	rep.ServerSettleS = settle.Seconds()
+	progress(fmt.Sprintf("server settled after %.1f s", rep.ServerSettleS))
 	rep.ServerRSSAfterKiB = servers[0].rssKiB()
 	rep.ServerKiBPerConsumer = float64(rep.ServerRSSAfterKiB-rep.ServerRSSBeforeKiB) / float64(cfg.n)
 	rep.AgentsRSSKiB = procRSSKiB(agents.cmd.Process.Pid)
@@ -303,6 +308,7 @@ func printFanout(w io.Writer, cfg *fanoutConfig, rep *fanoutReport) error {
 	}
 	fmt.Fprintf(w, "fan-out: %d workspaces, %d NATS node(s), %d cores, load %s\n", rep.Workspaces, rep.Nodes, rep.Cores, rep.Load)
 	fmt.Fprintf(w, "  agents' consumers: %d created in %.1f s = %.0f/s (%d retries)\n", rep.ConsumersCreated, rep.ConsumerCreateS, rep.ConsumerCreatePerS, rep.ConsumerCreateRetry)
+	fmt.Fprintf(w, "  server busy after the creation for %.1f s (until under 0.2 cores)\n", rep.ServerSettleS)
 	fmt.Fprintf(w, "  server RSS: %d KiB before, %d KiB after = %.1f KiB per consumer; agents' process RSS %d KiB\n",
 		rep.ServerRSSBeforeKiB, rep.ServerRSSAfterKiB, rep.ServerKiBPerConsumer, rep.AgentsRSSKiB)
 	fmt.Fprintf(w, "  version 1 (create): written %.2f s, applied %.2f s\n", rep.InitialWrittenS, rep.InitialAppliedS)
@@ -384,6 +390,38 @@ type natsProc struct {
 }
 
 func (p *natsProc) rssKiB() int64 { return procRSSKiB(p.cmd.Process.Pid) }
+
+// cpu is the process's user plus system CPU time, from /proc.
+func (p *natsProc) cpu() time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * time.Second / 100 // USER_HZ
+}
+
+// settle waits until the server uses less than a fifth of a core over two
+// seconds, at most max, and returns how long that took.
+func (p *natsProc) settle(ctx context.Context, limit time.Duration) (time.Duration, error) {
+	start := time.Now()
+	for time.Since(start) < limit {
+		before := p.cpu()
+		if err := sleepCtx(ctx, 2*time.Second); err != nil {
+			return 0, err
+		}
+		if p.cpu()-before < 400*time.Millisecond {
+			break
+		}
+	}
+	return time.Since(start), nil
+}
 
 // startNATSProcesses starts nodes nats-server processes (a cluster when
 // more than one), each with JetStream in dir and the consumer limit lifted,
