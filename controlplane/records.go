@@ -127,6 +127,9 @@ func (s *Service) writeRecord(ctx context.Context, ws, id string, version uint64
 		}
 		if err == nil {
 			s.revs.put(key, revVer{rev: rev, version: version})
+			if s.wroteHook != nil {
+				s.wroteHook()
+			}
 			return nil
 		}
 		s.revs.drop(key)

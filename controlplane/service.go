@@ -82,6 +82,8 @@ type Service struct {
 	every    time.Duration  // ReconcileInterval
 	lease    *lease         // the background lease, from Start
 	bg       sync.WaitGroup // the lease's goroutines
+	// wroteHook, when set (tests), runs after each record written.
+	wroteHook func()
 
 	records jetstream.KeyValue // protocol.Bucket
 	store   *store             // ServiceBucket
