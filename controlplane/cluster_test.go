@@ -317,3 +317,19 @@ func TestClusterFailover(t *testing.T) {
 		func(node string) { c.Restart(index(node)); c.WaitReady() },
 		"", "ws-a")
 }
+
+// TestClusterCrash: the same losses as TestClusterFailover, but each node
+// is a process killed with SIGKILL, as a crashed machine goes: no
+// leadership is handed over, so the survivors wait for raft's election
+// timeout (4-9 s) and agents for their consumer's missed heartbeats.
+func TestClusterCrash(t *testing.T) {
+	if testing.Short() {
+		t.Skip("crash failover waits for raft elections; skipped with -short")
+	}
+	c := natstest.StartProcessCluster(t, 3)
+	w := newClusterWorld(t, c.URLs())
+	w.failover(
+		func(node string) { c.Kill(c.Index(node)) },
+		func(node string) { c.Restart(c.Index(node)) },
+		"", "ws-a")
+}
