@@ -19,6 +19,10 @@ import (
 	"github.com/nbsecrets/nbsecrets/protocol"
 )
 
+// agentHeartbeat is the idle heartbeat the agent asks for (agent/sync.go's
+// syncHeartbeat).
+const agentHeartbeat = 2 * time.Second
+
 // maxCreateAttempts bounds the tries of one agent's consumer creation (a
 // server busy creating thousands may time a request out).
 const maxCreateAttempts = 6
@@ -86,8 +90,10 @@ func runFanoutAgents(path string) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var jss []jetstream.JetStream
+	var disconnects atomic.Int64
 	for i := range max(af.Conns, 1) {
-		nc, err := nats.Connect(strings.Join(af.URLs, ","), nats.Name(fmt.Sprintf("fanout-agents-%d", i)), nats.MaxReconnects(-1))
+		nc, err := nats.Connect(strings.Join(af.URLs, ","), nats.Name(fmt.Sprintf("fanout-agents-%d", i)), nats.MaxReconnects(-1),
+			nats.DisconnectErrHandler(func(_ *nats.Conn, _ error) { disconnects.Add(1) }))
 		if err != nil {
 			return fmt.Errorf("agents connecting to NATS: %w", err)
 		}
@@ -186,6 +192,9 @@ func runFanoutAgents(path string) error {
 			}
 			time.Sleep(5 * time.Millisecond)
 		}
+		if n := disconnects.Load(); n > 0 {
+			fmt.Fprintf(os.Stderr, "nbsecrets-bench agents: %d disconnects of the agents' connections so far\n", n)
+		}
 		fmt.Printf("applied %d %d %d %d\n", version, count, first, last)
 	}
 	if n := refused.Load(); n > 0 {
@@ -206,7 +215,7 @@ func startAgentConsumer(ctx context.Context, js jetstream.JetStream, a *fanAgent
 	if err != nil {
 		return nil, err
 	}
-	cc, err := cons.Consume(func(msg jetstream.Msg) { a.handle(msg, refused) })
+	cc, err := cons.Consume(func(msg jetstream.Msg) { a.handle(msg, refused) }, jetstream.PullHeartbeat(agentHeartbeat))
 	if err != nil {
 		return nil, err
 	}
