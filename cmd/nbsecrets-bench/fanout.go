@@ -37,6 +37,7 @@ type fanoutConfig struct {
 	nodes      int           // NATS servers: 1, or 3 for a cluster
 	conns      int           // the agents' NATS connections
 	creators   int           // agents creating their consumers at once
+	heartbeat  time.Duration // the consumers' idle heartbeat
 	natsServer string        // the nats-server binary
 	timeout    time.Duration // how long one round may take to apply everywhere
 	out        string        // JSON report file
@@ -53,12 +54,14 @@ const (
 // fanoutAgentsFile is what the agents' process reads: where NATS is, the
 // service's public keys, and each workspace's id and curve seed.
 type fanoutAgentsFile struct {
-	URLs       []string          `json:"urls"`
-	SignPub    string            `json:"sign_pub"`
-	CurvePub   string            `json:"curve_pub"`
-	Conns      int               `json:"conns"`
-	Creators   int               `json:"creators"`
-	Workspaces []fanoutWorkspace `json:"workspaces"`
+	URLs     []string `json:"urls"`
+	SignPub  string   `json:"sign_pub"`
+	CurvePub string   `json:"curve_pub"`
+	Conns    int      `json:"conns"`
+	Creators int      `json:"creators"`
+	// HeartbeatMs is the consumers' idle heartbeat (the agent's: 2000).
+	HeartbeatMs int64             `json:"heartbeat_ms"`
+	Workspaces  []fanoutWorkspace `json:"workspaces"`
 }
 
 type fanoutWorkspace struct {
@@ -81,6 +84,7 @@ type fanoutRound struct {
 type fanoutReport struct {
 	Workspaces           int           `json:"workspaces"`
 	Nodes                int           `json:"nodes"`
+	HeartbeatS           float64       `json:"heartbeat_s"`
 	Cores                int           `json:"cores"`
 	ConsumersCreated     int           `json:"consumers_created"`
 	ConsumerCreateS      float64       `json:"consumer_create_s"`
@@ -121,7 +125,7 @@ func runFanout(ctx context.Context, cfg *fanoutConfig) (err error) {
 		return err
 	}
 	cl.add(func() error { return os.RemoveAll(dir) })
-	rep := &fanoutReport{Workspaces: cfg.n, Nodes: cfg.nodes, Cores: runtime.NumCPU()}
+	rep := &fanoutReport{Workspaces: cfg.n, Nodes: cfg.nodes, Cores: runtime.NumCPU(), HeartbeatS: cfg.heartbeat.Seconds()}
 
 	progress(fmt.Sprintf("starting %d nats-server process(es)", cfg.nodes))
 	servers, err := startNATSProcesses(ctx, cfg.natsServer, cfg.nodes, dir, &cl)
@@ -153,7 +157,8 @@ func runFanout(ctx context.Context, cfg *fanoutConfig) (err error) {
 		Users:    []controlplane.User{{ID: "fan-owner", PublicKey: userPub}},
 		Projects: []controlplane.Project{{ID: "fan", Members: []controlplane.Member{{User: "fan-owner", Role: controlplane.RoleAdmin}}}},
 	}
-	af := fanoutAgentsFile{URLs: urls, SignPub: signPub, CurvePub: curvePub, Conns: cfg.conns, Creators: cfg.creators}
+	af := fanoutAgentsFile{URLs: urls, SignPub: signPub, CurvePub: curvePub, Conns: cfg.conns, Creators: cfg.creators,
+		HeartbeatMs: cfg.heartbeat.Milliseconds()}
 	for i := range cfg.n {
 		kp, err := nkeys.CreateCurveKeys()
 		if err != nil {
@@ -306,7 +311,7 @@ func printFanout(w io.Writer, cfg *fanoutConfig, rep *fanoutReport) error {
 	for _, r := range rep.Rounds {
 		sum.Applied = min(sum.Applied, r.Applied)
 	}
-	fmt.Fprintf(w, "fan-out: %d workspaces, %d NATS node(s), %d cores, load %s\n", rep.Workspaces, rep.Nodes, rep.Cores, rep.Load)
+	fmt.Fprintf(w, "fan-out: %d workspaces, %d NATS node(s), consumers' heartbeat %gs, %d cores, load %s\n", rep.Workspaces, rep.Nodes, rep.HeartbeatS, rep.Cores, rep.Load)
 	fmt.Fprintf(w, "  agents' consumers: %d created in %.1f s = %.0f/s (%d retries)\n", rep.ConsumersCreated, rep.ConsumerCreateS, rep.ConsumerCreatePerS, rep.ConsumerCreateRetry)
 	fmt.Fprintf(w, "  server busy after the creation for %.1f s (until under 0.2 cores)\n", rep.ServerSettleS)
 	fmt.Fprintf(w, "  server RSS: %d KiB before, %d KiB after = %.1f KiB per consumer; agents' process RSS %d KiB\n",

@@ -19,10 +19,6 @@ import (
 	"github.com/nbsecrets/nbsecrets/protocol"
 )
 
-// agentHeartbeat is the idle heartbeat the agent asks for (agent/sync.go's
-// syncHeartbeat).
-const agentHeartbeat = 2 * time.Second
-
 // maxCreateAttempts bounds the tries of one agent's consumer creation (a
 // server busy creating thousands may time a request out).
 const maxCreateAttempts = 6
@@ -137,7 +133,7 @@ func runFanoutAgents(path string) error {
 				a := agents[i]
 				js := jss[i%len(jss)]
 				for attempt := 1; ; attempt++ {
-					cc, err := startAgentConsumer(ctx, js, a, &refused)
+					cc, err := startAgentConsumer(ctx, js, a, time.Duration(af.HeartbeatMs)*time.Millisecond, &refused)
 					if err == nil {
 						ccMu.Lock()
 						ccs = append(ccs, cc)
@@ -205,7 +201,7 @@ func runFanoutAgents(path string) error {
 
 // startAgentConsumer makes the agent's ordered consumer as agent/sync.go
 // does and starts consuming it.
-func startAgentConsumer(ctx context.Context, js jetstream.JetStream, a *fanAgent, refused *atomic.Int64) (jetstream.ConsumeContext, error) {
+func startAgentConsumer(ctx context.Context, js jetstream.JetStream, a *fanAgent, heartbeat time.Duration, refused *atomic.Int64) (jetstream.ConsumeContext, error) {
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	cons, err := js.OrderedConsumer(cctx, protocol.StreamName(), jetstream.OrderedConsumerConfig{
@@ -215,7 +211,7 @@ func startAgentConsumer(ctx context.Context, js jetstream.JetStream, a *fanAgent
 	if err != nil {
 		return nil, err
 	}
-	cc, err := cons.Consume(func(msg jetstream.Msg) { a.handle(msg, refused) }, jetstream.PullHeartbeat(agentHeartbeat))
+	cc, err := cons.Consume(func(msg jetstream.Msg) { a.handle(msg, refused) }, jetstream.PullHeartbeat(heartbeat))
 	if err != nil {
 		return nil, err
 	}
