@@ -126,8 +126,14 @@ var errReconnected = errors.New("agent: NATS connection re-established; reading 
 // the next read starts over. A workspace has few records (the budget), and
 // the store ignores those it holds, so a fresh read is cheap.
 const (
-	pullExpiry    = 15 * time.Second // a pull request's life
-	pullHeartbeat = 5 * time.Second  // the server's idle heartbeat; two missed end the read
+	pullExpiry = 15 * time.Second // a pull request's life
+	// pullHeartbeat is how often the server tells an idle consumer it is
+	// still there. Two missed in a row end the read and the next one makes
+	// the consumer anew (on another node of a cluster), so it bounds how
+	// long a crashed node's consumer goes unnoticed (nats.go's default, 5s,
+	// made that 10s); each idle agent costs the server one message per
+	// period.
+	pullHeartbeat = 2 * time.Second
 	reconnectPoll = 250 * time.Millisecond
 )
 
