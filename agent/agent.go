@@ -222,7 +222,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	s := &syncer{js: js, ws: a.cfg.Workspace.ID, opener: a.cfg.Opener, st: a.st, log: a.log.Named("sync"), now: time.Now,
 		published: a.saveState, access: a.access}
-	wg.Add(2)
+	wg.Add(3)
+	go func() { defer wg.Done(); a.publishStatus(ctx) }()
 	go func() { defer wg.Done(); s.run(ctx) }()
 	go func() {
 		defer wg.Done()
@@ -302,6 +303,7 @@ type SecretStatus struct {
 	Version    uint64         `json:"version"`
 	Scope      protocol.Scope `json:"scope"`
 	ShadowedBy string         `json:"shadowed_by,omitempty"` // scope of the same-named secret that wins
+	OverBudget bool           `json:"over_budget,omitempty"` // left out: the workspace's budget is spent
 }
 
 // Status is what the agent holds: names, versions, kernels. Never a value.
@@ -346,6 +348,9 @@ func (a *Agent) Status() Status {
 	}
 	for _, sh := range d.Shadowed {
 		st.Secrets = append(st.Secrets, SecretStatus{Name: sh.Name, SecretID: sh.SecretID, Scope: sh.Scope, ShadowedBy: sh.By.String()})
+	}
+	for _, o := range d.OverBudget {
+		st.Secrets = append(st.Secrets, SecretStatus{Name: o.Name, SecretID: o.SecretID, Scope: o.Scope, OverBudget: true})
 	}
 	st.Kernels = a.kernels.statuses()
 	a.metrics.mu.Lock()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sort"
@@ -208,6 +209,9 @@ func (ks *kernels) serve(ctx context.Context, w *worker) {
 	wake, unsubscribe := ks.st.subscribe()
 	defer unsubscribe()
 	bo := backoff{min: 50 * time.Millisecond, max: 5 * time.Second}
+	// Re-seed failures back off on their own, not reset by the reconnect
+	// that follows each one (it succeeds), only by a re-seed that works.
+	rb := backoff{min: reseedRetryMin, max: reseedRetryMax}
 	for ctx.Err() == nil {
 		if _, err := os.Stat(w.file); errors.Is(err, os.ErrNotExist) {
 			ks.forget(w)
@@ -231,7 +235,11 @@ func (ks *kernels) serve(ctx context.Context, w *worker) {
 		w.busy, w.desc = sess.Busy, sess.Describe
 		w.mu.Unlock()
 		log.Info("kernel connected", "language", desc.Language, "mode", desc.Mode)
+		reseeds := w.snapshot().Reseeds
 		err = ks.follow(ctx, w, sess, wake, log)
+		if w.snapshot().Reseeds != reseeds {
+			rb.reset()
+		}
 		w.mu.Lock()
 		w.busy, w.desc = nil, nil
 		w.mu.Unlock()
@@ -251,6 +259,14 @@ func (ks *kernels) serve(ctx context.Context, w *worker) {
 			continue
 		}
 		w.update(func(s *KernelStatus) { s.State, s.LastError = StateUnreachable, err.Error() })
+		if errors.Is(err, errReseedFailed) {
+			wait := rb.next()
+			log.Warn("re-seed failed; trying again", "error", err, "in", wait)
+			if !waitCtx(ctx, wait) {
+				return
+			}
+			continue
+		}
 		log.Warn("kernel stopped answering; reconnecting", "error", err)
 		if !waitCtx(ctx, bo.next()) {
 			return
@@ -361,7 +377,7 @@ func (ks *kernels) follow(ctx context.Context, w *worker, sess session, wake <-c
 					w.owed = ks.owe(w, dec, p, held)
 					continue
 				}
-				return err
+				return fmt.Errorf("%w: %w", errReseedFailed, err)
 			}
 			ks.metrics.reseeded(p.Full, d.ChangedAt)
 			held = holdings(d)

@@ -514,11 +514,11 @@ func TestObserveMetricsMove(t *testing.T) {
 		return nil
 	})
 	for series, want := range map[string]float64{
-		"nbsecrets_records_applied_total":                2,
-		`nbsecrets_kernels{state="live"}`:                1,
-		`nbsecrets_kernels_by_mode{mode="live:control"}`: 1,
-		"nbsecrets_secrets":                              1,
-		"nbsecrets_nats_connected":                       1,
+		"nbsecrets_records_applied_total":              2,
+		`nbsecrets_kernels{state="live"}`:              1,
+		`nbsecrets_kernels_by_mode{mode="live:quiet"}`: 1,
+		"nbsecrets_secrets":                            1,
+		"nbsecrets_nats_connected":                     1,
 	} {
 		if got := m2.get(t, series); got != want {
 			t.Errorf("after: %s = %v, want %v", series, got, want)

@@ -148,17 +148,20 @@ func (h *quietHub) forget(t *quietTicket) {
 	}
 }
 
-// claim takes the ticket for a presented token, once.
-func (h *quietHub) claim(token string) *quietTicket {
+// claim hands c to the ticket of a presented token, once; it reports
+// whether there was one. Under the lock, so that a ticket being forgotten
+// either gets c before forget drains it or is gone.
+func (h *quietHub) claim(token string, c *net.UnixConn, pid int) bool {
 	key := sha256.Sum256([]byte(token))
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	t := h.waiting[key]
 	if t == nil || subtle.ConstantTimeCompare([]byte(t.token), []byte(token)) != 1 {
-		return nil
+		return false
 	}
 	delete(h.waiting, key)
-	return t
+	t.conn <- newQuietConn(c, pid) // capacity 1, one claim per ticket
+	return true
 }
 
 // serve accepts kernels' connections on l until ctx ends.
@@ -237,13 +240,10 @@ func (h *quietHub) handshake(c *net.UnixConn) {
 		refuse("claimed pid is not the connecting process's", "peer_pid", peerPID, "claimed_pid", hello.PID)
 		return
 	}
-	t := h.claim(hello.Token)
-	if t == nil {
-		refuse("unknown or already used token", "peer_pid", peerPID)
-		return
-	}
 	_ = c.SetReadDeadline(time.Time{})
-	t.conn <- newQuietConn(c, hello.PID) // capacity 1, one claim per ticket
+	if !h.claim(hello.Token, c, hello.PID) {
+		refuse("unknown or already used token", "peer_pid", peerPID)
+	}
 }
 
 func peerPID(c *net.UnixConn) (int, error) {

@@ -60,27 +60,30 @@ def _after_fork_in_child():
             pass
 
 
-def _recv_exact(s, n):
-    buf = bytearray()
-    while len(buf) < n:
-        b = s.recv(n - len(buf))
-        if not b:
-            return None
-        buf += b
-    return bytes(buf)
+class _Reader:
+    # Reads frames with as few blocking calls as it can: each recv releases
+    # the GIL, and taking it back while a cell holds it costs up to a switch
+    # interval, so a frame that arrived whole is read in one.
+    def __init__(self, s):
+        self.s = s
+        self.buf = b''
 
-
-def _recv_frame(s):
-    head = _recv_exact(s, 4)
-    if head is None:
-        return None
-    (n,) = _struct.unpack('>I', head)
-    if n > _MAX_FRAME:
-        raise ValueError('frame too large')
-    body = _recv_exact(s, n)
-    if body is None:
-        return None
-    return _json.loads(body)
+    def frame(self):
+        while True:
+            if len(self.buf) >= 4:
+                (n,) = _struct.unpack('>I', self.buf[:4])
+                if n > _MAX_FRAME:
+                    raise ValueError('frame too large')
+                if len(self.buf) >= 4 + n:
+                    body, self.buf = self.buf[4:4 + n], self.buf[4 + n:]
+                    return _json.loads(body)
+                want = 4 + n - len(self.buf)
+            else:
+                want = 4 - len(self.buf)
+            b = self.s.recv(max(want, 65536))
+            if not b:
+                return None
+            self.buf += b
 
 
 def _send_frame(s, obj):
@@ -137,8 +140,9 @@ def _serve(st, path, token):
         st.sock = s
     try:
         _send_frame(s, {'v': 1, 'token': token, 'pid': _os.getpid()})
+        r = _Reader(s)
         while True:
-            m = _recv_frame(s)
+            m = r.frame()
             if m is None:
                 return
             seq = m.get('seq')

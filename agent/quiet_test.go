@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -404,3 +405,69 @@ except PermissionError as e:
 	}
 }
 
+// startHub serves a quiet hub on a socket in a private temporary directory
+// until the test ends.
+func startHub(t *testing.T) *quietHub {
+	t.Helper()
+	hub := newQuietHub(testLogger(t))
+	path := filepath.Join(t.TempDir(), "q.sock")
+	l, err := listen(path, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- hub.serve(ctx, l, path) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	})
+	waitFor(t, 10*time.Second, func() error {
+		if hub.socketPath() == "" {
+			return errors.New("hub not listening yet")
+		}
+		return nil
+	})
+	return hub
+}
+
+// TestQuietFailureReported: a change the kernel cannot apply (a value
+// os.environ refuses) comes back as the exception's class name, without
+// the value, with nothing on iopub; the thread goes on serving.
+func TestQuietFailureReported(t *testing.T) {
+	hub := startHub(t)
+	k := kerneltest.Start(t, kerneltest.Options{Dir: t.TempDir()})
+	c := k.Client(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	sess, err := hub.dial(ctx, k.ConnFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	if m := sess.Describe().Mode; m != ModeQuiet {
+		t.Fatalf("mode %s, want %s", m, ModeQuiet)
+	}
+	drain(c)
+	bad := secretValue("nul") + "\x00tail"
+	err = sess.Apply(ctx, Plan{Set: map[string]string{"BROKEN": bad}}, "BROKEN")
+	if err == nil || !strings.Contains(err.Error(), "ValueError") {
+		t.Fatalf("a value with a NUL byte: got %v, want an error naming ValueError", err)
+	}
+	if strings.Contains(err.Error(), secretValue("nul")) {
+		t.Error("the error carries the value")
+	}
+	good := secretValue("good")
+	if err := sess.Apply(ctx, Plan{Set: map[string]string{"FINE": good}}, "FINE"); err != nil {
+		t.Fatalf("the next change: %v", err)
+	}
+	if got := foreign(c); len(got) != 0 {
+		t.Errorf("iopub during the failed and the good change: %v", got)
+	}
+	waitEnv(t, c, "FINE", good)
+	if out := k.Output(); strings.Contains(out, "Traceback") || strings.Contains(out, "ValueError") {
+		t.Errorf("the failure reached the kernel's output:\n%s", out)
+	}
+}

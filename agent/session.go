@@ -192,11 +192,17 @@ func (s *jupyterSession) installWhenIdle(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		log.Warn("quiet channel install failed; the kernel stays on control", "error", err)
+		log.Warn("quiet channel install failed", "error", err)
 		if !waitCtx(ctx, 5*time.Second) {
 			return
 		}
 	}
+	// Given up for this session: status shows what serves the kernel.
+	s.mu.Lock()
+	s.desc.Mode = map[Mode]Mode{ModeControlWaiting: ModeControl, ModeSubshellWaiting: ModeSubshell}[s.desc.Mode]
+	s.mu.Unlock()
+	log.Warn("quiet channel not installed; the kernel is served over Jupyter's channels, where re-seeds show on iopub",
+		"attempts", installAttempts)
 }
 
 // install runs the quiet channel's install on shell and returns the

@@ -78,7 +78,8 @@ func startProtoKernel(t *testing.T, dir string, subshells bool) *protoKernel {
 	k.info.IOPubPort, k.info.HBPort = listen(iopub), listen(hb)
 	k.iopub = iopub
 	t.Cleanup(k.stop)
-	k.wg.Add(2)
+	k.wg.Add(3)
+	go k.echo(ctx, hb)
 	go k.serve(jupyter.Shell, shell, iopub)
 	go k.serve(jupyter.Control, control, iopub)
 	if err := k.info.WriteFile(filepath.Join(dir, "kernel-"+jupyter.NewID()+".json")); err != nil {
@@ -102,6 +103,18 @@ func (k *protoKernel) stop() {
 		s.Close()
 	}
 	k.wg.Wait()
+}
+
+// echo answers the heartbeat: each message back as it came.
+func (k *protoKernel) echo(ctx context.Context, s zmq4.Socket) {
+	defer k.wg.Done()
+	for ctx.Err() == nil {
+		m, err := s.Recv()
+		if err != nil {
+			continue // a pinger gone; Close ends the loop through ctx
+		}
+		_ = s.Send(m)
+	}
 }
 
 var protoMu sync.Mutex // iopub is shared by the shell and control loops
@@ -288,9 +301,17 @@ func TestSubshellReseed(t *testing.T) {
 	if set, _ := p["set"].(map[string]any); set["TOKEN"] != v || fmt.Sprint(p["unset"]) != "[OLD]" || p["managed"] != "TOKEN" {
 		t.Error("the re-seed does not carry the plan")
 	}
-	// The probe still goes to control (kernel_info there).
+	// The probe goes to the heartbeat, not to shell or control.
+	before := len(k.requests("kernel_info_request"))
 	if err := sess.Probe(ctx); err != nil {
 		t.Errorf("probe: %v", err)
+	}
+	if n := len(k.requests("kernel_info_request")) - before; n != 0 {
+		t.Errorf("the probe sent %d kernel_info requests; want the heartbeat only", n)
+	}
+	k.stop()
+	if err := sess.Probe(ctx); err == nil {
+		t.Error("the probe passed against a kernel whose sockets are closed")
 	}
 }
 
@@ -317,9 +338,12 @@ func TestNoSubshellsUsesControl(t *testing.T) {
 // TestSubshellKernelThroughAgent: the agent serves a subshell kernel found
 // in its runtime dir: status shows it live in mode live:subshell, holding
 // the secret, and every re-seed went to the subshell.
+//
+// The quiet channel is off: a protocol-level kernel cannot run its install
+// (TestQuiet* covers it against ipykernel).
 func TestSubshellKernelThroughAgent(t *testing.T) {
 	h := newHarness(t)
-	a := h.startAgent()
+	a := h.startAgentWith(func(c *Config) { c.NoQuiet = true })
 	k := startProtoKernel(t, h.dir, true)
 	v1, v2 := secretValue("sub1"), secretValue("sub2")
 	h.put("s1", "SUB-TOKEN", 1, v1)

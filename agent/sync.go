@@ -69,7 +69,17 @@ func (b *accessBox) take() (Workspace, bool) {
 var errResync = errors.New("agent: access changed; reading the records again")
 
 func (s *syncer) publish() {
+	before, _ := s.st.snapshot()
 	s.st.publish(s.now())
+	if d, _ := s.st.snapshot(); d != before && len(d.OverBudget) > 0 {
+		names := make([]string, 0, len(d.OverBudget))
+		for _, o := range d.OverBudget {
+			names = append(names, o.Name+" ("+o.Scope.String()+")")
+		}
+		s.log.Warn("secrets left out of the kernels: the workspace's environment would pass its budget",
+			"names", strings.Join(names, ", "), "max_secrets", protocol.MaxWorkspaceSecrets,
+			"max_bytes", protocol.MaxWorkspaceEnvBytes, "kept", len(d.Env))
+	}
 	if s.published != nil {
 		s.published()
 	}

@@ -40,6 +40,13 @@ type Options struct {
 	// Now is the clock for request timestamps and record times. Nil means
 	// time.Now.
 	Now func() time.Time
+	// Names tightens the names of shared secrets; the zero value adds
+	// nothing to the reserved list (see NamePolicy).
+	Names NamePolicy
+	// Replicas is how many copies of each KV bucket a JetStream cluster
+	// keeps when the service creates the buckets (3 on a three-node
+	// cluster). 0 means 1. Buckets that exist keep their own setting.
+	Replicas int
 }
 
 // QueueGroup is the NATS queue group the service subscribes in, so that
@@ -64,10 +71,16 @@ type Service struct {
 	log      hclog.Logger
 	now      func() time.Time
 	nonces   nonceCache
+	names    NamePolicy
+	replicas int // of the buckets the service creates
 
 	records jetstream.KeyValue // protocol.Bucket
 	store   *store             // ServiceBucket
 	openers sync.Map           // workspace id -> *protocol.Opener, to read our own records back
+	revs    revCache           // record key -> revision and version last written or verified
+	// verified counts the records read back and verified before being
+	// replaced (the slow path of writeRecord).
+	verified atomic.Int64
 
 	ctx    context.Context // cancelled by Stop once requests are done
 	cancel context.CancelFunc
@@ -107,7 +120,8 @@ func New(opts Options) (*Service, error) {
 	}
 	s := &Service{
 		nc: opts.Conn, sealer: sealer, signPub: signPub, curvePub: curvePub, curve: opts.CurveKey,
-		log: opts.Logger, now: opts.Now, slots: make(chan struct{}, maxInFlight),
+		log: opts.Logger, now: opts.Now, slots: make(chan struct{}, maxInFlight), names: opts.Names,
+		replicas: max(opts.Replicas, 1),
 	}
 	if s.log == nil {
 		s.log = hclog.NewNullLogger()
@@ -139,14 +153,14 @@ func (s *Service) Start(ctx context.Context) error {
 		return fmt.Errorf("controlplane: jetstream: %w", err)
 	}
 	s.records, err = ensureBucket(ctx, js, jetstream.KeyValueConfig{
-		Bucket: protocol.Bucket, History: 1, Storage: jetstream.FileStorage,
+		Bucket: protocol.Bucket, History: 1, Storage: jetstream.FileStorage, Replicas: s.replicas,
 		Description: "nbsecrets: signed, sealed secret records per workspace",
 	})
 	if err != nil {
 		return err
 	}
 	kv, err := ensureBucket(ctx, js, jetstream.KeyValueConfig{
-		Bucket: ServiceBucket, History: 1, Storage: jetstream.FileStorage,
+		Bucket: ServiceBucket, History: 1, Storage: jetstream.FileStorage, Replicas: s.replicas,
 		Description: "nbsecrets: the secrets service's own state (values sealed)",
 	})
 	if err != nil {

@@ -33,6 +33,7 @@ type report struct {
 	Detail   detailReport  `json:"detail"`
 	Policy   *policyReport `json:"restart_by_policy,omitempty"`
 	Jupyter  *policyReport `json:"restart_by_policy_through_jupyter_server,omitempty"`
+	IOPub    *iopubCount   `json:"agent_iopub,omitempty"`
 	Notes    []string      `json:"notes,omitempty"`
 	raw      *measurements // what the rows were made from
 }
@@ -202,6 +203,7 @@ type measurements struct {
 	versions               *versions
 	mode                   string
 	loadStart, tempFS      string
+	iopub                  *iopubCount // the agent's iopub messages on the live kernel
 }
 
 const (
@@ -260,6 +262,8 @@ func build(cfg *config, m *measurements, started time.Time) *report {
 	}
 	r.Agent = agentReport{PID: m.agentPID, VmRSS: m.mem.RSS, VmHWM: m.mem.HWM, VmRSSStart: m.memStart.RSS}
 	r.Targets = append(targets(idle, waiting, busy, m.mem), overheadTargets(base, inj, execDirect, execInject)...)
+	r.Targets = append(r.Targets, quietTargets(idle, waiting, busy, m.iopub)...)
+	r.IOPub = m.iopub
 	if la := strings.Fields(m.loadStart); len(la) > 0 {
 		if l, err := strconv.ParseFloat(la[0], 64); err == nil && l >= float64(r.Machine.Cores) {
 			r.Notes = append(r.Notes, fmt.Sprintf("the machine was busy when the bench started: load average %.2f on %d cores; other processes competed for the CPUs", l, r.Machine.Cores))
@@ -491,6 +495,9 @@ func (r *report) writeTable(w io.Writer) {
 			}
 		}
 		fmt.Fprintf(w, "  %-26s %8.2f %-3s %s\n", t.Name, t.Value, t.Unit, verdict)
+	}
+	if io := r.IOPub; io != nil {
+		fmt.Fprintf(w, "agent's iopub messages on the live kernel over %d changes and %.0f s idle: %d %v\n", io.Changes, io.IdleS, io.Messages, io.ByType)
 	}
 	fmt.Fprintln(w, "\nwhere the time goes (p50 / p99 ms):")
 	ld := func(name string, d liveDetail) {

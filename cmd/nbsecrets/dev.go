@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
 
@@ -126,20 +125,22 @@ func runDev(ctx context.Context, env *cliEnv, args []string) error {
 		}
 	}
 
-	// The embedded NATS server: loopback, a random port, JetStream under the state dir.
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true,
-		StoreDir: filepath.Join(dir, "jetstream"), NoSigs: true, NoLog: true, ServerName: "nbsecrets-dev"})
+	// The embedded NATS server: loopback, a random port, JetStream under
+	// the state dir, and the accounts and permissions of production (see
+	// devnats.go), with no cap on consumers per stream (nats-server's
+	// default of 1,000 would refuse the 1,001st workspace's agent).
+	ns, err := startDevNATS(dir, dirc)
 	if err != nil {
-		return fmt.Errorf("embedded NATS: %w", err)
+		return err
 	}
-	go ns.Start()
 	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		return errors.New("embedded NATS did not start within 10s")
-	}
 	url := ns.ClientURL()
 
-	svcConn, err := nats.Connect(url, nats.Name("nbsecrets-service"), nats.MaxReconnects(-1))
+	svcAuth, err := devNATSOption(dir, "service", "")
+	if err != nil {
+		return err
+	}
+	svcConn, err := nats.Connect(url, nats.Name("nbsecrets-service"), nats.MaxReconnects(-1), svcAuth)
 	if err != nil {
 		return fmt.Errorf("service connecting to NATS: %w", err)
 	}
@@ -163,7 +164,11 @@ func runDev(ctx context.Context, env *cliEnv, args []string) error {
 
 	access, _ := dirc.AccessOf(wsID)
 	sock := filepath.Join(dir, agentSockName)
-	agents := &devAgents{url: url, wsID: wsID, signPub: signPub, curvePub: curvePub, wsKP: wsKP,
+	agentAuth, err := devNATSOption(dir, "workspaces", wsID)
+	if err != nil {
+		return err
+	}
+	agents := &devAgents{url: url, auth: agentAuth, wsID: wsID, signPub: signPub, curvePub: curvePub, wsKP: wsKP,
 		runtimeDir: *runtimeDir, sock: sock, log: log.Named("agent"),
 		policy: pol, jupyterServer: jupyterServer, metricsAddr: *metricsAddr}
 	ag, err := agents.start(ctx, access)
@@ -175,6 +180,9 @@ func runDev(ctx context.Context, env *cliEnv, args []string) error {
 		stopWatch := goWatchDirectory(ctx, dirPath, dirData, log.Named("directory"), func(data []byte) error {
 			d, err := devDirectory(keys, dirPath, data, log)
 			if err != nil {
+				return err
+			}
+			if err := reloadDevNATS(ns, dir, d); err != nil {
 				return err
 			}
 			if err := svc.SetDirectory(d); err != nil {
@@ -362,6 +370,7 @@ func devWorkspace(d *controlplane.Directory, want, user string) (string, error) 
 // scope against it).
 type devAgents struct {
 	url, wsID, signPub, curvePub string
+	auth                         nats.Option // the agent's NATS key
 	wsKP                         nkeys.KeyPair
 	runtimeDir, sock             string
 	log                          hclog.Logger
@@ -385,7 +394,7 @@ func (d *devAgents) start(ctx context.Context, access controlplane.Access) (*age
 }
 
 func (d *devAgents) startLocked(ctx context.Context, access controlplane.Access) (*agent.Agent, error) {
-	conn, err := agent.Connect(d.url, d.log, nats.Name("nbsecrets-agent-"+d.wsID))
+	conn, err := agent.Connect(d.url, d.log, nats.Name("nbsecrets-agent-"+d.wsID), d.auth)
 	if err != nil {
 		return nil, err
 	}

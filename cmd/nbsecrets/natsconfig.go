@@ -16,10 +16,21 @@ const natsConfigUsage = `Usage: nbsecrets nats-config --directory FILE [--out FI
 
 Writes the nats-server authorisation of a deployment: an accounts block to
 include in the server's own configuration, which sets listen, TLS and
-jetstream { store_dir }:
+the jetstream block:
 
-    jetstream { store_dir: /var/lib/nats }
+    jetstream {
+      store_dir: /var/lib/nats
+      limits { default_max_consumers: -1 }
+    }
     include "nbsecrets-auth.conf"
+
+Every workspace's agent reads the record bucket through a consumer of its
+own, and nats-server caps a stream at 1,000 consumers unless the server's
+jetstream limits say otherwise (a stream's own -1 does not lift it): without
+default_max_consumers: -1 (or a positive count above the number of
+workspaces) the 1,001st agent fails with "maximum consumers limit reached".
+The included file cannot carry it: a second jetstream block would replace
+the server's own.
 
 Every party connects with a NATS nkey of its own. The command makes the
 missing ones (seed files, mode 0600, in a directory created 0700) and reuses

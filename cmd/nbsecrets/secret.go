@@ -463,7 +463,15 @@ func dialSecrets(stateDir, user string) (*controlplane.Client, string, func(), e
 	if err != nil {
 		return nil, "", nil, fmt.Errorf("key of user %s: %w", user, err)
 	}
-	nc, err := nats.Connect(info.NATSURL, nats.Name("nbsecrets secret"), nats.Timeout(connectTimeout), nats.NoReconnect())
+	opts := []nats.Option{nats.Name("nbsecrets secret"), nats.Timeout(connectTimeout), nats.NoReconnect()}
+	auth, err := devNATSUserOption(stateDir, user)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	if auth != nil {
+		opts = append(opts, auth)
+	}
+	nc, err := nats.Connect(info.NATSURL, opts...)
 	if err != nil {
 		return nil, "", nil, fmt.Errorf("cannot reach the instance's NATS server at %s (from %s; is 'nbsecrets dev --state-dir %s' running?): %w",
 			info.NATSURL, filepath.Join(stateDir, devInfoFile), stateDir, err)

@@ -24,6 +24,7 @@ import (
 //
 //	nbsecrets serve --nats URL [--creds FILE] --directory FILE
 //	                --sign-key FILE --curve-key FILE [--log-level LEVEL] [--log-json]
+//	                [--shared-name-pattern RE] [--admins-name-shared]
 //
 // --sign-key is the seed file (0600) of the ed25519 nkey that signs records
 // and --curve-key that of the curve key that seals them; agents pin their
@@ -41,6 +42,7 @@ func runServe(ctx context.Context, env *cliEnv, args []string) error {
 	dirFile := fs.String("directory", envOr("NBSECRETS_DIRECTORY", ""), "directory file: users, projects, communities, workspaces (required) ($NBSECRETS_DIRECTORY)")
 	signKey := fs.String("sign-key", envOr("NBSECRETS_SIGN_KEY", ""), "seed file of the service's ed25519 signing nkey, mode 0600 (required) ($NBSECRETS_SIGN_KEY)")
 	curveKey := fs.String("curve-key", envOr("NBSECRETS_CURVE_KEY", ""), "seed file of the service's curve key, mode 0600 (required) ($NBSECRETS_CURVE_KEY)")
+	names := addNameFlags(fs)
 	logLevel, logJSON := logFlags(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -93,7 +95,11 @@ func runServe(ctx context.Context, env *cliEnv, args []string) error {
 		return fmt.Errorf("connecting to NATS at %s: %w", *url, err)
 	}
 	defer nc.Close()
-	svc, err := controlplane.New(controlplane.Options{Conn: nc, SignKey: signKP, CurveKey: curveKP, Directory: dir, Logger: log})
+	namePolicy, err := names.policy()
+	if err != nil {
+		return err
+	}
+	svc, err := controlplane.New(controlplane.Options{Conn: nc, SignKey: signKP, CurveKey: curveKP, Directory: dir, Logger: log, Names: namePolicy})
 	if err != nil {
 		return err
 	}

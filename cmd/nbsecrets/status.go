@@ -107,6 +107,9 @@ func printStatus(w io.Writer, st *agent.Status) {
 		if s.ShadowedBy != "" {
 			note = "shadowed by " + s.ShadowedBy + " (not in kernels)"
 		}
+		if s.OverBudget {
+			note = "over the workspace's budget (not in kernels)"
+		}
 		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\n", s.Name, s.Version, s.Scope, note)
 	}
 	tw.Flush()
@@ -145,6 +148,10 @@ func printStatus(w io.Writer, st *agent.Status) {
 // when it starts. The mode's own name follows in parentheses, as in --json.
 func servedAs(m agent.Mode) string {
 	switch m {
+	case agent.ModeQuiet:
+		return "live, quiet channel (live:quiet)"
+	case agent.ModeControlWaiting, agent.ModeSubshellWaiting:
+		return "live, Jupyter channel until the running cell ends (" + string(m) + ")"
 	case agent.ModeSubshell:
 		return "live, subshell (live:subshell)"
 	case agent.ModeControl:

@@ -132,11 +132,13 @@ const jsAPIInfo = jsAPI + "INFO"
 //	        the consumer's pull requests (Messages)
 //	publish $JS.API.CONSUMER.DELETE.KV_nbsecrets.*
 //	        deleting the previous consumer when the ordered consumer resets
+//	publish nbsecrets.status.<ws>
+//	        its rollout status, exported to the service's account only
 //	subscribe _INBOX.>
 //	        API replies and deliveries; the account is the agent's alone
 func AgentPermissions(ws string) Permissions {
 	return Permissions{
-		Publish:   []string{consumerCreate(ws), consumerNext, consumerDelete},
+		Publish:   []string{consumerCreate(ws), consumerNext, consumerDelete, protocol.StatusSubject(ws)},
 		Subscribe: []string{"_INBOX.>"},
 	}
 }
@@ -171,6 +173,8 @@ func UserPermissions() Permissions {
 //	        serving the API
 //	subscribe _INBOX.>
 //	        its own API replies and deliveries
+//	subscribe nbsecrets.status.*
+//	        the agents' rollout status, imported from each workspace's account
 //
 // It may not delete, purge or update streams, nor read other accounts'
 // subjects.
@@ -192,7 +196,7 @@ func ServicePermissions() Permissions {
 		"$JS.FC."+serviceStream+".>")
 	return Permissions{
 		Publish:        pub,
-		Subscribe:      []string{controlplane.SubjectPrefix + "* " + controlplane.QueueGroup, "_INBOX.>"},
+		Subscribe:      []string{controlplane.SubjectPrefix + "* " + controlplane.QueueGroup, "_INBOX.>", protocol.StatusSubjectPrefix + "*"},
 		AllowResponses: true,
 	}
 }
@@ -325,6 +329,13 @@ func Generate(cfg Config) ([]byte, error) {
 		fmt.Fprintf(&b, "      {service: %s, accounts: %s}\n", q(jsAPIInfo), accs)
 	}
 	b.WriteString("    ]\n")
+	if len(wss) > 0 { // each agent's rollout status, from its own account only
+		b.WriteString("    imports: [\n")
+		for _, ws := range wss {
+			fmt.Fprintf(&b, "      {stream: {account: %s, subject: %s}}\n", q(WorkspaceAccount(ws)), q(protocol.StatusSubject(ws)))
+		}
+		b.WriteString("    ]\n")
+	}
 	b.WriteString("  }\n")
 
 	for _, ws := range wss {
@@ -332,6 +343,7 @@ func Generate(cfg Config) ([]byte, error) {
 		b.WriteString("    users: [\n")
 		writeUser(&b, cfg.AgentKeys[ws], AgentPermissions(ws))
 		b.WriteString("    ]\n")
+		fmt.Fprintf(&b, "    exports: [{stream: %s, accounts: [%s]}]\n", q(protocol.StatusSubject(ws)), q(ServiceAccount))
 		b.WriteString("    imports: [\n")
 		for _, s := range []string{consumerCreate(ws), consumerNext, consumerDelete, jsAPIInfo} {
 			fmt.Fprintf(&b, "      {service: {account: %s, subject: %s}}\n", q(ServiceAccount), q(s))

@@ -202,8 +202,10 @@ func (d *DevLogin) Login(w http.ResponseWriter, r *http.Request, secure bool, pa
 	http.SetCookie(w, &http.Cookie{Name: SessionCookie, Value: cookie, Path: path, HttpOnly: true, Secure: secure,
 		SameSite: http.SameSiteStrictMode, MaxAge: int(sessionTTL / time.Second)})
 	d.log.Info("logged in", "user", user)
-	// Referrer-Policy no-referrer on every reply keeps the token out of
-	// the next page's Referer.
+	// The redirect leaves the token's URL behind: the next page's
+	// Referer, sent to this server only (Referrer-Policy same-origin), is
+	// the base path.
+	w.Header().Set("Referrer-Policy", "no-referrer")
 	http.Redirect(w, r, next, http.StatusSeeOther)
 }
 

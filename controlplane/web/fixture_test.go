@@ -30,7 +30,7 @@ import (
 //	carol: admin of project vision, owns ws-carol (vision)
 //	research: a community of project vision, administered by alice
 type fixture struct {
-	t       *testing.T
+	t       testing.TB
 	srv     *server.Server
 	nc      *nats.Conn
 	svc     *controlplane.Service
@@ -48,7 +48,7 @@ func must[T any](v T, err error) T {
 	return v
 }
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t testing.TB) *fixture {
 	t.Helper()
 	f := &fixture{t: t, srv: natstest.Start(t)}
 	dir := &controlplane.Directory{

@@ -304,3 +304,134 @@ func first(s []string, n int) []string {
 	}
 	return s
 }
+
+// TestJupyterServerAgentRestartMidCell restarts `nbsecrets dev` (NATS, the
+// service and the agent) while a quiet cell runs on a kernel it served, and
+// changes the secret while it is down and again once it is back. The new
+// agent must find the kernel, bring it to the last value before the cell
+// ends, and the Jupyter Server (culling as above) must see the kernel busy
+// for the whole cell and never cull it.
+func TestJupyterServerAgentRestartMidCell(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a real Jupyter Server and a 24 s cell")
+	}
+	d := StartDev(t, Build(t))
+	d.Set(t, secretName, "platform-"+RandHex(t))
+	j := StartJupyter(t, d, cullingServer)
+	id := j.StartKernel(t)
+	d.WaitHeld(t, id, secretName, 60*time.Second)
+	w := Watch(t, d.ConnectionFile(id), true)
+
+	const cell = 24 * time.Second
+	sampler := j.Sample(t, 200*time.Millisecond)
+	cellCtx, cancelCell := context.WithTimeout(context.Background(), cell+40*time.Second)
+	defer cancelCell()
+	type runResult struct {
+		stdout string
+		err    error
+	}
+	ran := make(chan runResult, 1)
+	t0 := time.Now()
+	go func() { // ends when the cell returns or cellCtx ends
+		res, err := w.Client.Run(cellCtx, digestCell(cell))
+		if err == nil {
+			err = res.Reply.Err()
+		}
+		if err != nil {
+			ran <- runResult{err: err}
+			return
+		}
+		ran <- runResult{stdout: strings.TrimSpace(res.Stdout)}
+	}()
+	testutil.WaitFor(t, 30*time.Second, func() error {
+		for _, s := range sampler.Samples() {
+			if s.At.After(t0) && s.Kernels[id].ExecutionState == "busy" {
+				return nil
+			}
+		}
+		return fmt.Errorf("the Jupyter Server has not seen the cell begin")
+	})
+	busySeen := time.Now()
+
+	var values []string
+	set := func() {
+		v := "platform-" + RandHex(t)
+		if _, err := d.Run(v, "secret", "update", secretName); err != nil {
+			t.Fatal(err)
+		}
+		values = append(values, v)
+	}
+	set()
+	d.Stop()
+	// While the agent is down, nothing can be changed (the service is in
+	// the same process); the restarted agent starts from the last value.
+	d.Restart()
+	restarted := time.Now()
+	set()
+	d.WaitHeld(t, id, secretName, 30*time.Second)
+	set()
+	d.WaitHeld(t, id, secretName, 30*time.Second)
+	held := time.Now()
+	mode := ""
+	if k, ok := d.Status(t).Kernel(id); ok {
+		mode = k.Mode
+	}
+	res := <-ran
+	cellEnd := time.Now()
+	samples := sampler.Stop()
+	t.Logf("dev restarted %.1fs into the cell; the last change held %.1fs in (mode %q); the cell ended %.1fs in",
+		restarted.Sub(t0).Seconds(), held.Sub(t0).Seconds(), mode, cellEnd.Sub(t0).Seconds())
+	if held.After(t0.Add(cell)) {
+		t.Fatalf("the restarted agent served the kernel only after the cell's end")
+	}
+	// What the platform saw: the cell ran to its end with the last value,
+	// busy in every sample, and no iopub message of an agent.
+	var seen []string
+	if res.err != nil {
+		why := ""
+		if j.Culled(id) {
+			why = " (the Jupyter Server culled its kernel)"
+		}
+		seen = append(seen, fmt.Sprintf("the cell did not finish: it ended %.1fs into its %v with %v%s", cellEnd.Sub(t0).Seconds(), cell, res.err, why))
+	} else if res.stdout != digest(values[len(values)-1]) {
+		t.Errorf("the cell ended with %q, not the digest of the last value", res.stdout)
+	}
+	var wrong []string
+	for _, s := range samples {
+		if s.Err != nil || s.At.Before(busySeen) || !s.At.Before(cellEnd.Add(-time.Second)) {
+			continue
+		}
+		if k, ok := s.Kernels[id]; !ok {
+			wrong = append(wrong, fmt.Sprintf("%.1fs gone", s.At.Sub(t0).Seconds()))
+		} else if k.ExecutionState != "busy" {
+			wrong = append(wrong, fmt.Sprintf("%.1fs %s", s.At.Sub(t0).Seconds(), k.ExecutionState))
+		}
+	}
+	if len(wrong) > 0 {
+		seen = append(seen, fmt.Sprintf("/api/kernels did not say busy for the running cell in %d samples: %s", len(wrong), strings.Join(first(wrong, 10), ", ")))
+	}
+	if f := w.Foreign(busySeen, cellEnd); len(f) > 0 {
+		seen = append(seen, fmt.Sprintf("the agents caused %d iopub messages during the cell:%s", len(f), Describe(f, t0)))
+	}
+	out := d.Output()
+	for _, v := range values {
+		if strings.Contains(out, v) {
+			t.Error("a secret value appears in the output of nbsecrets dev")
+			break
+		}
+	}
+	if len(seen) == 0 {
+		return
+	}
+	// Issue 8 allows one way out: an agent that cannot install invisibly
+	// into a kernel found mid-cell serves it the old way until idle and
+	// says so in status. That is a known gap, not a pass: the platform
+	// still takes the cell for idle. Shown, and skipped, only in that mode.
+	if strings.Contains(mode, "waiting for idle") {
+		t.Skipf("KNOWN GAP (issue 8, item 1: agent restarted mid-cell): the new agent serves the kernel %q, and the platform sees it:\n%s",
+			mode, strings.Join(seen, "\n"))
+	}
+	for _, s := range seen {
+		t.Error(s)
+	}
+}

@@ -266,6 +266,7 @@ type KernelStatus struct {
 	Reseeds   uint64 `json:"reseeds"`
 	LastError string `json:"last_error"`
 	Busy      bool   `json:"busy"`
+	Mode      string `json:"mode"`
 }
 
 // Status runs `nbsecrets status --json`.

@@ -35,7 +35,7 @@ func Ping(ctx context.Context, info *ConnectionInfo) error {
 	// connection, which ends a Dial or Recv in progress.
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	req := zmq4.NewReq(sctx, zmq4.WithDialerRetry(dialRetry), zmq4.WithDialerMaxRetries(-1),
+	req := zmq4.NewReq(sctx, zmq4.WithDialerMaxRetries(0), // a live kernel listens; a refusal is an answer
 		zmq4.WithLogger(log.New(io.Discard, "", 0)))
 	defer req.Close()
 	ep := info.Endpoint(Heartbeat)
