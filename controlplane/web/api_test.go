@@ -193,6 +193,10 @@ func TestAPIErrors(t *testing.T) {
 		wantError(t, bob.do("PUT", api+"/secrets/"+bobs.ID+"/communities/research", nil, nil), 403, "forbidden", "only an admin of community")
 		wantError(t, carol.do("POST", api+"/secrets", map[string]string{"name": "IN_ML", "project": "ml", "value": secretValue("v")}, nil), 403, "forbidden", "not a member of project")
 		wantError(t, carol.do("POST", api+"/secrets/"+proj.ID+"/clone", map[string]string{"name": "STOLEN"}, nil), 404, "not_found")
+		alice.api("PUT", "/secrets/"+proj.ID+"/communities/research", nil, 200, nil)
+		wantError(t, bob.do("DELETE", api+"/secrets/"+proj.ID+"/communities/research", nil, nil), 403, "forbidden", "only an admin of community")
+		// Carol sees it through research now, and still may not change it.
+		wantError(t, carol.do("DELETE", api+"/secrets/"+proj.ID, nil, nil), 403, "forbidden", "community share")
 	})
 	t.Run("not_found", func(t *testing.T) {
 		wantError(t, alice.do("GET", api+"/secrets/nosuchsecret", nil, nil), 404, "not_found", "nosuchsecret")

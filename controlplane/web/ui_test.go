@@ -165,8 +165,10 @@ func TestPages(t *testing.T) {
 		t.Fatalf("member sharing: %s", body)
 	}
 
+	// Bob's private DB_PASS hides ml's in his workspaces: the list says so.
+	follow(bob, url.Values{"name": {"DB_PASS"}, "value": {secretValue("bob-own")}, "scope": {"private"}}, "new")
 	list := page(bob, "GET", "", nil, 200)
-	for _, want := range []string{"DB_PASS", "BOB_TOKEN", "Project ml", "alice"} {
+	for _, want := range []string{"DB_PASS", "BOB_TOKEN", "Project ml", "alice", "hidden in your workspaces by the secret of the same name in Private (bob)"} {
 		if !strings.Contains(list, want) {
 			t.Errorf("bob's list lacks %q", want)
 		}
