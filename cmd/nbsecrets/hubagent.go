@@ -142,7 +142,12 @@ func startHubAgent(log hclog.Logger, svcURL, tmp string, setEnv func(k, v string
 		return nil, nil, err
 	}
 	curvePub, _ := curve.PublicKey()
-	req := hub.RegisterRequest{User: os.Getenv("JUPYTERHUB_USER"), Server: os.Getenv("JUPYTERHUB_SERVER_NAME"), CurveKey: curvePub}
+	natsKP, err := nkeys.CreateUser()
+	if err != nil {
+		return nil, nil, err
+	}
+	natsPub, _ := natsKP.PublicKey()
+	req := hub.RegisterRequest{User: os.Getenv("JUPYTERHUB_USER"), Server: os.Getenv("JUPYTERHUB_SERVER_NAME"), CurveKey: curvePub, NATSKey: natsPub}
 	token := os.Getenv("JUPYTERHUB_API_TOKEN")
 	var rep *hub.RegisterReply
 	deadline := time.Now().Add(30 * time.Second)
@@ -161,7 +166,7 @@ func startHubAgent(log hclog.Logger, svcURL, tmp string, setEnv func(k, v string
 	if err != nil {
 		return nil, nil, err
 	}
-	nc, err := agent.Connect(rep.NATSURL, log, nats.Name("nbsecrets-agent-"+rep.Workspace))
+	nc, err := agent.Connect(rep.NATSURL, log, nats.Name("nbsecrets-agent-"+rep.Workspace), nats.Nkey(natsPub, natsKP.Sign))
 	if err != nil {
 		return nil, nil, err
 	}
