@@ -229,7 +229,10 @@ func TestSourceWatch(t *testing.T) {
 	got := make(chan *controlplane.Directory, 100)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { defer close(done); src.Watch(ctx, func(d *controlplane.Directory) error { got <- d; return nil }) }()
+	go func() {
+		defer close(done)
+		src.Watch(ctx, func(d *controlplane.Directory) error { got <- d; return nil })
+	}()
 	defer func() { cancel(); <-done }()
 	next := func(what string) *controlplane.Directory {
 		t.Helper()

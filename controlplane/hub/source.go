@@ -63,12 +63,12 @@ type Source struct {
 	opts SourceOptions
 	log  hclog.Logger
 
-	mu    sync.Mutex
-	regs  map[string]Registration // workspace -> registration
-	keys  map[string]string       // user -> placeholder public key
-	last  []byte                  // JSON of the directory applied last
-	dir   *controlplane.Directory // applied last
-	apply func(*controlplane.Directory) error
+	mu     sync.Mutex
+	regs   map[string]Registration // workspace -> registration
+	keys   map[string]string       // user -> placeholder public key
+	last   []byte                  // JSON of the directory applied last
+	dir    *controlplane.Directory // applied last
+	apply  func(*controlplane.Directory) error
 	users  []User  // the hub's answer at the last poll
 	groups []Group // (a registration is applied with them, without asking again)
 	polled bool
