@@ -63,6 +63,42 @@ func TestJupyterHub(t *testing.T) {
 	kerneltest.Python(t)
 	browser := browsertest.Require(t)
 	t.Run("SimpleLocalProcessSpawner", func(t *testing.T) { testHub(t, browser, "simple") })
+	t.Run("LocalProcessSpawner", func(t *testing.T) { testHub(t, browser, "localprocess") })
+}
+
+// systemUsers makes the system users LocalProcessSpawner runs servers as,
+// with homes under dir, and removes those it made when the test ends.
+// dir and its parent become world-searchable so that the users reach the
+// binary and their homes.
+func systemUsers(t *testing.T, dir string, users []string) map[string][2]int {
+	t.Helper()
+	ids := map[string][2]int{}
+	for _, d := range []string{filepath.Dir(dir), dir} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, u := range users {
+		home := filepath.Join(dir, "home", u)
+		if _, err := exec.Command("id", "-u", u).Output(); err != nil {
+			if out, err := exec.Command("useradd", "--no-create-home", "--home-dir", home, "--shell", "/bin/sh", u).CombinedOutput(); err != nil {
+				t.Fatalf("useradd %s: %v: %s", u, err, out)
+			}
+			t.Cleanup(func() { _ = exec.Command("userdel", u).Run() })
+		}
+		uid, _ := exec.Command("id", "-u", u).Output()
+		gid, _ := exec.Command("id", "-g", u).Output()
+		n, _ := strconv.Atoi(strings.TrimSpace(string(uid)))
+		g, _ := strconv.Atoi(strings.TrimSpace(string(gid)))
+		ids[u] = [2]int{n, g}
+		if err := os.MkdirAll(home, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chown(home, n, g); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return ids
 }
 
 // hubRun is a running JupyterHub of one test.
@@ -93,6 +129,10 @@ func freePort(t *testing.T) int {
 func startHub(t *testing.T, bin, spawner string, users []string, groups map[string][]string) *hubRun {
 	t.Helper()
 	tmp := t.TempDir()
+	var ids map[string][2]int
+	if spawner == "localprocess" {
+		ids = systemUsers(t, tmp, users)
+	}
 	wd, err := os.Getwd()
 	if err != nil {
 		t.Fatal(err)
@@ -105,8 +145,15 @@ func startHub(t *testing.T, bin, spawner string, users []string, groups map[stri
 	groupsJSON, _ := json.Marshal(groups)
 	usersJSON, _ := json.Marshal(users)
 	for _, u := range users {
-		if err := os.MkdirAll(filepath.Join(tmp, "runtime", u), 0o700); err != nil {
+		rt := filepath.Join(tmp, "runtime", u)
+		if err := os.MkdirAll(rt, 0o700); err != nil {
 			t.Fatal(err)
+		}
+		if id, ok := ids[u]; ok {
+			_ = os.Chmod(filepath.Dir(rt), 0o755)
+			if err := os.Chown(rt, id[0], id[1]); err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
 	conf := fmt.Sprintf(`c = get_config()
@@ -337,6 +384,9 @@ func kernelRun(t *testing.T, c *jupyter.Client, code string) string {
 	if err != nil {
 		t.Fatalf("running code in a kernel: %v", err)
 	}
+	if res.Reply != nil && res.Reply.Status != "ok" {
+		t.Errorf("code in a kernel raised %s (%s)", res.Reply.EName, res.Reply.EValue)
+	}
 	return strings.TrimSpace(res.Stdout)
 }
 
@@ -364,6 +414,10 @@ var agentReady = regexp.MustCompile(`agent ready: workspace=(\S+) .*registered_m
 func testHub(t *testing.T, browser *browsertest.Browser, spawner string) {
 	tmp := t.TempDir()
 	bin := buildBinary(t, tmp)
+	if err := os.Chmod(tmp, 0o755); err != nil { // the users of LocalProcessSpawner run it
+		t.Fatal(err)
+	}
+	_ = os.Chmod(filepath.Dir(tmp), 0o755)
 	users := []string{"alice", "bob", "carol"}
 	hubStart := time.Now()
 	h := startHub(t, bin, spawner, users, map[string][]string{"ml": {"alice", "bob"}})
@@ -469,9 +523,11 @@ func testHub(t *testing.T, browser *browsertest.Browser, spawner string) {
 		t.Errorf("the API with bob's server token: user %q, %v", me.User, err)
 	}
 	// The Python API from alice's kernel: a private secret, only hers.
+	// The kernel reads the values from a file (not from its code, which
+	// its history would keep); under LocalProcessSpawner it runs as alice.
 	privFile := filepath.Join(tmp, "private")
 	private := "hub-private-" + randHex(t)
-	if err := os.WriteFile(privFile, []byte(private), 0o600); err != nil {
+	if err := os.WriteFile(privFile, []byte(private), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	out := kernelRun(t, kernels["alice"], fmt.Sprintf(`import nbsecrets
@@ -497,7 +553,7 @@ except nbsecrets.NbsecretsError as e:
 		t.Errorf("bob deleting alice's private secret through the Python API: %q, want not_found", out)
 	}
 	rotated := "hub-rotated-" + randHex(t)
-	if err := os.WriteFile(privFile, []byte(rotated), 0o600); err != nil {
+	if err := os.WriteFile(privFile, []byte(rotated), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	kernelRun(t, kernels["alice"], fmt.Sprintf(`nbsecrets.update_secret("ALICE_ONLY", value=open(%q).read())`, privFile))
