@@ -575,6 +575,7 @@ except nbsecrets.NbsecretsError as e:
 
 	// Stopping carol's server stops her agent, server and kernel.
 	kpid, _ := strconv.Atoi(kernelRun(t, kernels["carol"], "import os; print(os.getpid())"))
+	stopped := time.Now()
 	if _, err := h.do("DELETE", "/hub/api/users/carol/server", h.token, nil, nil); err != nil && !errors.Is(err, io.EOF) {
 		t.Fatalf("stopping carol's server: %v", err)
 	}
@@ -589,6 +590,13 @@ except nbsecrets.NbsecretsError as e:
 		}
 		return nil
 	})
+	// The hub's SIGINT (and SIGTERM 30 s later, SIGKILL after 60 s) would
+	// end it anyway: the agent must stop on its own, well before.
+	if d := time.Since(stopped); d > 25*time.Second {
+		t.Errorf("carol's server took %v to stop: the agent did not exit with its server", d)
+	} else {
+		t.Logf("measured: carol's server, agent and kernel gone %v after the hub's stop", d.Round(time.Millisecond))
+	}
 	if logs := h.log.String(); strings.Contains(logs, value) || strings.Contains(logs, private) || strings.Contains(logs, rotated) {
 		t.Error("a secret value appears in the hub's, the service's or an agent's log")
 	}

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -93,7 +94,7 @@ func runAgentExec(ctx context.Context, env *cliEnv, flags, argv []string) error 
 		// The user's server matters more than its secrets: start it anyway.
 		log.Error("the agent could not start; starting the server without secrets", "error", err)
 	}
-	defer stopAgent()
+	defer func() { stopAgent() }() // the one in force when run returns
 
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env, cmd.Stdin, cmd.Stdout, cmd.Stderr = childEnv, os.Stdin, os.Stdout, os.Stderr
@@ -234,14 +235,17 @@ func startHubAgent(log hclog.Logger, svcURL, tmp string, setEnv func(k, v string
 	}
 	log.Info("agent ready", "workspace", rep.Workspace, "kernelspecs", strings.Join(wrapped, ","),
 		"registered_ms", registered.Milliseconds(), "ready_ms", time.Since(started).Milliseconds())
+	var once sync.Once
 	stop := func() {
-		stopReg()
-		<-reg
-		cancel()
-		if err := <-ran; err != nil && !errors.Is(err, context.Canceled) {
-			log.Warn("agent stopped", "error", err)
-		}
-		nc.Close()
+		once.Do(func() {
+			stopReg()
+			<-reg
+			cancel()
+			if err := <-ran; err != nil && !errors.Is(err, context.Canceled) {
+				log.Warn("agent stopped", "error", err)
+			}
+			nc.Close()
+		})
 	}
 	return a, stop, nil
 }

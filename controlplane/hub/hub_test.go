@@ -54,9 +54,8 @@ func newFakeHub(t *testing.T) *fakeHub {
 	mux.HandleFunc("POST /hub/api/oauth2/token", func(w http.ResponseWriter, r *http.Request) {
 		h.mu.Lock()
 		defer h.mu.Unlock()
-		f := r.PostForm
 		_ = r.ParseForm()
-		f = r.PostForm
+		f := r.PostForm
 		code := f.Get("code")
 		user, ok := h.codes[code]
 		sum := sha256.Sum256([]byte(f.Get("code_verifier")))
