@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -93,7 +94,7 @@ func runAgentExec(ctx context.Context, env *cliEnv, flags, argv []string) error 
 		// The user's server matters more than its secrets: start it anyway.
 		log.Error("the agent could not start; starting the server without secrets", "error", err)
 	}
-	defer stopAgent()
+	defer func() { stopAgent() }() // the one in force when run returns
 
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env, cmd.Stdin, cmd.Stdout, cmd.Stderr = childEnv, os.Stdin, os.Stdout, os.Stderr
@@ -142,7 +143,12 @@ func startHubAgent(log hclog.Logger, svcURL, tmp string, setEnv func(k, v string
 		return nil, nil, err
 	}
 	curvePub, _ := curve.PublicKey()
-	req := hub.RegisterRequest{User: os.Getenv("JUPYTERHUB_USER"), Server: os.Getenv("JUPYTERHUB_SERVER_NAME"), CurveKey: curvePub}
+	natsKP, err := nkeys.CreateUser()
+	if err != nil {
+		return nil, nil, err
+	}
+	natsPub, _ := natsKP.PublicKey()
+	req := hub.RegisterRequest{User: os.Getenv("JUPYTERHUB_USER"), Server: os.Getenv("JUPYTERHUB_SERVER_NAME"), CurveKey: curvePub, NATSKey: natsPub}
 	token := os.Getenv("JUPYTERHUB_API_TOKEN")
 	var rep *hub.RegisterReply
 	deadline := time.Now().Add(30 * time.Second)
@@ -161,7 +167,7 @@ func startHubAgent(log hclog.Logger, svcURL, tmp string, setEnv func(k, v string
 	if err != nil {
 		return nil, nil, err
 	}
-	nc, err := agent.Connect(rep.NATSURL, log, nats.Name("nbsecrets-agent-"+rep.Workspace))
+	nc, err := agent.Connect(rep.NATSURL, log, nats.Name("nbsecrets-agent-"+rep.Workspace), nats.Nkey(natsPub, natsKP.Sign))
 	if err != nil {
 		return nil, nil, err
 	}
@@ -229,14 +235,17 @@ func startHubAgent(log hclog.Logger, svcURL, tmp string, setEnv func(k, v string
 	}
 	log.Info("agent ready", "workspace", rep.Workspace, "kernelspecs", strings.Join(wrapped, ","),
 		"registered_ms", registered.Milliseconds(), "ready_ms", time.Since(started).Milliseconds())
+	var once sync.Once
 	stop := func() {
-		stopReg()
-		<-reg
-		cancel()
-		if err := <-ran; err != nil && !errors.Is(err, context.Canceled) {
-			log.Warn("agent stopped", "error", err)
-		}
-		nc.Close()
+		once.Do(func() {
+			stopReg()
+			<-reg
+			cancel()
+			if err := <-ran; err != nil && !errors.Is(err, context.Canceled) {
+				log.Warn("agent stopped", "error", err)
+			}
+			nc.Close()
+		})
 	}
 	return a, stop, nil
 }

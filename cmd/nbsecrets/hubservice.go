@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
 
@@ -95,28 +94,15 @@ func runHubService(ctx context.Context, env *cliEnv, args []string) error {
 	curvePub, _ := curveKP.PublicKey()
 
 	var natsOpts []nats.Option
+	var embedded *hubNATS
 	if *natsURL == "" {
-		host, port, err := net.SplitHostPort(*natsListen)
-		if err != nil {
-			return fmt.Errorf("--nats-listen: %w", err)
+		var o nats.Option
+		if embedded, o, err = startHubNATS(dir, *natsListen); err != nil {
+			return err
 		}
-		p := -1
-		if port != "0" {
-			if _, err := fmt.Sscan(port, &p); err != nil {
-				return fmt.Errorf("--nats-listen: port %q: %w", port, err)
-			}
-		}
-		ns, err := server.NewServer(&server.Options{Host: host, Port: p, JetStream: true,
-			StoreDir: filepath.Join(dir, "jetstream"), NoSigs: true, NoLog: true, ServerName: "nbsecrets-hub"})
-		if err != nil {
-			return fmt.Errorf("embedded NATS: %w", err)
-		}
-		go ns.Start()
-		defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
-		if !ns.ReadyForConnections(30 * time.Second) {
-			return errors.New("embedded NATS did not start within 30s")
-		}
-		*natsURL = ns.ClientURL()
+		defer embedded.stop()
+		natsOpts = []nats.Option{o}
+		*natsURL = embedded.ns.ClientURL()
 	} else if natsOpts, err = auth.options(); err != nil {
 		return err
 	}
@@ -126,6 +112,9 @@ func runHubService(ctx context.Context, env *cliEnv, args []string) error {
 		return fmt.Errorf("connecting to NATS at %s: %w", *natsURL, err)
 	}
 	defer nc.Close()
+	if embedded != nil {
+		embedded.conn = nc
+	}
 
 	client := &hub.Client{APIURL: apiURL, Token: token}
 	src, err := hub.NewSource(hub.SourceOptions{Client: client, GroupPrefix: *prefix, Communities: communities, Interval: *poll, Logger: log})
@@ -146,6 +135,11 @@ func runHubService(ctx context.Context, env *cliEnv, args []string) error {
 		case <-time.After(time.Second):
 		}
 	}
+	if embedded != nil {
+		if err := embedded.apply(first); err != nil {
+			return err
+		}
+	}
 	svc, err := controlplane.New(controlplane.Options{Conn: nc, SignKey: signKP, CurveKey: curveKP, Directory: first, Logger: log.Named("service")})
 	if err != nil {
 		return err
@@ -154,11 +148,21 @@ func runHubService(ctx context.Context, env *cliEnv, args []string) error {
 		return fmt.Errorf("starting the secrets service: %w", err)
 	}
 	defer svc.Stop()
+	// A directory from the hub reaches the NATS accounts first (an agent
+	// that registered can connect), then the service (its records).
+	apply := func(d *controlplane.Directory) error {
+		if embedded != nil {
+			if err := embedded.apply(d); err != nil {
+				return err
+			}
+		}
+		return svc.SetDirectory(d)
+	}
 	wctx, stopWatch := context.WithCancel(ctx)
 	watched := make(chan struct{})
 	go func() { // owned here: stopWatch ends it
 		defer close(watched)
-		src.Watch(wctx, svc.SetDirectory)
+		src.Watch(wctx, apply)
 	}()
 	defer func() { stopWatch(); <-watched }()
 
@@ -178,6 +182,9 @@ func runHubService(ctx context.Context, env *cliEnv, args []string) error {
 	}
 	reg := &hub.Registrar{Source: src, Client: client, Logger: log.Named("register"),
 		Reply: hub.RegisterReply{NATSURL: cmp.Or(*agentNATS, *natsURL), ServiceKeys: []string{signPub}, ServiceCurveKey: curvePub}}
+	if embedded != nil {
+		reg.AddNATSUser = embedded.setAgentKey
+	}
 	mux := http.NewServeMux()
 	mux.Handle(strings.TrimSuffix(svcPrefix, "/")+"/"+hub.RegisterPath, reg)
 	mux.Handle("/", oauth.Wrap(ui))

@@ -92,11 +92,8 @@ func runServe(ctx context.Context, env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return fmt.Errorf("directory: %w", err)
-	}
-	dir, err := parseDirectory(path, data)
+	src := &fileSource{path: path, log: log.Named("directory")}
+	dir, err := src.Directory(ctx)
 	if err != nil {
 		return err
 	}
@@ -130,13 +127,7 @@ func runServe(ctx context.Context, env *cliEnv, args []string) error {
 	log.Info("directory loaded", "path", path, "users", len(dir.Users), "projects", len(dir.Projects),
 		"communities", len(dir.Communities), "workspaces", len(dir.Workspaces))
 
-	watchDirectory(ctx, path, data, log.Named("directory"), func(data []byte) error {
-		d, err := parseDirectory(path, data)
-		if err != nil {
-			return err
-		}
-		return svc.SetDirectory(d)
-	})
+	src.Watch(ctx, svc.SetDirectory)
 	log.Info("stopping")
 	return nil
 }

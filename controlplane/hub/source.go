@@ -63,12 +63,15 @@ type Source struct {
 	opts SourceOptions
 	log  hclog.Logger
 
-	mu    sync.Mutex
-	regs  map[string]Registration // workspace -> registration
-	keys  map[string]string       // user -> placeholder public key
-	last  []byte                  // JSON of the directory applied last
-	dir   *controlplane.Directory // applied last
-	apply func(*controlplane.Directory) error
+	mu     sync.Mutex
+	regs   map[string]Registration // workspace -> registration
+	keys   map[string]string       // user -> placeholder public key
+	last   []byte                  // JSON of the directory applied last
+	dir    *controlplane.Directory // applied last
+	apply  func(*controlplane.Directory) error
+	users  []User  // the hub's answer at the last poll
+	groups []Group // (a registration is applied with them, without asking again)
+	polled bool
 
 	refreshMu sync.Mutex // one refresh at a time
 }
@@ -108,16 +111,27 @@ func WorkspaceID(user, server string) (string, error) {
 
 // Directory asks the hub and returns the directory it implies now.
 func (s *Source) Directory(ctx context.Context) (*controlplane.Directory, error) {
-	users, err := s.opts.Client.Users(ctx)
-	if err != nil {
-		return nil, err
-	}
-	groups, err := s.opts.Client.Groups(ctx)
-	if err != nil {
-		return nil, err
+	return s.directory(ctx, true)
+}
+
+// directory builds the directory from the hub's answer, asking the hub
+// again when poll is set or it has not been asked yet.
+func (s *Source) directory(ctx context.Context, poll bool) (*controlplane.Directory, error) {
+	s.mu.Lock()
+	users, groups, polled := s.users, s.groups, s.polled
+	s.mu.Unlock()
+	if poll || !polled {
+		var err error
+		if users, err = s.opts.Client.Users(ctx); err != nil {
+			return nil, err
+		}
+		if groups, err = s.opts.Client.Groups(ctx); err != nil {
+			return nil, err
+		}
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.users, s.groups, s.polled = users, groups, true
 	return s.build(users, groups), nil
 }
 
@@ -262,9 +276,13 @@ func (s *Source) Watch(ctx context.Context, apply func(*controlplane.Directory) 
 // Refresh asks the hub now and applies the directory if it changed. It
 // returns the directory in force.
 func (s *Source) Refresh(ctx context.Context) (*controlplane.Directory, error) {
+	return s.refresh(ctx, true)
+}
+
+func (s *Source) refresh(ctx context.Context, poll bool) (*controlplane.Directory, error) {
 	s.refreshMu.Lock()
 	defer s.refreshMu.Unlock()
-	d, err := s.Directory(ctx)
+	d, err := s.directory(ctx, poll)
 	if err != nil {
 		return nil, err
 	}
@@ -292,8 +310,9 @@ func (s *Source) Refresh(ctx context.Context) (*controlplane.Directory, error) {
 }
 
 // Register adds or updates a workspace and applies the resulting
-// directory before returning it, so that the workspace's records are
-// written when its agent starts reading.
+// directory (with the hub's answer of the last poll) before returning it,
+// so that the workspace's records are written when its agent starts
+// reading.
 func (s *Source) Register(ctx context.Context, r Registration) (*controlplane.Directory, error) {
 	if !nkeys.IsValidPublicCurveKey(r.CurveKey) {
 		return nil, errors.New("curve_key: not a curve public key (X...)")
@@ -305,7 +324,9 @@ func (s *Source) Register(ctx context.Context, r Registration) (*controlplane.Di
 	}
 	s.regs[r.Workspace] = r
 	s.mu.Unlock()
-	d, err := s.Refresh(ctx)
+	// The hub's last answer is at most one poll old, and the registrar
+	// asked the hub about the agent's token just now.
+	d, err := s.refresh(ctx, false)
 	if err != nil {
 		s.mu.Lock()
 		if had {
