@@ -14,7 +14,14 @@ import (
 	"github.com/nbsecrets/nbsecrets/protocol/jupyter"
 )
 
-// Which kernels the agent believes.
+// maxConnFileSize bounds a connection file (Jupyter's are about 300 bytes).
+const maxConnFileSize = 64 << 10
+
+// errUntrusted is a connection file, or its directory, that the agent does
+// not believe.
+var errUntrusted = errors.New("connection file refused")
+
+// kernelTrust decides which kernels the agent believes.
 //
 // A connection file is only a claim that a kernel listens somewhere, and
 // the agent sends whatever kernel it names every value of the workspace. So
@@ -41,16 +48,8 @@ import (
 // environment anyway; and an ancestor directory of the runtime dir that
 // others can write (they could swap the runtime dir itself), which an
 // administrator must not set up.
-
-// maxConnFileSize bounds a connection file (Jupyter's are about 300 bytes).
-const maxConnFileSize = 64 << 10
-
-// errUntrusted is a connection file, or its directory, that the agent does
-// not believe.
-var errUntrusted = errors.New("connection file refused")
-
-// kernelTrust is the agent's rules for connection files; the uid expected
-// is always the agent's own (effective) uid.
+//
+// The uid expected is always the agent's own (effective) uid.
 type kernelTrust struct {
 	allowRemote bool // Config.AllowRemoteKernels
 }

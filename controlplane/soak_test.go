@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -217,6 +218,12 @@ func TestSoak(t *testing.T) {
 	}
 
 	after, goroutinesAfter := heapAfterGC(), runtime.NumGoroutine()
+	if p := os.Getenv("NBSECRETS_SOAK_HEAPPROFILE"); p != "" { // where the heap went, for `go tool pprof`
+		if fh, err := os.Create(p); err == nil {
+			_ = pprof.WriteHeapProfile(fh)
+			fh.Close()
+		}
+	}
 	t.Logf("soak: %d changes to %d names by %d writers in %v (%.0f/s), all %d kernels at the last values %v after the first change",
 		changes/len(writers)*len(writers), len(writers), len(writers), written.Round(time.Millisecond),
 		float64(changes)/written.Seconds(), len(kernels), converged.Round(time.Millisecond))
