@@ -101,7 +101,9 @@ func (c *changer) finish() {
 }
 
 // startServed starts a kernel through the server and waits until the
-// agent serves it with the current value. On a loaded machine a kernel can
+// agent serves it with the current value over the quiet channel: the end
+// of its first contact (on a loaded machine the install can come after a
+// first re-seed over control). On a loaded machine a kernel can
 // take longer to start than the culling timeout, and the server culls it
 // while it is "starting", before anything of ours has touched it: then it
 // starts another (three times at most).
@@ -112,7 +114,7 @@ func startServed(t *testing.T, j *Jupyter, d *Dev) string {
 		deadline := time.Now().Add(60 * time.Second)
 		for {
 			st := d.Status(t)
-			if k, ok := st.Kernel(id); ok && k.State == "live" && st.Version(secretName) != 0 &&
+			if k, ok := st.Kernel(id); ok && k.State == "live" && strings.Contains(k.Mode, "quiet") && st.Version(secretName) != 0 &&
 				k.Holds[secretName].Version == st.Version(secretName) {
 				return id
 			}
@@ -198,17 +200,24 @@ func TestJupyterServerCulling(t *testing.T) {
 	// must have seen the end of the agent's first contact.
 	idleID := startServed(t, j, d)
 	idle := Watch(t, d.ConnectionFile(idleID), false)
+	// Its last_activity as the server has it once it says idle: the
+	// first contact's last message.
+	var firstContact time.Time
 	testutil.WaitFor(t, 30*time.Second, func() error {
 		ks, err := j.Kernels()
 		if err != nil {
 			return err
 		}
 		for _, k := range ks {
-			if k.ID == idleID && k.ExecutionState != "idle" {
-				return fmt.Errorf("kernel %s is %q", k.ID, k.ExecutionState)
+			if k.ID == idleID {
+				if k.ExecutionState != "idle" {
+					return fmt.Errorf("kernel %s is %q", k.ID, k.ExecutionState)
+				}
+				firstContact = k.LastActivity
+				return nil
 			}
 		}
-		return nil
+		return fmt.Errorf("kernel %s is gone", idleID)
 	})
 	changesFrom := time.Now()
 	ch := startChanger(t, d, 1200*time.Millisecond)
@@ -276,7 +285,7 @@ func TestJupyterServerCulling(t *testing.T) {
 
 	// The idle kernel: culled on time, its last_activity never moved by
 	// the changes.
-	var before, firstContact time.Time // its last_activity when the changes began
+	before := firstContact // its last_activity when the changes began
 	culled := time.Time{}
 	var moves, idleWrong []string
 	for _, s := range samples {
@@ -284,9 +293,6 @@ func TestJupyterServerCulling(t *testing.T) {
 			continue
 		}
 		if !s.At.After(changesFrom) {
-			if k, ok := s.Kernels[idleID]; ok {
-				before, firstContact = k.LastActivity, k.LastActivity
-			}
 			continue
 		}
 		k, ok := s.Kernels[idleID]
@@ -299,7 +305,7 @@ func TestJupyterServerCulling(t *testing.T) {
 		if k.ExecutionState != "idle" {
 			idleWrong = append(idleWrong, fmt.Sprintf("%.1fs %s", s.At.Sub(t0).Seconds(), k.ExecutionState))
 		}
-		if !before.IsZero() && k.LastActivity.After(before) {
+		if k.LastActivity.After(before) {
 			moves = append(moves, fmt.Sprintf("%.1fs → %s", s.At.Sub(t0).Seconds(), k.LastActivity.Format("15:04:05.000")))
 			before = k.LastActivity
 		}
@@ -366,8 +372,7 @@ func TestJupyterServerAgentRestartMidCell(t *testing.T) {
 	d := StartDev(t, Build(t))
 	d.Set(t, secretName, "platform-"+RandHex(t))
 	j := StartJupyter(t, d, cullingServer)
-	id := j.StartKernel(t)
-	d.WaitHeld(t, id, secretName, 60*time.Second)
+	id := startServed(t, j, d)
 	w := Watch(t, d.ConnectionFile(id), true)
 
 	const cell = 24 * time.Second
