@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -375,6 +376,51 @@ func TestQuietHubRefusesImpostors(t *testing.T) {
 		t.Fatal("the right token was not taken")
 	}
 	refused("used token", quietHello{V: 1, Token: tk.token, PID: me})
+
+	// A resume must prove the kernel's connection key on a fresh nonce.
+	key := []byte("the kernel's connection key")
+	res := hub.expectResume(key)
+	defer hub.forgetResume(res)
+	resume := func(what string, macKey []byte) net.Conn {
+		t.Helper()
+		c, err := net.Dial("unix", path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		quietFrame(t, c, quietHello{V: 1, Resume: true, PID: me})
+		_ = c.SetReadDeadline(time.Now().Add(20 * time.Second))
+		body, err := readFrame(c, quietMaxReplyFrame)
+		if err != nil {
+			t.Fatalf("%s: no challenge: %v", what, err)
+		}
+		var ch struct {
+			Nonce string `json:"nonce"`
+		}
+		nonce, err := hex.DecodeString(func() string { _ = json.Unmarshal(body, &ch); return ch.Nonce }())
+		if err != nil || len(nonce) < 16 {
+			t.Fatalf("%s: challenge %q", what, body)
+		}
+		quietFrame(t, c, map[string]string{"mac": hex.EncodeToString(resumeMAC(macKey, nonce, me))})
+		return c
+	}
+	bad := resume("another key", []byte("a guess"))
+	defer bad.Close()
+	if n, err := bad.Read(make([]byte, 1)); n != 0 || err == nil {
+		t.Errorf("a resume with another key: the hub sent %d bytes, err %v; want the connection closed", n, err)
+	}
+	select {
+	case <-res.conn:
+		t.Error("a resume with another key was taken")
+	default:
+	}
+	good := resume("the kernel's key", key)
+	defer good.Close()
+	select {
+	case q := <-res.conn:
+		defer q.Close()
+	case <-time.After(20 * time.Second):
+		t.Fatal("a resume with the kernel's key was not taken")
+	}
 }
 
 // TestQuietKernelSideRefusesForeignSockets: the thread's connect refuses a
@@ -554,5 +600,82 @@ func TestQuietUnavailable(t *testing.T) {
 				t.Errorf("kernels: %+v; want one in %s", ks, ModeControl)
 			}
 		})
+	}
+}
+
+// foreignUntilOwnIdle reads iopub in order up to the idle status of the
+// test client's next execute_request and returns what others caused
+// before it.
+func foreignUntilOwnIdle(t *testing.T, c *jupyter.Client) []string {
+	t.Helper()
+	var out []string
+	deadline := time.After(60 * time.Second)
+	for {
+		select {
+		case m := <-c.IOPub():
+			p := m.ParentHeader
+			if p != nil && p.Session == c.Session() {
+				var st struct {
+					State string `json:"execution_state"`
+				}
+				if m.Header.MsgType == "status" && p.MsgType == "execute_request" && json.Unmarshal(m.Content, &st) == nil && st.State == "idle" {
+					return out
+				}
+				continue
+			}
+			parent := "none"
+			if p != nil {
+				parent = p.MsgType
+			}
+			out = append(out, m.Header.MsgType+" (parent "+parent+")")
+		case <-deadline:
+			t.Fatal("no idle status for the test's cell within 60s")
+		}
+	}
+}
+
+// TestQuietResumeMidCell: an agent restarted while a cell runs serves the
+// kernel at once over the quiet channel its predecessor installed (the
+// kernel's thread resumes, proving the kernel's connection key), without a
+// Jupyter message during the cell: the running cell gets the change, and
+// the kernel stays busy throughout.
+func TestQuietResumeMidCell(t *testing.T) {
+	h := newHarness(t)
+	sock := filepath.Join(t.TempDir(), "agent.sock") // a restarted agent listens where it did
+	sameSocket := func(c *Config) { c.Socket = sock }
+	a1 := h.startAgentWith(sameSocket)
+	k := kerneltest.Start(t, kerneltest.Options{Dir: h.dir})
+	c := k.Client(t)
+	v1, v2 := secretValue("before"), secretValue("after")
+	h.put("s1", "RESUMED", 1, v1)
+	waitQuiet(t, a1, "RESUMED", 1)
+	settle(t, c, "pass")
+	marker := filepath.Join(t.TempDir(), "started")
+	cell := fmt.Sprintf(`import os, time, hashlib
+open(%q, "w").close()
+deadline = time.time() + 60
+while time.time() < deadline and hashlib.sha256(os.environ.get("RESUMED", "").encode()).hexdigest() != %q:
+    time.sleep(0.02)
+print("seen" if time.time() < deadline else "timeout")`, marker, digest(v2))
+	out := runStarted(t, c, cell, marker, 90*time.Second)
+	a1.stop()
+	h.put("s1", "RESUMED", 2, v2)
+	a2 := h.startAgentWith(sameSocket)
+	waitFor(t, 30*time.Second, func() error {
+		ks := a2.Status().Kernels
+		if len(ks) != 1 || ks[0].Mode != ModeQuiet || ks[0].Holds["RESUMED"].Version != 2 {
+			return fmt.Errorf("want the kernel live:quiet with RESUMED v2 while its cell runs: %+v", ks)
+		}
+		return nil
+	})
+	if got := <-out; got != "seen" {
+		t.Fatalf("the running cell did not get the change from the new agent: %s", got)
+	}
+	if got := foreignUntilOwnIdle(t, c); len(got) != 0 {
+		t.Errorf("iopub during the cell from the agents: %v", got)
+	}
+	// One thread still.
+	if got := run(t, c, "import threading as _t\nprint(sum(1 for th in _t.enumerate() if th.name == 'nbsecrets'))\ndel _t"); got != "1" {
+		t.Errorf("nbsecrets threads: %s, want 1", got)
 	}
 }

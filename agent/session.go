@@ -119,9 +119,40 @@ func (h *quietHub) dial(ctx context.Context, connFile string) (session, error) {
 	// time runs a cell (or is IRkernel running one, or hung): ask on
 	// control, which ipykernel >= 6 answers beside a running cell;
 	// IRkernel's control does not answer, so then on shell.
-	ictx, cancel := context.WithTimeout(ctx, idleWithin)
-	idle := s.busy.waitIdle(ictx) == nil
-	cancel()
+	//
+	// A kernel whose nbsecrets thread a previous agent installed resumes
+	// on its own (its thread proves the kernel's connection key): it is
+	// served quietly at once, without a Jupyter request, even mid-cell.
+	var res *quietResumer
+	if h.socketPath() != "" && info.Key != "" {
+		res = h.expectResume([]byte(info.Key))
+	}
+	forgetRes := func() {
+		if res != nil {
+			h.forgetResume(res)
+			res = nil
+		}
+	}
+	var resumed <-chan *quietConn
+	if res != nil {
+		resumed = res.conn
+	}
+	idle := false
+	wait := time.NewTimer(idleWithin)
+	select {
+	case <-s.busy.idleC():
+		idle = true
+	case q := <-resumed:
+		wait.Stop()
+		forgetRes()
+		s.desc = Description{Language: "python", Implementation: "ipython"}
+		s.useQuiet(sctx, q)
+		h.log.Info("quiet channel resumed by the kernel's thread", "kernel", kernelID(connFile))
+		return s, nil
+	case <-wait.C:
+	case <-ctx.Done():
+	}
+	wait.Stop()
 	var ki *jupyter.KernelInfo
 	if idle {
 		ki, err = c.KernelInfo(ctx)
@@ -134,19 +165,31 @@ func (h *quietHub) dial(ctx context.Context, connFile string) (session, error) {
 		}
 	}
 	if err != nil {
+		forgetRes()
 		return fail(fmt.Errorf("kernel_info: %w", err))
 	}
 	s.desc = Description{Language: ki.LanguageInfo.Name, Implementation: ki.Implementation, Protocol: ki.ProtocolVersion, Mode: ModeNone}
-	switch ki.LanguageInfo.Name {
-	case "R": // IRkernel: control answers only shutdown; see rReseed
+	quiet := h.socketPath() != "" && ki.Implementation == "ipython"
+	switch {
+	case ki.LanguageInfo.Name == "R": // IRkernel: control answers only shutdown; see rReseed
+		forgetRes()
 		s.desc.Mode, s.ch = ModeShellIdle, jupyter.Shell
 		return s, nil
-	case "python":
-	default:
+	case ki.LanguageInfo.Name != "python":
+		forgetRes()
 		return s, nil
+	case !quiet:
+		forgetRes()
 	}
-	quiet := h.socketPath() != "" && ki.Implementation == "ipython"
 	if quiet && idle {
+		select {
+		case q := <-resumed: // resumed meanwhile: no install needed
+			forgetRes()
+			s.useQuiet(sctx, q)
+			return s, nil
+		default:
+		}
+		forgetRes()
 		q, err := s.install(ctx)
 		if err == nil {
 			s.useQuiet(sctx, q)
@@ -163,8 +206,11 @@ func (h *quietHub) dial(ctx context.Context, connFile string) (session, error) {
 	}
 	if quiet {
 		s.desc.Mode = map[Mode]Mode{ModeControl: ModeControlWaiting, ModeSubshell: ModeSubshellWaiting}[s.desc.Mode]
+		if res == nil && info.Key != "" {
+			res = h.expectResume([]byte(info.Key))
+		}
 		s.wg.Add(1)
-		go func() { defer s.wg.Done(); s.installWhenIdle(sctx) }() // owned by the session
+		go func() { defer s.wg.Done(); s.installWhenIdle(sctx, res) }() // owned by the session
 	}
 	return s, nil
 }
@@ -173,11 +219,23 @@ func (h *quietHub) dial(ctx context.Context, connFile string) (session, error) {
 // install fails (a user's code broke what it uses) stays on control.
 const installAttempts = 3
 
-// installWhenIdle installs the quiet channel once the running cell ends.
-func (s *jupyterSession) installWhenIdle(ctx context.Context) {
+// installWhenIdle installs the quiet channel once the running cell ends,
+// unless the kernel's thread resumes first (res, if not nil).
+func (s *jupyterSession) installWhenIdle(ctx context.Context, res *quietResumer) {
 	log := s.hub.log.With("kernel", kernelID(s.connFile))
+	var resumed <-chan *quietConn
+	if res != nil {
+		resumed = res.conn
+		defer s.hub.forgetResume(res)
+	}
 	for range installAttempts {
-		if s.busy.waitIdle(ctx) != nil {
+		select {
+		case <-s.busy.idleC():
+		case q := <-resumed:
+			s.useQuiet(ctx, q)
+			log.Info("quiet channel resumed by the kernel's thread")
+			return
+		case <-ctx.Done():
 			return
 		}
 		// A cell started meanwhile puts the install behind it: wait for it.
@@ -420,6 +478,13 @@ func (b *busyTracker) isBusy() bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.busyLocked()
+}
+
+// idleC is closed once no cell runs (now, or when the running one ends).
+func (b *busyTracker) idleC() <-chan struct{} {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.idle
 }
 
 func (b *busyTracker) waitIdle(ctx context.Context) error {
