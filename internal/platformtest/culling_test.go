@@ -279,7 +279,11 @@ func TestJupyterServerCulling(t *testing.T) {
 	if len(wrong) > 0 {
 		t.Errorf("/api/kernels did not say busy for the running cell in %d samples: %s", len(wrong), strings.Join(first(wrong, 10), ", "))
 	}
-	if f := busy.Foreign(busySeen, cellEnd); len(f) > 0 {
+	ownEnd := busy.CellEnd(t0)
+	if ownEnd.IsZero() {
+		ownEnd = cellEnd
+	}
+	if f := busy.Foreign(busySeen, ownEnd); len(f) > 0 {
 		t.Errorf("the agent caused %d iopub messages on the busy kernel during the cell:%s", len(f), Describe(f, t0))
 	}
 
@@ -361,10 +365,11 @@ func first(s []string, n int) []string {
 
 // TestJupyterServerAgentRestartMidCell restarts `nbsecrets dev` (NATS, the
 // service and the agent) while a quiet cell runs on a kernel it served, and
-// changes the secret while it is down and again once it is back. The new
-// agent must find the kernel, bring it to the last value before the cell
-// ends, and the Jupyter Server (culling as above) must see the kernel busy
-// for the whole cell and never cull it.
+// changes the secret before and twice after. The new agent must find the
+// kernel, bring it to the last value before the cell ends without a
+// Jupyter message, and the Jupyter Server (culling as above) must see the
+// kernel busy for the whole cell and never cull it. After the cell, the
+// new agent's first contact may show once.
 func TestJupyterServerAgentRestartMidCell(t *testing.T) {
 	if testing.Short() {
 		t.Skip("a real Jupyter Server and a 24 s cell")
@@ -438,7 +443,10 @@ func TestJupyterServerAgentRestartMidCell(t *testing.T) {
 		t.Fatalf("the restarted agent served the kernel only after the cell's end")
 	}
 	// What the platform saw: the cell ran to its end with the last value,
-	// busy in every sample, and no iopub message of an agent.
+	// busy in every sample, and no iopub message of an agent. (The issue
+	// allows an agent that cannot install invisibly mid-cell to serve the
+	// old way until idle; the quiet channel's thread resumes with the new
+	// agent instead, so nothing here is excused.)
 	var seen []string
 	if res.err != nil {
 		why := ""
@@ -463,8 +471,23 @@ func TestJupyterServerAgentRestartMidCell(t *testing.T) {
 	if len(wrong) > 0 {
 		seen = append(seen, fmt.Sprintf("/api/kernels did not say busy for the running cell in %d samples: %s", len(wrong), strings.Join(first(wrong, 10), ", ")))
 	}
-	if f := w.Foreign(busySeen, cellEnd); len(f) > 0 {
+	// During the cell (to its own idle status), nothing; after it, the new
+	// agent's first contact may show once (one request: busy and idle).
+	ownEnd := w.CellEnd(t0)
+	if ownEnd.IsZero() {
+		ownEnd = cellEnd
+	}
+	if f := w.Foreign(busySeen, ownEnd); len(f) > 0 {
 		seen = append(seen, fmt.Sprintf("the agents caused %d iopub messages during the cell:%s", len(f), Describe(f, t0)))
+	}
+	if res.err == nil {
+		// The new agent's first contact, if it waited for the cell's end:
+		// one request at most.
+		if f := w.Foreign(ownEnd, time.Time{}); len(f) > 2 {
+			t.Errorf("after the cell, the new agent caused %d iopub messages, more than one request's first contact:%s", len(f), Describe(f, t0))
+		} else if len(f) > 0 {
+			t.Logf("after the cell, the new agent's first contact showed once:%s", Describe(f, t0))
+		}
 	}
 	out := d.Output()
 	for _, v := range values {
@@ -472,17 +495,6 @@ func TestJupyterServerAgentRestartMidCell(t *testing.T) {
 			t.Error("a secret value appears in the output of nbsecrets dev")
 			break
 		}
-	}
-	if len(seen) == 0 {
-		return
-	}
-	// Issue 8 allows one way out: an agent that cannot install invisibly
-	// into a kernel found mid-cell serves it the old way until idle and
-	// says so in status. That is a known gap, not a pass: the platform
-	// still takes the cell for idle. Shown, and skipped, only in that mode.
-	if strings.Contains(mode, "waiting for idle") {
-		t.Skipf("KNOWN GAP (issue 8, item 1: agent restarted mid-cell): the new agent serves the kernel %q, and the platform sees it:\n%s",
-			mode, strings.Join(seen, "\n"))
 	}
 	for _, s := range seen {
 		t.Error(s)
