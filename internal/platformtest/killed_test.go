@@ -79,7 +79,7 @@ func TestJupyterServerKernelKilled(t *testing.T) {
 	started := time.Now()
 	id := j.StartKernel(t)
 	file := d.ConnectionFile(id)
-	d.WaitHeld(t, id, secretName, 60*time.Second)
+	d.WaitQuiet(t, id, secretName, 60*time.Second)
 	before := Watch(t, file, true)
 	k1 := check(t, before.Client)
 	info1 := before.Client.Info()
@@ -138,7 +138,7 @@ func TestJupyterServerKernelKilled(t *testing.T) {
 		killed.Sub(started).Seconds(), same, ports(&info1), ports(&info2))
 
 	// A change after the restart reaches the new process quietly.
-	d.WaitHeld(t, id, secretName, 60*time.Second)
+	d.WaitQuiet(t, id, secretName, 60*time.Second)
 	v2 := "platform-" + RandHex(t)
 	from := time.Now()
 	d.Set(t, secretName, v2)

@@ -341,20 +341,34 @@ func (s Status) Kernel(id string) (KernelStatus, bool) {
 // version of name that it holds itself (not 0) and returns that version.
 func (d *Dev) WaitHeld(t testing.TB, id, name string, timeout time.Duration) uint64 {
 	t.Helper()
+	return d.waitHeld(t, id, name, "", timeout)
+}
+
+// WaitQuiet is WaitHeld that also waits until the kernel is served over
+// the quiet channel (mode live:quiet): the end of the agent's first
+// contact, which on a loaded machine can begin with a re-seed over
+// control and install the channel later.
+func (d *Dev) WaitQuiet(t testing.TB, id, name string, timeout time.Duration) uint64 {
+	t.Helper()
+	return d.waitHeld(t, id, name, "quiet", timeout)
+}
+
+func (d *Dev) waitHeld(t testing.TB, id, name, mode string, timeout time.Duration) uint64 {
+	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
 		st := d.Status(t)
 		want := st.Version(name)
 		k, ok := st.Kernel(id)
-		if ok && want != 0 && k.State == "live" && k.Holds[name].Version == want {
+		if ok && want != 0 && k.State == "live" && k.Holds[name].Version == want && strings.Contains(k.Mode, mode) {
 			return want
 		}
 		if time.Now().After(deadline) {
 			if !ok {
 				t.Fatalf("after %v: the agent does not serve kernel %s: %+v", timeout, id, st.Kernels)
 			}
-			t.Fatalf("after %v: kernel %s: state %q, holds %s version %d, the agent has %d; last error %q",
-				timeout, id, k.State, name, k.Holds[name].Version, want, k.LastError)
+			t.Fatalf("after %v: kernel %s: state %q, mode %q, holds %s version %d, the agent has %d; last error %q",
+				timeout, id, k.State, k.Mode, name, k.Holds[name].Version, want, k.LastError)
 		}
 		// Each poll runs `nbsecrets status`: a process, so not too often.
 		time.Sleep(50 * time.Millisecond)
