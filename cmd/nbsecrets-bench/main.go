@@ -390,8 +390,8 @@ func parseFlags(args []string) (*config, error) {
 			return nil, errors.New("-fanout-nodes must be 1 or 3")
 		case c.fanout.timeout <= 0:
 			return nil, errors.New("-fanout-timeout must be positive")
-		case c.fanout.heartbeat < 500*time.Millisecond || c.fanout.heartbeat > 30*time.Second:
-			return nil, errors.New("-fanout-heartbeat must be within 500ms and 30s (nats.go's range)")
+		case c.fanout.heartbeat < 500*time.Millisecond || c.fanout.heartbeat > 15*time.Second:
+			return nil, errors.New("-fanout-heartbeat must be within 500ms and 15s (nats.go: at least 500ms, at most half the 30s pull expiry)")
 		}
 		if _, err := os.Stat(c.fanout.natsServer); err != nil {
 			return nil, fmt.Errorf("the nats-server binary: %w (make bench-fanout builds it, or give -nats-server)", err)
