@@ -106,8 +106,14 @@ func runHubService(ctx context.Context, env *cliEnv, args []string) error {
 	} else if natsOpts, err = auth.options(); err != nil {
 		return err
 	}
+	// The embedded server restarts when an agent registers (hubnats.go):
+	// the service reconnects at once, since a registration waits for it.
+	wait := 250 * time.Millisecond
+	if embedded != nil {
+		wait = 20 * time.Millisecond
+	}
 	nc, err := nats.Connect(*natsURL, append([]nats.Option{nats.Name("nbsecrets-service"), nats.MaxReconnects(-1),
-		nats.ReconnectWait(250 * time.Millisecond)}, natsOpts...)...)
+		nats.ReconnectWait(wait)}, natsOpts...)...)
 	if err != nil {
 		return fmt.Errorf("connecting to NATS at %s: %w", *natsURL, err)
 	}
