@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"encoding/json"
-	"math"
 	"strings"
 	"testing"
 )
@@ -16,7 +15,7 @@ func TestFanoutSummaryLine(t *testing.T) {
 	rep := &fanoutReport{Workspaces: 3, Nodes: 1, Rounds: []fanoutRound{
 		{Version: 2, WrittenS: 0.3, AppliedS: 0.9, Applied: 3, CPUUsPerWS: 50},
 		{Version: 3, WrittenS: 0.1, AppliedS: 0.5, Applied: 3, CPUUsPerWS: 70},
-		{Version: 4, WrittenS: 0.2, AppliedS: math.Inf(1), Applied: 2, CPUUsPerWS: 60},
+		{Version: 4, WrittenS: 0.2, AppliedS: -1, Applied: 2, CPUUsPerWS: 60},
 	}}
 	var out bytes.Buffer
 	if err := printFanout(&out, &fanoutConfig{}, rep); err != nil {
