@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -18,7 +20,8 @@ func TestFanoutSummaryLine(t *testing.T) {
 		{Version: 4, WrittenS: 0.2, AppliedS: -1, Applied: 2, CPUUsPerWS: 60},
 	}}
 	var out bytes.Buffer
-	if err := printFanout(&out, &fanoutConfig{}, rep); err != nil {
+	file := filepath.Join(t.TempDir(), "fanout.json")
+	if err := printFanout(&out, &fanoutConfig{out: file}, rep); err != nil {
 		t.Fatal(err)
 	}
 	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
@@ -31,6 +34,12 @@ func TestFanoutSummaryLine(t *testing.T) {
 		if got, ok := sum[k]; !ok || got != v {
 			t.Errorf("%s = %v (present %v), want %v", k, got, ok, v)
 		}
+	}
+	var full struct {
+		Rounds []fanoutRound `json:"rounds"`
+	}
+	if b, err := os.ReadFile(file); err != nil || json.Unmarshal(b, &full) != nil || len(full.Rounds) != 3 || full.Rounds[2].AppliedS != -1 {
+		t.Errorf("the JSON report: %v, %+v", err, full.Rounds)
 	}
 	if !strings.Contains(out.String(), "NOT MET") {
 		t.Error("a round where an agent never applied must not meet the targets")
