@@ -4,7 +4,7 @@ PYTHON  ?= /usr/bin/python3
 BIN     := bin/nbsecrets
 PKGS    := ./...
 
-.PHONY: all build test lint bench demo deps fuzz clean
+.PHONY: all build test lint bench bench-fanout demo deps fuzz clean soak
 
 all: build
 
@@ -13,7 +13,17 @@ build:
 
 # The whole suite, with the race detector. Real-kernel tests need `make deps`.
 test:
-	$(GO) test -race -count=1 $(PKGS)
+	$(GO) test -race -count=1 -timeout 30m $(PKGS)
+
+# The long soak (controlplane TestSoak): SOAK_CHANGES changes from four
+# concurrent writers through the real service and NATS into three real
+# kernels, with injector requests throughout; `make test` runs 200 with
+# -race. Without the race detector by default, so thousands of changes take
+# minutes; SOAK_FLAGS=-race adds it.
+SOAK_CHANGES ?= 8000
+SOAK_FLAGS   ?=
+soak:
+	NBSECRETS_SOAK_CHANGES=$(SOAK_CHANGES) $(GO) test $(SOAK_FLAGS) -count=1 -timeout 90m -run '^TestSoak$$' -v ./controlplane/
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
@@ -23,9 +33,23 @@ lint:
 	  $(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 $(PKGS); \
 	else echo "staticcheck could not be installed from the module proxy; skipped"; fi
 
-# Benchmarks against real NATS and real kernels; a table on stdout, JSON in bench.json.
+# Benchmarks against real NATS and real kernels; a table on stdout, JSON in bench.json;
+# then the HTTP API's latency (p50/p99 of list and update).
 bench: build
 	$(GO) run ./cmd/nbsecrets-bench -out bench.json
+	$(GO) test -run '^$$' -bench '^BenchmarkAPI$$' -benchtime 300x ./controlplane/web/
+
+# Fan-out: one project secret to FANOUT workspaces' agents (ordered consumers in
+# a second process) through a separate nats-server process of the version in go.mod
+# (FANOUT_NODES=3: a three-node cluster). Table on stdout, last line JSON.
+NATS_SERVER  := bin/nats-server
+FANOUT       ?= 10000
+FANOUT_NODES ?= 1
+$(NATS_SERVER): go.mod go.sum
+	$(GO) build -o $(NATS_SERVER) github.com/nats-io/nats-server/v2
+
+bench-fanout: $(NATS_SERVER)
+	$(GO) run ./cmd/nbsecrets-bench -fanout $(FANOUT) -fanout-nodes $(FANOUT_NODES) -nats-server $(NATS_SERVER) -out bench-fanout.json
 
 # The main job on the embedded default: a secret changing live in a real kernel.
 demo: build deps
@@ -51,4 +75,4 @@ deps:
 	fi
 
 clean:
-	rm -rf bin bench.json
+	rm -rf bin bench.json bench-fanout.json

@@ -68,6 +68,12 @@ type Config struct {
 	// MetricsNonLoopback allows a MetricsAddr other hosts can reach. False:
 	// such an address is refused.
 	MetricsNonLoopback bool
+	// AllowRemoteKernels lets the agent serve kernels whose connection
+	// files name TCP addresses other than loopback (a kernel in another
+	// container of a pod reached by its pod address, say); their
+	// listeners' uids cannot be checked. False: only loopback TCP and ipc
+	// beside the connection file (see kernelTrust).
+	AllowRemoteKernels bool
 
 	dial dialer // tests: a fake kernel session
 }
@@ -140,7 +146,10 @@ func New(cfg Config) (*Agent, error) {
 	}
 	a.kernels = &kernels{log: log.Named("kernel"), st: a.st, dial: cfg.dial, probeInterval: cfg.Probe,
 		applyTimeout: cfg.ApplyTimeout, metrics: a.metrics, workers: map[string]*worker{},
-		policy: cfg.Policy, restarter: rs}
+		policy: cfg.Policy, restarter: rs, trust: kernelTrust{allowRemote: cfg.AllowRemoteKernels}}
+	if cfg.AllowRemoteKernels {
+		log.Warn("kernels on non-loopback addresses are served: their listeners' uids cannot be checked")
+	}
 	if cfg.Policy.Restarts() {
 		log.Info("restart policy", "on_change", cfg.Policy.OnChange, "on_revoke", cfg.Policy.OnRevoke,
 			"busy_wait", cfg.Policy.BusyWait, "busy_action", cfg.Policy.BusyAction, "splay", cfg.Policy.Splay,
@@ -222,7 +231,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	s := &syncer{js: js, ws: a.cfg.Workspace.ID, opener: a.cfg.Opener, st: a.st, log: a.log.Named("sync"), now: time.Now,
 		published: a.saveState, access: a.access}
-	wg.Add(2)
+	wg.Add(3)
+	go func() { defer wg.Done(); a.publishStatus(ctx) }()
 	go func() { defer wg.Done(); s.run(ctx) }()
 	go func() {
 		defer wg.Done()
@@ -316,6 +326,7 @@ type SecretStatus struct {
 	Version    uint64         `json:"version"`
 	Scope      protocol.Scope `json:"scope"`
 	ShadowedBy string         `json:"shadowed_by,omitempty"` // scope of the same-named secret that wins
+	OverBudget bool           `json:"over_budget,omitempty"` // left out: the workspace's budget is spent
 }
 
 // Status is what the agent holds: names, versions, kernels. Never a value.
@@ -360,6 +371,9 @@ func (a *Agent) Status() Status {
 	}
 	for _, sh := range d.Shadowed {
 		st.Secrets = append(st.Secrets, SecretStatus{Name: sh.Name, SecretID: sh.SecretID, Scope: sh.Scope, ShadowedBy: sh.By.String()})
+	}
+	for _, o := range d.OverBudget {
+		st.Secrets = append(st.Secrets, SecretStatus{Name: o.Name, SecretID: o.SecretID, Scope: o.Scope, OverBudget: true})
 	}
 	st.Kernels = a.kernels.statuses()
 	a.metrics.mu.Lock()

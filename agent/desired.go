@@ -41,7 +41,8 @@ var ErrScopeNotAllowed = errors.New("agent: secret scope not allowed for this wo
 // errStale is a record whose version is not newer than the one applied.
 var errStale = errors.New("agent: record version not newer than the one held (replay or reorder)")
 
-// Var is one variable of the desired environment. Value never prints.
+// Var is one variable of the desired environment. Value never prints. Its
+// buffer is shared between snapshots and must not be modified (see store).
 type Var struct {
 	Value    protocol.Value
 	Version  uint64
@@ -64,6 +65,10 @@ type Desired struct {
 	ChangedAt time.Time      // when the newest record in it was stored in JetStream (zero: unknown)
 	Env       map[string]Var // variable name → value
 	Shadowed  []Shadow       // secrets hidden by a same-named one
+	// OverBudget are the secrets left out because the workspace's
+	// environment would pass the budget (protocol.MaxWorkspaceSecrets,
+	// MaxWorkspaceEnvBytes); By is empty.
+	OverBudget []Shadow
 }
 
 // Names returns the variable names in order.
@@ -78,6 +83,17 @@ func (d *Desired) Names() []string {
 
 // store holds the opened records and derives the desired environment. Sync
 // writes to it; kernel workers and the local API read snapshots.
+//
+// Ownership of values: apply takes ownership of a record's value buffer,
+// and from then on the buffer is immutable. A published Desired shares it
+// (no copy per publish), and a snapshot may be read by any goroutine at any
+// later time (a kernel worker building a plan, the local API encoding
+// /v1/env), so nothing ever writes to or wipes a value buffer once the
+// store holds it: a replaced or revoked value is dropped and left to the
+// garbage collector. Wiping it while a snapshot was being encoded sent a
+// kernel a value with NUL bytes in it (issue 8). Wiping would not keep a
+// value out of memory anyway: plans, JSON encodings and the kernels'
+// environments hold copies as strings.
 type store struct {
 	ws Workspace
 
@@ -127,9 +143,8 @@ func (s *store) apply(sec *protocol.Secret, at time.Time) error {
 		return fmt.Errorf("%w: %s", ErrScopeNotAllowed, sec.Scope)
 	}
 	s.versions[sec.SecretID] = sec.Version
-	if old := s.puts[sec.SecretID]; old != nil {
-		clear(old.Value)
-	}
+	// The replaced value is not wiped: published snapshots share its
+	// buffer (see store).
 	switch sec.Op {
 	case protocol.OpPut:
 		s.puts[sec.SecretID] = sec
@@ -159,8 +174,7 @@ func (s *store) setAccess(ws Workspace) (dropped int) {
 		}
 		s.floor[id] = max(s.floor[id], s.versions[id])
 		delete(s.versions, id)
-		clear(sec.Value)
-		delete(s.puts, id)
+		delete(s.puts, id) // not wiped: snapshots may share the buffer
 		s.dirty = true
 		dropped++
 	}
@@ -230,7 +244,10 @@ func (s *store) publish(now time.Time) {
 // buildDesired resolves the puts into an environment. When two secrets share
 // a name the one with the higher precedence scope wins (user, then project,
 // then community); between equals the lower secret id wins, so every agent
-// decides the same way.
+// decides the same way. In that same order secrets fill the per-workspace
+// budget: those that would pass it are left out (OverBudget), so that too
+// many or too large secrets, which the service should have refused, cannot
+// take the kernels' environment past ARG_MAX.
 func buildDesired(gen uint64, puts map[string]*protocol.Secret) *Desired {
 	d := &Desired{Gen: gen, Env: make(map[string]Var, len(puts))}
 	ids := make([]string, 0, len(puts))
@@ -244,12 +261,19 @@ func buildDesired(gen uint64, puts map[string]*protocol.Secret) *Desired {
 		}
 		return ids[i] < ids[j]
 	})
+	bytes := 0
 	for _, id := range ids {
 		p := puts[id]
 		if w, ok := d.Env[p.Name]; ok {
 			d.Shadowed = append(d.Shadowed, Shadow{Name: p.Name, SecretID: id, Scope: p.Scope, By: w.Scope})
 			continue
 		}
+		cost := protocol.EnvSize(p.Name, len(p.Value))
+		if len(d.Env) >= protocol.MaxWorkspaceSecrets || bytes+cost > protocol.MaxWorkspaceEnvBytes {
+			d.OverBudget = append(d.OverBudget, Shadow{Name: p.Name, SecretID: id, Scope: p.Scope})
+			continue
+		}
+		bytes += cost
 		d.Env[p.Name] = Var{Value: p.Value, Version: p.Version, SecretID: id, Scope: p.Scope}
 	}
 	return d

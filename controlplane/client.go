@@ -9,6 +9,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
+
+	"github.com/nbsecrets/nbsecrets/protocol"
 )
 
 // defaultTimeout bounds a request whose context has no deadline.
@@ -193,7 +195,10 @@ func (c *Client) call(ctx context.Context, req *requestBody, value []byte) (*rep
 		return nil, fmt.Errorf("%w: malformed reply on %s", ErrInternal, subject)
 	}
 	if rep.Error != nil {
-		return nil, fromCode(rep.Error.Code, rep.Error.Message)
+		return nil, fromCode(rep.Error.Code, protocol.SafeText(rep.Error.Message, maxReplyMessage))
+	}
+	if err := checkReply(&rep); err != nil {
+		return nil, fmt.Errorf("%w: malformed reply on %s: %w", ErrInternal, subject, err)
 	}
 	return &rep, nil
 }

@@ -53,6 +53,7 @@ func (s *Service) create(ctx context.Context, req *requestBody, value []byte) (*
 	s.log.Info("secret created", "op", opCreate, "user", req.User, "name", m.Name, "scope", m.Scope.String(),
 		"id", m.ID, "version", m.Version, "workspaces", len(m.Visible))
 	info := m.info()
+	s.noteHides(ctx, s.dir.Load(), m, &info)
 	return &info, nil
 }
 
@@ -63,16 +64,22 @@ func (s *Service) createSecret(ctx context.Context, user string, scope protocol.
 	if err := d.mayCreate(user, scope); err != nil {
 		return nil, err
 	}
+	if err := s.names.checkShared(d, user, scope, name); err != nil {
+		return nil, err
+	}
 	id := newSecretID()
+	now := s.now().UTC()
+	m := &secretMeta{ID: id, Name: name, Scope: scope, Version: 1,
+		CreatedAt: now, CreatedBy: user, UpdatedAt: now, UpdatedBy: user, Size: len(value)}
+	target(m, d, nil)
+	if err := s.checkBudget(ctx, d, m); err != nil {
+		return nil, err
+	}
 	if err := s.store.claimName(ctx, scope, name, id); err != nil {
 		return nil, err
 	}
-	now := s.now().UTC()
-	m := &secretMeta{ID: id, Name: name, Scope: scope, Version: 1,
-		CreatedAt: now, CreatedBy: user, UpdatedAt: now, UpdatedBy: user}
 	var err error
 	if m.Sealed, err = s.store.seal(id, value); err == nil {
-		target(m, d, nil)
 		err = s.store.put(ctx, m, 0)
 	}
 	if err != nil {
@@ -103,6 +110,9 @@ func (s *Service) update(ctx context.Context, req *requestBody, value []byte) (*
 		return nil, err
 	}
 	rename := req.NewName != "" && req.NewName != found.Name
+	if err := s.checkChange(ctx, d, req.User, found, rename, req.NewName, value); err != nil {
+		return nil, err
+	}
 	var claimed []protocol.Scope
 	release := func() error {
 		var errs []error
@@ -136,7 +146,7 @@ func (s *Service) update(ctx context.Context, req *requestBody, value []byte) (*
 			return nil
 		}
 		sealed, err := s.store.seal(m.ID, value)
-		m.Sealed = sealed
+		m.Sealed, m.Size = sealed, len(value)
 		return err
 	})
 	if err != nil {
@@ -166,6 +176,9 @@ func (s *Service) update(ctx context.Context, req *requestBody, value []byte) (*
 			"id", m.ID, "version", m.Version, "workspaces", len(m.Visible))
 	}
 	info := m.info()
+	if rename {
+		s.noteHides(ctx, d, m, &info)
+	}
 	return &info, nil
 }
 
@@ -231,6 +244,9 @@ func (s *Service) clone(ctx context.Context, req *requestBody, value []byte) (*S
 	if err != nil {
 		return nil, err
 	}
+	if err := d.mayRead(req.User, src); err != nil {
+		return nil, err
+	}
 	if value == nil {
 		if value, err = s.store.open(src); err != nil {
 			return nil, err
@@ -244,6 +260,7 @@ func (s *Service) clone(ctx context.Context, req *requestBody, value []byte) (*S
 	s.log.Info("secret cloned", "op", opClone, "user", req.User, "name", m.Name, "scope", m.Scope.String(), "id", m.ID,
 		"from_name", src.Name, "from_scope", src.Scope.String(), "from_id", src.ID, "workspaces", len(m.Visible))
 	info := m.info()
+	s.noteHides(ctx, s.dir.Load(), m, &info)
 	return &info, nil
 }
 
@@ -271,6 +288,14 @@ func (s *Service) share(ctx context.Context, req *requestBody) (*SecretInfo, err
 		return &info, nil
 	}
 	cscope := protocol.Scope{Kind: protocol.ScopeCommunity, ID: req.Community}
+	if err := s.names.checkShared(d, req.User, cscope, found.Name); err != nil {
+		return nil, err
+	}
+	shared := *found
+	shared.Shares = append(slices.Clone(found.Shares), req.Community)
+	if err := s.checkBudget(ctx, d, &shared); err != nil {
+		return nil, err
+	}
 	if err := s.store.claimName(ctx, cscope, found.Name, found.ID); err != nil {
 		if errors.Is(err, ErrExists) {
 			return nil, fmt.Errorf("%w: community %s already has a shared secret called %q", ErrExists, req.Community, found.Name)
@@ -544,4 +569,27 @@ func (s *Service) change(ctx context.Context, id, user string, fn func(*director
 		}
 		return m, d, nil
 	}
+}
+
+// checkChange checks an update of found before it writes: a new name
+// against the name policy in every scope the secret is named in, and the
+// secret as it would be (name, value size) against the per-workspace
+// budget.
+func (s *Service) checkChange(ctx context.Context, d *directory, user string, found *secretMeta, rename bool, newName string, value []byte) error {
+	changed := *found
+	if rename {
+		for _, sc := range found.names() {
+			if err := s.names.checkShared(d, user, sc, newName); err != nil {
+				return err
+			}
+		}
+		changed.Name = newName
+	}
+	if value != nil {
+		changed.Size = len(value)
+	}
+	if changed.Name == found.Name && valueSize(&changed) <= valueSize(found) {
+		return nil // nothing grows
+	}
+	return s.checkBudget(ctx, d, &changed)
 }

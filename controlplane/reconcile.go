@@ -48,6 +48,14 @@ func (s *Service) SetDirectory(d *Directory) error {
 	if !ready {
 		return nil // Start reconciles with it
 	}
+	if !s.lease.Held() {
+		// Another replica holds the background lease and reconciles (it
+		// reads the same directory); should it go, whoever takes the lease
+		// over reconciles with its own.
+		s.inflight.Done()
+		s.log.Info("directory changed; the replica holding the background lease reconciles", "workspaces", len(nd.workspaces))
+		return nil
+	}
 	defer s.inflight.Done()
 	rekeyed := func(ws string) bool {
 		a, ok1 := old.workspace(ws)
@@ -81,29 +89,40 @@ func (s *Service) SetDirectory(d *Directory) error {
 // it by another scope, had a tombstone and gets it back, or (rekeyed) has a
 // new curve key.
 func target(m *secretMeta, d *directory, rekeyed func(string) bool) (changed, bump bool) {
+	// Sets rather than slices.Contains: with thousands of workspaces the
+	// quadratic scans cost more than the records.
 	var visible []string
+	isVisible := map[string]bool{}
 	via := map[string]string{}
 	if !m.Deleted {
 		for _, w := range d.recipients(m.Scope) {
 			visible = append(visible, w.ID)
+			isVisible[w.ID] = true
 		}
 		for _, c := range m.Shares {
 			for _, w := range d.recipients(protocol.Scope{Kind: protocol.ScopeCommunity, ID: c}) {
-				if !slices.Contains(visible, w.ID) {
+				if !isVisible[w.ID] {
 					visible = append(visible, w.ID)
+					isVisible[w.ID] = true
 					via[w.ID] = c
 				}
 			}
 		}
 		slices.Sort(visible)
 	}
+	wasVisible := make(map[string]bool, len(m.Visible))
 	for _, ws := range m.Visible {
-		if !slices.Contains(visible, ws) || m.Via[ws] != via[ws] || rekeyed != nil && rekeyed(ws) {
+		wasVisible[ws] = true
+		if !isVisible[ws] || m.Via[ws] != via[ws] || rekeyed != nil && rekeyed(ws) {
 			bump = true
 		}
 	}
+	sent := make(map[string]bool, len(m.Sent))
+	for _, ws := range m.Sent {
+		sent[ws] = true
+	}
 	for _, ws := range visible {
-		if !slices.Contains(m.Visible, ws) && slices.Contains(m.Sent, ws) {
+		if !wasVisible[ws] && sent[ws] {
 			bump = true
 		}
 	}
@@ -113,8 +132,9 @@ func target(m *secretMeta, d *directory, rekeyed func(string) bool) (changed, bu
 	changed = bump || !slices.Equal(visible, m.Visible) || !maps.Equal(via, m.Via)
 	m.Visible, m.Via = visible, via
 	for _, ws := range visible {
-		if !slices.Contains(m.Sent, ws) {
+		if !sent[ws] {
 			m.Sent = append(m.Sent, ws)
+			sent[ws] = true
 		}
 	}
 	return changed, bump
@@ -126,6 +146,7 @@ func target(m *secretMeta, d *directory, rekeyed func(string) bool) (changed, bu
 // It returns how many secrets changed, and the secrets it could not
 // reconcile; an error only when ctx ended.
 func (s *Service) reconcile(ctx context.Context, d *directory, rekeyed func(string) bool) (int, []error, error) {
+	s.revs.reset() // read what the bucket really holds: it may have lost records
 	ids, err := s.store.all(ctx)
 	if err != nil {
 		return 0, nil, fmt.Errorf("controlplane: %w", err)

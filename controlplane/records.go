@@ -4,63 +4,135 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
+	"sync"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/nbsecrets/nbsecrets/protocol"
 )
 
+// fanoutWorkers bounds the records one publish seals and writes at once:
+// the writes are pipelined on the service's connection rather than made one
+// round trip at a time.
+const fanoutWorkers = 64
+
+// perRecordTime is how much longer than requestTimeout a request may take
+// per workspace in the directory: a fan-out to thousands of workspaces cut
+// short would leave them at different versions until the next
+// reconciliation.
+const perRecordTime = 10 * time.Millisecond
+
 // publish writes m's record for every workspace that ever had the secret:
 // the value for those in m.Visible that d still holds, a tombstone for the
 // others. Each record carries the scope by which its workspace may have
-// the secret (m.recordScope).
+// the secret (m.recordScope). Up to fanoutWorkers records are sealed and
+// written at once, each with its own compare-and-set.
 func (s *Service) publish(ctx context.Context, m *secretMeta, value []byte, d *directory) error {
 	now := s.now()
-	var errs []error
-	for _, ws := range m.Sent {
-		var data []byte
-		var err error
+	visible := make(map[string]bool, len(m.Visible))
+	for _, ws := range m.Visible {
+		visible[ws] = true
+	}
+	one := func(ws string) error {
 		scope := m.recordScope(ws)
-		if w, ok := d.workspace(ws); ok && slices.Contains(m.Visible, ws) {
-			data, err = s.sealer.Put(protocol.Recipient{Workspace: ws, CurveKey: w.CurveKey}, m.ID, m.Name, m.Version, scope, value, now)
-		} else {
-			data, err = s.sealer.Delete(ws, m.ID, m.Name, m.Version, scope, now)
+		build := func() ([]byte, error) {
+			if w, ok := d.workspace(ws); ok && visible[ws] {
+				return s.sealer.Put(protocol.Recipient{Workspace: ws, CurveKey: w.CurveKey}, m.ID, m.Name, m.Version, scope, value, now)
+			}
+			return s.sealer.Delete(ws, m.ID, m.Name, m.Version, scope, now)
 		}
-		if err == nil {
-			err = s.writeRecord(ctx, ws, m.ID, m.Version, data)
+		if err := s.writeRecord(ctx, ws, m.ID, m.Version, build); err != nil {
+			return fmt.Errorf("record of %s for workspace %s: %w", m.ID, ws, err)
 		}
+		return nil
+	}
+	if len(m.Sent) == 1 {
+		return one(m.Sent[0])
+	}
+	work := make(chan string)
+	errc := make(chan error, len(m.Sent))
+	var wg sync.WaitGroup
+	for range min(fanoutWorkers, len(m.Sent)) {
+		wg.Go(func() { // owned by publish: ends when work is closed
+			for ws := range work {
+				errc <- one(ws)
+			}
+		})
+	}
+	for _, ws := range m.Sent {
+		work <- ws
+	}
+	close(work)
+	wg.Wait()
+	close(errc)
+	var errs []error
+	failed := 0
+	for err := range errc {
 		if err != nil {
-			errs = append(errs, fmt.Errorf("record of %s for workspace %s: %w", m.ID, ws, err))
+			// A reply carries the error: thousands of them would not fit.
+			if failed++; failed <= maxReportedFailures {
+				errs = append(errs, err)
+			}
 		}
+	}
+	if failed > maxReportedFailures {
+		errs = append(errs, fmt.Errorf("and %d more records of %s not written", failed-maxReportedFailures, m.ID))
 	}
 	return errors.Join(errs...)
 }
 
-// writeRecord puts data under the workspace's key for the secret unless the
-// record there already has version or a later one, with compare-and-set:
-// when two writers race, the later version stays.
-func (s *Service) writeRecord(ctx context.Context, ws, id string, version uint64, data []byte) error {
+// writeRecord puts the record that build returns under the workspace's key
+// for the secret unless the record there already has version or a later
+// one, with compare-and-set: when two writers race, the later version
+// stays. It calls build only when it writes. The revision it compares with
+// comes from s.revs when this service wrote or verified the key before,
+// else from reading and verifying the record there.
+func (s *Service) writeRecord(ctx context.Context, ws, id string, version uint64, build func() ([]byte, error)) error {
 	key := protocol.RecordKey(ws, id)
+	var data []byte
 	for attempt := 0; ; attempt++ {
-		e, err := s.records.Get(ctx, key)
-		switch {
-		case errors.Is(err, jetstream.ErrKeyNotFound):
-			_, err = s.records.Create(ctx, key, data)
-		case err != nil:
-		default:
-			var have uint64
-			if have, err = s.recordVersion(ws, key, e.Value()); err != nil {
+		have, known := s.revs.get(key)
+		if !known {
+			e, err := s.records.Get(ctx, key)
+			switch {
+			case errors.Is(err, jetstream.ErrKeyNotFound):
+				have = revVer{}
+			case err != nil:
 				return fmt.Errorf("writing %s: %w", key, err)
+			default:
+				v, err := s.recordVersion(ws, key, e.Value())
+				if err != nil {
+					return fmt.Errorf("writing %s: %w", key, err)
+				}
+				have = revVer{rev: e.Revision(), version: v}
+				s.revs.put(key, have)
 			}
-			if have >= version {
-				return nil
-			}
-			_, err = s.records.Update(ctx, key, data, e.Revision())
 		}
-		if err == nil {
+		if have.version >= version {
 			return nil
 		}
+		if data == nil {
+			var err error
+			if data, err = build(); err != nil {
+				return err
+			}
+		}
+		var rev uint64
+		var err error
+		if have.rev == 0 {
+			rev, err = s.records.Create(ctx, key, data)
+		} else {
+			rev, err = s.records.Update(ctx, key, data, have.rev)
+		}
+		if err == nil {
+			s.revs.put(key, revVer{rev: rev, version: version})
+			if s.wroteHook != nil {
+				s.wroteHook()
+			}
+			return nil
+		}
+		s.revs.drop(key)
 		if (errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists)) && attempt < maxCASRetries {
 			continue
 		}
@@ -78,6 +150,7 @@ func (s *Service) recordVersion(ws, key string, data []byte) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
+	s.verified.Add(1)
 	r, err := o.Verify(key, data)
 	if err != nil {
 		s.log.Warn("replacing a record that is not ours", "key", key, "error", err)

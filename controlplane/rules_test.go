@@ -203,7 +203,7 @@ func TestNameRulesSayWhich(t *testing.T) {
 		"DB.PASS":    "character 3 is not a letter, digit, hyphen or underscore",
 		"TRAILING_":  "must not end with a hyphen or an underscore",
 		"LD_PRELOAD": "reserved prefix LD_",
-		"PATH":       "reserved (search path for programs)",
+		"PATH":       "reserved (shells, terminals and pagers)",
 	}
 	before := f.lastSeqs()
 	for name, rule := range rules {

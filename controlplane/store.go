@@ -41,6 +41,9 @@ type secretMeta struct {
 	// Sealed is the value (atRest JSON) in a box from the service's curve
 	// key to itself; nil once deleted.
 	Sealed []byte `json:"sealed,omitempty"`
+	// Size is the value's length in bytes, for the per-workspace budget;
+	// 0 in secrets stored before it was recorded.
+	Size int `json:"size,omitempty"`
 	// Shares are the communities the secret is shared with, sorted.
 	Shares []string `json:"shares,omitempty"`
 	// Visible are the workspaces that get the value at Version, sorted.

@@ -10,8 +10,8 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"strings"
 
+	"github.com/nbsecrets/nbsecrets/protocol"
 	"github.com/nbsecrets/nbsecrets/protocol/localapi"
 )
 
@@ -118,17 +118,6 @@ func (c *client) do(req *http.Request, out any) (answered bool, err error) {
 	return true, nil
 }
 
-// printable keeps an agent's error message to one short line.
-func printable(s string) string {
-	s = strings.ToValidUTF8(s, "?")
-	s = strings.Map(func(r rune) rune {
-		if r < ' ' || r == 0x7f {
-			return ' '
-		}
-		return r
-	}, s)
-	if len(s) > 200 {
-		s = s[:200] + "..."
-	}
-	return s
-}
+// printable keeps an agent's error message to one short line, safe on a
+// terminal.
+func printable(s string) string { return protocol.SafeText(s, 200) }

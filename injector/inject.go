@@ -137,7 +137,9 @@ func Prepare(ctx context.Context, opts Options) (argv0 string, argv []string, en
 // signals. What belongs to the main thread, such as the parent-death signal,
 // carries over only if Exec runs there: call it from main with main locked
 // to its thread (runtime.LockOSThread in an init function, as cmd/nbsecrets
-// does). It returns only on error.
+// does). When the system refuses the environment as too large (E2BIG: the
+// secrets pass ARG_MAX), it starts the kernel without secrets and says so
+// on opts.Stderr. It returns only on error.
 func Exec(ctx context.Context, opts Options) error {
 	argv0, argv, env, err := Prepare(ctx, opts)
 	if err != nil {
@@ -146,7 +148,20 @@ func Exec(ctx context.Context, opts Options) error {
 	if err := ctx.Err(); err != nil { // stopped while preparing: do not start
 		return fmt.Errorf("starting the kernel: %w", err)
 	}
-	if err := unix.Exec(argv0, argv, env); err != nil {
+	err = unix.Exec(argv0, argv, env)
+	if errors.Is(err, unix.E2BIG) {
+		// The secrets take the environment past ARG_MAX: a kernel that
+		// does not start at all is worse than one without secrets.
+		stderr := opts.Stderr
+		if stderr == nil {
+			stderr = os.Stderr
+		}
+		bare, _ := computeEnv(env, nil, io.Discard)
+		fmt.Fprintf(stderr, "nbsecrets inject: the kernel's environment with its %d secrets is too large to start a program (argument list too long); starting the kernel without secrets; ask for fewer or smaller secrets in this workspace\n",
+			len(strings.Split(getenv(env, localapi.ManagedVar), ",")))
+		err = unix.Exec(argv0, argv, bare)
+	}
+	if err != nil {
 		return fmt.Errorf("starting the kernel %s: %w", argv0, err)
 	}
 	return nil

@@ -623,3 +623,54 @@ func TestExecKeepsPID(t *testing.T) {
 		t.Errorf("announcements = %+v, want one for PID %d", anns, pid)
 	}
 }
+
+// TestExecTooLargeStartsWithoutSecrets performs issue 9's finding 4 at the
+// injector: the agent hands over more secret bytes than any Linux lets a
+// program start with (6 MiB is the most ARG_MAX can be), so execve fails
+// with E2BIG. The kernel still starts, in the same process, without the
+// secrets, and stderr says why, naming no value.
+func TestExecTooLargeStartsWithoutSecrets(t *testing.T) {
+	big := strings.Repeat("v", 64<<10)
+	resp := localapi.EnvResponse{Env: map[string]string{}, Versions: map[string]uint64{}}
+	for i := range 100 {
+		name := fmt.Sprintf("BIG_%03d", i)
+		resp.Env[name], resp.Versions[name] = big, 1
+	}
+	resp.Env["DB-PASSWORD"], resp.Versions["DB-PASSWORD"] = "s3cret-value", 1
+	a := startAgent(t, &fakeAgent{env: resp})
+	conn := filepath.Join(t.TempDir(), "kernel-big.json")
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, os.Args[0])
+	cmd.Env = append(slices.DeleteFunc(os.Environ(), func(kv string) bool {
+		return strings.HasPrefix(kv, "DB-PASSWORD=") || strings.HasPrefix(kv, localapi.ManagedVar+"=")
+	}), helperEnv+"=inject", helperSocketEnv+"="+a.socket, helperConnEnv+"="+conn, "HOME=/home/kept")
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	cmd.WaitDelay = 5 * time.Second
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pid := cmd.Process.Pid
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("injector: %v; stderr: %s", err, stderr.String())
+	}
+	var r kernelReport
+	if err := json.Unmarshal(stdout.Bytes(), &r); err != nil {
+		t.Fatalf("the kernel did not start: report %q: %v; stderr: %s", stdout.String(), err, stderr.String())
+	}
+	if r.PID != pid {
+		t.Errorf("kernel PID %d, injector PID %d", r.PID, pid)
+	}
+	if r.Env["DB-PASSWORD"] != "" || r.Env[localapi.ManagedVar] != "" || r.Env["HOME"] != hashValue("/home/kept") {
+		t.Errorf("kernel env hashes = %v: want no secrets and the rest kept", r.Env)
+	}
+	msg := stderr.String()
+	if !strings.Contains(msg, "101 secrets is too large") || !strings.Contains(msg, "starting the kernel without secrets") {
+		t.Errorf("stderr = %q, want it to say the kernel starts without its 101 secrets", msg)
+	}
+	if strings.Contains(msg, "s3cret-value") || strings.Contains(msg, big[:64]) {
+		t.Error("stderr holds a value")
+	}
+}

@@ -88,7 +88,7 @@ func ExampleValidateName() {
 	// LD_PRELOAD   forbidden
 	// http_proxy   forbidden
 	// protocol: invalid secret name "TOKEN-": must not end with a hyphen or an underscore
-	// protocol: forbidden secret name "PYTHONSTARTUP": reserved prefix PYTHON (python interpreter)
+	// protocol: forbidden secret name "PYTHONSTARTUP": reserved prefix PYTHON (language runtimes and their option variables)
 }
 
 func ExampleRecordKey() {

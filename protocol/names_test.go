@@ -4,6 +4,7 @@ import (
 	"errors"
 	"math/rand/v2"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -232,6 +233,57 @@ func TestPrintable(t *testing.T) {
 	for _, tt := range tests {
 		if got := printable(tt.in); got != tt.want {
 			t.Errorf("printable(%q) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}
+
+// TestForbiddenIssueNames: every name the review of issue 9 created in a
+// shared project, each of which redirects a tool in another member's
+// kernel, is refused, and so are close relatives of each class; the
+// credentials people really keep in a secrets store are not.
+func TestForbiddenIssueNames(t *testing.T) {
+	refused := strings.Fields(`LDSHARED CXX CFLAGS LDFLAGS MAKEFLAGS LOCALDOMAIN RES_OPTIONS RSYNC_RSH
+		RSYNC_CONNECT_PROG CVS_RSH JAVA_OPTS MAVEN_OPTS SPARK_SUBMIT_OPTS PYSPARK_SUBMIT_ARGS PYSPARK_PYTHON
+		HF_ENDPOINT OPENAI_BASE_URL AWS_ENDPOINT_URL AWS_CONFIG_FILE grpc_proxy DOCKER_HOST GOFLAGS
+		RUSTC_WRAPPER TCL_LIBRARY TERMINFO_DIRS NETRC LESS
+		CPP F77 cxxflags RUSTFLAGS CMAKE_C_COMPILER NVCC_PREPEND_FLAGS AWS_ENDPOINT_URL_S3 ANTHROPIC_BASE_URL
+		AZURE_OPENAI_ENDPOINT GOOGLE_APPLICATION_CREDENTIALS KUBECONFIG SSH_AUTH_SOCK GIT_SSH_COMMAND
+		SPARK_HOME JAVA_HOME HADOOP_CONF_DIR UV_INDEX_URL PIP_INDEX_URL CONDARC NPM_CONFIG_REGISTRY
+		CARGO_HOME GOPROXY SOCKS_PROXY NO_GRPC_PROXY GLIBC_TUNABLES LANG LC_ALL ELIXIR_ERL_OPTIONS
+		MLFLOW_TRACKING_URI SSL_CERT_FILE PHPRC GHCRTS LUA_INIT TERM`)
+	for _, name := range refused {
+		err := ValidateName(name)
+		if !errors.Is(err, ErrForbiddenName) {
+			t.Errorf("ValidateName(%q) = %v, want a forbidden name", name, err)
+			continue
+		}
+		if !slices.ContainsFunc(ReservedClasses, func(c ReservedClass) bool { return strings.Contains(err.Error(), "("+c.Name+")") }) {
+			t.Errorf("ValidateName(%q) = %v: the error does not name the class", name, err)
+		}
+	}
+	allowed := strings.Fields(`DB_PASSWORD DB-PASSWORD OPENAI_API_KEY ANTHROPIC_API_KEY HF_TOKEN
+		AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_SESSION_TOKEN DATABASE_URL MONGO_URI GITHUB_TOKEN
+		SLACK_WEBHOOK_URL WANDB_API_KEY SNOWFLAKE_PASSWORD PGPASSWORD DB_HOST STRIPE_SECRET_KEY api_key`)
+	for _, name := range allowed {
+		if err := ValidateName(name); err != nil {
+			t.Errorf("ValidateName(%q) = %v; a credential name must stay allowed", name, err)
+		}
+	}
+}
+
+// TestReservedClassesDocumented: every class says what it is and why, and
+// holds names in upper case (Forbidden compares the upper-cased name).
+func TestReservedClassesDocumented(t *testing.T) {
+	for _, c := range ReservedClasses {
+		if c.Name == "" || c.Why == "" || len(c.Exact)+len(c.Prefixes)+len(c.Suffixes) == 0 {
+			t.Errorf("class %q is undocumented or empty", c.Name)
+		}
+		for _, list := range [][]string{c.Exact, c.Prefixes, c.Suffixes} {
+			for _, n := range list {
+				if n != strings.ToUpper(n) || n == "" {
+					t.Errorf("class %q: %q is not upper case", c.Name, n)
+				}
+			}
 		}
 	}
 }

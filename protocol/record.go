@@ -170,6 +170,7 @@ type Recipient struct {
 type Sealer struct {
 	sign  nkeys.KeyPair
 	curve nkeys.KeyPair
+	fast  *fastKeys // the same keys, cached for speed (fastseal.go)
 }
 
 // NewSealer returns a Sealer that signs with sign (any ed25519 nkey with a
@@ -184,7 +185,7 @@ func NewSealer(sign, curve nkeys.KeyPair) (*Sealer, error) {
 	if !canSeal(curve) {
 		return nil, errors.New("protocol: sealing key is not a curve key with a seed")
 	}
-	return &Sealer{sign: sign, curve: curve}, nil
+	return &Sealer{sign: sign, curve: curve, fast: newFastKeys(sign, curve)}, nil
 }
 
 // canSeal reports whether kp is a curve key with its seed: it seals a probe
@@ -220,7 +221,7 @@ func (s *Sealer) Put(to Recipient, secretID, name string, version uint64, scope 
 	if err != nil {
 		return nil, fmt.Errorf("protocol: encoding sealed value: %w", err)
 	}
-	r.Sealed, err = s.curve.Seal(plain, to.CurveKey)
+	r.Sealed, err = s.fast.seal(s.curve, plain, to.CurveKey)
 	clear(plain)
 	if err != nil {
 		return nil, fmt.Errorf("protocol: sealing for workspace %s: %w", to.Workspace, err)
@@ -393,7 +394,7 @@ func (s *Sealer) sign1(r *Record) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("protocol: encoding record: %w", err)
 	}
-	sig, err := s.sign.Sign(append([]byte(signingDomain), rec...))
+	sig, err := s.fast.sign(s.sign, append([]byte(signingDomain), rec...))
 	if err != nil {
 		return nil, fmt.Errorf("protocol: signing record: %w", err)
 	}

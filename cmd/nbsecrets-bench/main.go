@@ -226,6 +226,42 @@
 // when the old process exited, and to_rest_call_returned the REST step).
 // Nothing is tuned after the fact.
 //
+// # Fan-out (-fanout N, make bench-fanout)
+//
+// With -fanout N the bench measures something else: one project secret
+// reaching N workspaces. Set-up, all on loopback under a fresh temporary
+// directory: -fanout-nodes nats-server processes (-nats-server, the
+// version in go.mod, which make bench-fanout builds; one, or three in a
+// cluster, each with JetStream and `limits { default_max_consumers: -1 }`);
+// the secrets service in this process (buckets with one replica, or three
+// on a cluster); a directory of one user, admin of project "fan", and N
+// workspaces in it, each with a fresh curve key; and, in a second process
+// (this program again, so that the service's CPU can be measured alone),
+// N agents' worth of ordered consumers on -fanout-conns connections,
+// -fanout-creators of them created at once: each with its own consumer
+// made as agent/sync.go makes it (the bucket's stream, the workspace's one
+// filter subject, last value per subject), and every record checked and
+// opened with the workspace's own key as the agent does
+// (protocol.Opener.Open). Kernels are not involved: the agent's work on
+// kernels is the other rows' business.
+//
+// It reports the agents' consumer-creation rate, the server's RSS before
+// and after the consumers (its difference per consumer: the first node's
+// on a cluster), then creates the secret (version 1, reported) and updates
+// it -fanout-rounds times, one second apart. For each update: written_s,
+// from the Update call until its reply (the service has written every
+// workspace's record and had each acknowledged); first_s and applied_s,
+// from the Update call until the first and the last agent opened the new
+// version (the agents' process notes each time; both processes read the
+// same wall clock); applied, how many agents had it within
+// -fanout-timeout; and the service's CPU per workspace, this process's
+// user plus system time over the Update call divided by N. The last line
+// of stdout is JSON: workspaces, nodes, and the lower median of the
+// rounds' written_s, applied_s and cpu_us_per_workspace, the fewest agents
+// applied in any round, consumer_create_per_s, server_kib_per_consumer.
+// Targets (issue 12; one server, two cores, N = 10,000): written <= 2 s,
+// applied <= 5 s, service CPU <= 60 µs per workspace.
+//
 // # Flags
 //
 //	-n N            live samples per live row (default 200)
@@ -237,6 +273,17 @@
 //	-out FILE       write the JSON report there (default: none)
 //	-nbsecrets BIN  the nbsecrets binary for the agent and the injector (default bin/nbsecrets)
 //	-python PATH    the kernels' and the Jupyter Server's interpreter (default /usr/bin/python3)
+//	-fanout N       run the fan-out benchmark for N workspaces instead of the rows above
+//	-fanout-rounds N  updates measured (default 5)
+//	-fanout-nodes N   1, or 3 for a three-node cluster (default 1)
+//	-fanout-conns N   the agents' NATS connections (default 20)
+//	-fanout-creators N  agents creating their consumers at once (default 32)
+//	-fanout-timeout D how long an update may take to reach every agent (default 60s)
+//	-fanout-heartbeat D  the consumers' idle heartbeat (default 2s, the agent's): with
+//	                  thousands of consumers in one process on two cores, heartbeats
+//	                  handled late make ordered consumers reset themselves over and over
+//	-nats-server BIN  the nats-server binary for -fanout (default bin/nats-server)
+//	-fanout-cpuprofile FILE  the service's CPU profile over the update rounds (pprof)
 //
 // # Clean-up
 //
@@ -300,6 +347,8 @@ type config struct {
 	idle                time.Duration
 	out                 string
 	nbsecrets, python   string
+	fanout              fanoutConfig // -fanout N: the fan-out benchmark instead (fanout.go)
+	fanoutAgents        string       // -fanout-agents FILE: be the fan-out's agents' process
 }
 
 func parseFlags(args []string) (*config, error) {
@@ -314,8 +363,40 @@ func parseFlags(args []string) (*config, error) {
 	fs.StringVar(&c.out, "out", "", "write the JSON report to this file")
 	fs.StringVar(&c.nbsecrets, "nbsecrets", filepath.Join("bin", "nbsecrets"), "the nbsecrets binary (agent and injector)")
 	fs.StringVar(&c.python, "python", "/usr/bin/python3", "the kernels' Python interpreter")
+	fs.IntVar(&c.fanout.n, "fanout", 0, "run the fan-out benchmark with this many workspaces instead (see the package doc)")
+	fs.IntVar(&c.fanout.rounds, "fanout-rounds", 5, "fan-out: updates measured")
+	fs.IntVar(&c.fanout.nodes, "fanout-nodes", 1, "fan-out: NATS servers, 1 or 3 (a cluster; the buckets get 3 replicas)")
+	fs.IntVar(&c.fanout.conns, "fanout-conns", 20, "fan-out: the agents' NATS connections")
+	fs.IntVar(&c.fanout.creators, "fanout-creators", 32, "fan-out: agents creating their consumers at once")
+	fs.DurationVar(&c.fanout.heartbeat, "fanout-heartbeat", 2*time.Second, "fan-out: the consumers' idle heartbeat (the agent's is 2s)")
+	fs.DurationVar(&c.fanout.timeout, "fanout-timeout", 60*time.Second, "fan-out: how long one update may take to reach every agent")
+	fs.StringVar(&c.fanout.natsServer, "nats-server", filepath.Join("bin", "nats-server"), "fan-out: the nats-server binary (make bench-fanout builds it)")
+	fs.StringVar(&c.fanout.cpuProfile, "fanout-cpuprofile", "", "fan-out: write the service's CPU profile over the update rounds here")
+	fs.StringVar(&c.fanoutAgents, "fanout-agents", "", "internal: run as the fan-out's agents' process")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
+	}
+	if c.fanoutAgents != "" {
+		return &c, nil
+	}
+	if c.fanout.n != 0 {
+		c.fanout.out = c.out
+		switch {
+		case fs.NArg() > 0:
+			return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
+		case c.fanout.n < 1 || c.fanout.rounds < 1 || c.fanout.conns < 1 || c.fanout.creators < 1:
+			return nil, errors.New("-fanout, -fanout-rounds, -fanout-conns and -fanout-creators must be at least 1")
+		case c.fanout.nodes != 1 && c.fanout.nodes != 3:
+			return nil, errors.New("-fanout-nodes must be 1 or 3")
+		case c.fanout.timeout <= 0:
+			return nil, errors.New("-fanout-timeout must be positive")
+		case c.fanout.heartbeat < 500*time.Millisecond || c.fanout.heartbeat > 15*time.Second:
+			return nil, errors.New("-fanout-heartbeat must be within 500ms and 15s (nats.go: at least 500ms, at most half the 30s pull expiry)")
+		}
+		if _, err := os.Stat(c.fanout.natsServer); err != nil {
+			return nil, fmt.Errorf("the nats-server binary: %w (make bench-fanout builds it, or give -nats-server)", err)
+		}
+		return &c, nil
 	}
 	switch {
 	case fs.NArg() > 0:
@@ -346,8 +427,14 @@ func run(args []string) (err error) {
 	if err != nil {
 		return err
 	}
+	if cfg.fanoutAgents != "" {
+		return runFanoutAgents(cfg.fanoutAgents)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if cfg.fanout.n > 0 {
+		return runFanout(ctx, &cfg.fanout)
+	}
 	started := time.Now()
 	m := &measurements{loadStart: loadavg()}
 

@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
 
@@ -37,6 +36,7 @@ func runDev(ctx context.Context, env *cliEnv, args []string) error {
 	wsFlag := fs.String("workspace", "", "with --directory: the workspace whose agent dev runs (default: the first owned by the current user, else the first)")
 	policy := policyFlags(fs)
 	metricsAddr := metricsFlag(fs)
+	uiAddr, uiBase, uiNonLoopback := uiFlags(fs)
 	logLevel, logJSON := logFlags(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -125,20 +125,22 @@ func runDev(ctx context.Context, env *cliEnv, args []string) error {
 		}
 	}
 
-	// The embedded NATS server: loopback, a random port, JetStream under the state dir.
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true,
-		StoreDir: filepath.Join(dir, "jetstream"), NoSigs: true, NoLog: true, ServerName: "nbsecrets-dev"})
+	// The embedded NATS server: loopback, a random port, JetStream under
+	// the state dir, and the accounts and permissions of production (see
+	// devnats.go), with no cap on consumers per stream (nats-server's
+	// default of 1,000 would refuse the 1,001st workspace's agent).
+	ns, err := startDevNATS(dir, dirc)
 	if err != nil {
-		return fmt.Errorf("embedded NATS: %w", err)
+		return err
 	}
-	go ns.Start()
 	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		return errors.New("embedded NATS did not start within 10s")
-	}
 	url := ns.ClientURL()
 
-	svcConn, err := nats.Connect(url, nats.Name("nbsecrets-service"), nats.MaxReconnects(-1))
+	svcAuth, err := devNATSOption(dir, "service", "")
+	if err != nil {
+		return err
+	}
+	svcConn, err := nats.Connect(url, nats.Name("nbsecrets-service"), nats.MaxReconnects(-1), svcAuth)
 	if err != nil {
 		return fmt.Errorf("service connecting to NATS: %w", err)
 	}
@@ -152,10 +154,21 @@ func runDev(ctx context.Context, env *cliEnv, args []string) error {
 		return fmt.Errorf("starting the secrets service: %w", err)
 	}
 	defer svc.Stop()
+	var ui *webUI
+	if *uiAddr != "" {
+		if ui, err = startWebUI(svc, svcConn, keys, *uiAddr, *uiBase, *uiNonLoopback, log.Named("web")); err != nil {
+			return err
+		}
+		defer ui.stop()
+	}
 
 	access, _ := dirc.AccessOf(wsID)
 	sock := filepath.Join(dir, agentSockName)
-	agents := &devAgents{url: url, wsID: wsID, signPub: signPub, curvePub: curvePub, wsKP: wsKP,
+	agentAuth, err := devNATSOption(dir, "workspaces", wsID)
+	if err != nil {
+		return err
+	}
+	agents := &devAgents{url: url, auth: agentAuth, wsID: wsID, signPub: signPub, curvePub: curvePub, wsKP: wsKP,
 		runtimeDir: *runtimeDir, sock: sock, log: log.Named("agent"),
 		policy: pol, jupyterServer: jupyterServer, metricsAddr: *metricsAddr}
 	ag, err := agents.start(ctx, access)
@@ -167,6 +180,9 @@ func runDev(ctx context.Context, env *cliEnv, args []string) error {
 		stopWatch := goWatchDirectory(ctx, dirPath, dirData, log.Named("directory"), func(data []byte) error {
 			d, err := devDirectory(keys, dirPath, data, log)
 			if err != nil {
+				return err
+			}
+			if err := reloadDevNATS(ns, dir, d); err != nil {
 				return err
 			}
 			if err := svc.SetDirectory(d); err != nil {
@@ -196,6 +212,9 @@ func runDev(ctx context.Context, env *cliEnv, args []string) error {
 
 	info := devInfo{PID: os.Getpid(), NATSURL: url, Workspace: wsID, User: userID, Socket: sock,
 		SignKey: signPub, SealKey: curvePub, RuntimeDir: *runtimeDir}
+	if ui != nil {
+		info.UIURL = ui.URL
+	}
 	b, _ := json.MarshalIndent(info, "", "  ")
 	if err := writeFileAtomic(filepath.Join(dir, devInfoFile), b, 0o600); err != nil {
 		return fmt.Errorf("writing instance info: %w", err)
@@ -229,6 +248,13 @@ func runDev(ctx context.Context, env *cliEnv, args []string) error {
 		}
 		fmt.Fprintf(env.stdout, "  metrics       http://%s/metrics (and /healthz, /readyz)\n", addr)
 	}
+	if ui != nil {
+		login, err := ui.loginURL(userID)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(env.stdout, "  web UI        %s\n  log in as %s  %s (works once; nbsecrets ui prints another)\n", ui.URL, userID, login)
+	}
 	sd := ""
 	if dir != defaultStateDir() {
 		sd = " --state-dir " + dir
@@ -237,8 +263,9 @@ func runDev(ctx context.Context, env *cliEnv, args []string) error {
 Try:
   printf %%s 'my value' | nbsecrets secret create%s DB_PASSWORD
   nbsecrets status%s
+  nbsecrets ui%s        (a new login URL for the web UI)
 Then, in a notebook on the %q kernel: os.environ['DB_PASSWORD']. Ctrl-C stops.
-`, sd, sd, *kernel)
+`, sd, sd, sd, *kernel)
 	<-ctx.Done()
 	fmt.Fprintln(env.stdout, "nbsecrets dev: stopping")
 	return nil
@@ -343,6 +370,7 @@ func devWorkspace(d *controlplane.Directory, want, user string) (string, error) 
 // scope against it).
 type devAgents struct {
 	url, wsID, signPub, curvePub string
+	auth                         nats.Option // the agent's NATS key
 	wsKP                         nkeys.KeyPair
 	runtimeDir, sock             string
 	log                          hclog.Logger
@@ -366,7 +394,7 @@ func (d *devAgents) start(ctx context.Context, access controlplane.Access) (*age
 }
 
 func (d *devAgents) startLocked(ctx context.Context, access controlplane.Access) (*agent.Agent, error) {
-	conn, err := agent.Connect(d.url, d.log, nats.Name("nbsecrets-agent-"+d.wsID))
+	conn, err := agent.Connect(d.url, d.log, nats.Name("nbsecrets-agent-"+d.wsID), d.auth)
 	if err != nil {
 		return nil, err
 	}

@@ -15,6 +15,10 @@
 //	status      what the agent holds: secrets, versions, kernels (never a value)
 //	inject      the kernel launcher wrapper: nbsecrets inject [flags] -- ARGV...
 //	kernelspec  install or uninstall the wrapper around a Jupyter kernelspec
+//	ui          print a one-time login URL for the dev instance's web UI
+//	hub-service run the secrets service as a JupyterHub-managed service
+//	            (deploy/jupyterhub/nbsecrets_config.py); with every user's
+//	            server, `agent --exec -- jupyterhub-singleuser` runs its agent
 //
 // Every command has --help. Commands that talk to a local dev instance find
 // it through --state-dir, by default $XDG_STATE_HOME/nbsecrets (else
@@ -66,8 +70,11 @@ var commands = map[string]command{
 	"status":     {"show what the agent holds (never a value)", runStatus},
 	"inject":     {"kernel launcher wrapper: inject -- ARGV...", runInject},
 	"kernelspec": {"install or uninstall the kernelspec wrapper", runKernelspec},
+	"ui":         {"print a one-time login URL for the web UI of the dev instance", runUI},
 
 	"nats-config": {"write the nats-server accounts and permissions of a deployment", runNatsConfig},
+
+	"hub-service": {"run the secrets service as a JupyterHub-managed service", runHubService},
 }
 
 // errUsage marks a usage error: exit code 2, message already printed.
@@ -98,6 +105,10 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return 0
 	case errors.Is(err, errUsage):
 		return 2
+	case errors.As(err, new(exitError)):
+		var ee exitError
+		errors.As(err, &ee)
+		return ee.code
 	default:
 		fmt.Fprintf(stderr, "nbsecrets %s: %v\n", args[0], err)
 		return 1

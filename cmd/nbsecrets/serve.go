@@ -24,6 +24,7 @@ import (
 //
 //	nbsecrets serve --nats URL [--creds FILE] --directory FILE
 //	                --sign-key FILE --curve-key FILE [--log-level LEVEL] [--log-json]
+//	                [--shared-name-pattern RE] [--admins-name-shared]
 //
 // --sign-key is the seed file (0600) of the ed25519 nkey that signs records
 // and --curve-key that of the curve key that seals them; agents pin their
@@ -34,6 +35,11 @@ import (
 // directory, and a check every reloadInterval; only when its bytes
 // changed). A file that does not load is refused with a log line and the
 // previous directory stays. Each flag has an environment variable.
+//
+// Several replicas may serve the same NATS at once (they share requests in
+// a queue group; every write is a compare-and-set): the one holding the
+// background lease (a key in the service bucket, renewed every 5s, taken
+// over 15s after its holder is gone) reconciles after a directory change.
 func runServe(ctx context.Context, env *cliEnv, args []string) error {
 	fs := newFlags(env, "serve", "--nats URL [--creds FILE] --directory FILE --sign-key FILE --curve-key FILE [flags]")
 	url := fs.String("nats", envOr("NATS_URL", nats.DefaultURL), "NATS server URL(s), comma-separated ($NATS_URL)")
@@ -41,9 +47,21 @@ func runServe(ctx context.Context, env *cliEnv, args []string) error {
 	dirFile := fs.String("directory", envOr("NBSECRETS_DIRECTORY", ""), "directory file: users, projects, communities, workspaces (required) ($NBSECRETS_DIRECTORY)")
 	signKey := fs.String("sign-key", envOr("NBSECRETS_SIGN_KEY", ""), "seed file of the service's ed25519 signing nkey, mode 0600 (required) ($NBSECRETS_SIGN_KEY)")
 	curveKey := fs.String("curve-key", envOr("NBSECRETS_CURVE_KEY", ""), "seed file of the service's curve key, mode 0600 (required) ($NBSECRETS_CURVE_KEY)")
+	names := addNameFlags(fs)
+	replicas := fs.Int("bucket-replicas", envInt("NBSECRETS_BUCKET_REPLICAS", 1), "copies of each KV bucket the service creates: 3 on a three-node JetStream cluster ($NBSECRETS_BUCKET_REPLICAS)")
+	reconcileEvery := fs.Duration("reconcile-interval", envDuration("NBSECRETS_RECONCILE_INTERVAL", 0), "how often the replica holding the background lease rewrites records the bucket lost; 0: only at start, take-over and directory changes ($NBSECRETS_RECONCILE_INTERVAL)")
 	logLevel, logJSON := logFlags(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
+	}
+	if err := checkEnvNumbers(); err != nil {
+		return err
+	}
+	if *replicas < 1 || *replicas > 5 {
+		return fmt.Errorf("--bucket-replicas %d: JetStream keeps 1 to 5 copies", *replicas)
+	}
+	if *reconcileEvery < 0 {
+		return fmt.Errorf("--reconcile-interval %v: must not be negative", *reconcileEvery)
 	}
 	var missing []string
 	for _, f := range []struct{ name, v string }{{"--directory", *dirFile}, {"--sign-key", *signKey}, {"--curve-key", *curveKey}} {
@@ -74,11 +92,8 @@ func runServe(ctx context.Context, env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return fmt.Errorf("directory: %w", err)
-	}
-	dir, err := parseDirectory(path, data)
+	src := &fileSource{path: path, log: log.Named("directory")}
+	dir, err := src.Directory(ctx)
 	if err != nil {
 		return err
 	}
@@ -93,7 +108,12 @@ func runServe(ctx context.Context, env *cliEnv, args []string) error {
 		return fmt.Errorf("connecting to NATS at %s: %w", *url, err)
 	}
 	defer nc.Close()
-	svc, err := controlplane.New(controlplane.Options{Conn: nc, SignKey: signKP, CurveKey: curveKP, Directory: dir, Logger: log})
+	namePolicy, err := names.policy()
+	if err != nil {
+		return err
+	}
+	svc, err := controlplane.New(controlplane.Options{Conn: nc, SignKey: signKP, CurveKey: curveKP, Directory: dir, Logger: log,
+		Names: namePolicy, Replicas: *replicas, ReconcileInterval: *reconcileEvery})
 	if err != nil {
 		return err
 	}
@@ -107,13 +127,7 @@ func runServe(ctx context.Context, env *cliEnv, args []string) error {
 	log.Info("directory loaded", "path", path, "users", len(dir.Users), "projects", len(dir.Projects),
 		"communities", len(dir.Communities), "workspaces", len(dir.Workspaces))
 
-	watchDirectory(ctx, path, data, log.Named("directory"), func(data []byte) error {
-		d, err := parseDirectory(path, data)
-		if err != nil {
-			return err
-		}
-		return svc.SetDirectory(d)
-	})
+	src.Watch(ctx, svc.SetDirectory)
 	log.Info("stopping")
 	return nil
 }
@@ -228,4 +242,41 @@ func watchDirectory(ctx context.Context, path string, current []byte, log hclog.
 			reload(false, "poll")
 		}
 	}
+}
+
+// envInt is the integer in the environment variable name, or def when it
+// is unset or not an integer.
+func envInt(name string, def int) int {
+	var v int
+	if _, err := fmt.Sscan(os.Getenv(name), &v); err != nil {
+		return def
+	}
+	return v
+}
+
+// envDuration is the duration in the environment variable name, or def
+// when it is unset or not a duration.
+func envDuration(name string, def time.Duration) time.Duration {
+	v, err := time.ParseDuration(os.Getenv(name))
+	if err != nil {
+		return def
+	}
+	return v
+}
+
+// checkEnvNumbers refuses a malformed NBSECRETS_BUCKET_REPLICAS or
+// NBSECRETS_RECONCILE_INTERVAL rather than falling back to the default.
+func checkEnvNumbers() error {
+	if v := os.Getenv("NBSECRETS_BUCKET_REPLICAS"); v != "" {
+		var n int
+		if _, err := fmt.Sscan(v, &n); err != nil {
+			return fmt.Errorf("NBSECRETS_BUCKET_REPLICAS=%q is not a number", v)
+		}
+	}
+	if v := os.Getenv("NBSECRETS_RECONCILE_INTERVAL"); v != "" {
+		if _, err := time.ParseDuration(v); err != nil {
+			return fmt.Errorf("NBSECRETS_RECONCILE_INTERVAL=%q: %w", v, err)
+		}
+	}
+	return nil
 }

@@ -32,6 +32,7 @@ type devInfo struct {
 	SignKey    string `json:"service_sign_key"`  // service's public signing nkey
 	SealKey    string `json:"service_curve_key"` // service's public curve key
 	RuntimeDir string `json:"runtime_dir"`       // Jupyter runtime dir the agent watches
+	UIURL      string `json:"ui_url,omitempty"`  // the web UI; log in with a URL from nbsecrets ui
 }
 
 // defaultStateDir is $XDG_STATE_HOME/nbsecrets, else ~/.local/state/nbsecrets.

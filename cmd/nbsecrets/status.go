@@ -107,6 +107,9 @@ func printStatus(w io.Writer, st *agent.Status) {
 		if s.ShadowedBy != "" {
 			note = "shadowed by " + s.ShadowedBy + " (not in kernels)"
 		}
+		if s.OverBudget {
+			note = "over the workspace's budget (not in kernels)"
+		}
 		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\n", s.Name, s.Version, s.Scope, note)
 	}
 	tw.Flush()

@@ -23,16 +23,19 @@ var started sync.Map // *server.Server -> *server.Options
 
 // Start starts a nats-server with JetStream on 127.0.0.1 and a random port,
 // its store under t.TempDir(), and shuts it down when the test ends. Its
-// URL is s.ClientURL().
+// URL is s.ClientURL(). Like `nbsecrets dev` and the recommended server
+// configuration, it lifts nats-server's default cap of 1,000 consumers per
+// stream (one ordered consumer per agent reads the record bucket).
 func Start(t testing.TB) *server.Server {
 	t.Helper()
 	return start(t, &server.Options{
-		Host:      "127.0.0.1",
-		Port:      -1,
-		JetStream: true,
-		StoreDir:  t.TempDir(),
-		NoLog:     true,
-		NoSigs:    true,
+		Host:            "127.0.0.1",
+		Port:            -1,
+		JetStream:       true,
+		StoreDir:        t.TempDir(),
+		NoLog:           true,
+		NoSigs:          true,
+		JetStreamLimits: server.JSLimitOpts{DefaultMaxConsumers: -1},
 	})
 }
 

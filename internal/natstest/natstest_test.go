@@ -3,6 +3,7 @@ package natstest_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -64,4 +65,105 @@ func TestRestartKeepsStreams(t *testing.T) {
 	if _, err := kv.Get(ctx, "missing"); !errors.Is(err, jetstream.ErrKeyNotFound) {
 		t.Fatalf("missing key: %v", err)
 	}
+}
+
+// TestMoreThanAThousandConsumers creates 1,100 ordered consumers on one KV
+// bucket's stream, one filter each, as 1,100 workspace agents do: with
+// nats-server's default cap the 1,001st fails with error 10026.
+func TestMoreThanAThousandConsumers(t *testing.T) {
+	const n = 1100
+	s := natstest.Start(t)
+	nc, err := nats.Connect(s.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "many"}); err != nil {
+		t.Fatal(err)
+	}
+	const workers = 8
+	errs := make(chan error, workers)
+	for w := range workers {
+		go func() {
+			for i := w; i < n; i += workers {
+				_, err := js.OrderedConsumer(ctx, "KV_many", jetstream.OrderedConsumerConfig{
+					FilterSubjects: []string{fmt.Sprintf("$KV.many.ws%d.>", i)},
+					DeliverPolicy:  jetstream.DeliverLastPerSubjectPolicy,
+				})
+				if err != nil {
+					errs <- fmt.Errorf("consumer %d: %w", i, err)
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range workers {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	info, err := js.Stream(ctx, "KV_many")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := info.CachedInfo().State.Consumers; got != n {
+		t.Fatalf("stream has %d consumers, want %d", got, n)
+	}
+}
+
+// TestClusterKeepsWritesAcrossLeaderLoss runs three nodes, an R3 bucket,
+// stops the bucket stream's leader, and checks that a new leader takes
+// writes and that a key written before is still there; then brings the
+// node back.
+func TestClusterKeepsWritesAcrossLeaderLoss(t *testing.T) {
+	c := natstest.StartCluster(t, 3)
+	nc, err := nats.Connect(c.URLs(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "r3", Replicas: 3, Storage: jetstream.FileStorage})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Put(ctx, "before", []byte("1")); err != nil {
+		t.Fatal(err)
+	}
+	leader := c.WaitStreamLeader("KV_r3", 10*time.Second)
+	c.Stop(leader)
+	start := time.Now()
+	for {
+		wctx, wcancel := context.WithTimeout(ctx, 2*time.Second)
+		_, err := kv.Put(wctx, "after", []byte("2"))
+		wcancel()
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("no write accepted within a minute of losing the stream leader: %v", err)
+		}
+	}
+	t.Logf("writes resumed %v after the stream leader (node %d) stopped", time.Since(start).Round(time.Millisecond), leader+1)
+	if now := c.StreamLeader("KV_r3"); now == leader || now < 0 {
+		t.Fatalf("stream leader is node %d after node %d stopped", now+1, leader+1)
+	}
+	e, err := kv.Get(ctx, "before")
+	if err != nil || string(e.Value()) != "1" {
+		t.Fatalf("a key written before the leader stopped: %v", err)
+	}
+	c.Restart(leader)
+	c.WaitReady()
 }

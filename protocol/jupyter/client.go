@@ -79,6 +79,13 @@ func Dial(ctx context.Context, info *ConnectionInfo) (*Client, error) {
 
 	// The sockets live on their own context; ctx only bounds the dialling.
 	sctx, scancel := context.WithCancel(context.Background())
+	if pol, ok := policyFrom(ctx); ok { // see DialPolicy
+		if err := pol.CheckEndpoints(info); err != nil {
+			scancel()
+			return nil, fmt.Errorf("jupyter: dial: %w", err)
+		}
+		sctx = context.WithValue(sctx, guardKey{}, &dialGuard{policy: pol, abort: scancel})
+	}
 	stop := context.AfterFunc(ctx, scancel)
 	opts := []zmq4.Option{
 		zmq4.WithDialerRetry(dialRetry),
@@ -101,7 +108,7 @@ func Dial(ctx context.Context, info *ConnectionInfo) (*Client, error) {
 		stop()
 		scancel()
 		c.closeSockets()
-		if ctx.Err() != nil {
+		if ctx.Err() != nil && !errors.Is(err, ErrEndpointRefused) {
 			err = ctx.Err()
 		}
 		return nil, fmt.Errorf("jupyter: dialing %s at %s: %w", ch, info.Endpoint(ch), err)

@@ -32,13 +32,23 @@ type ctxTransport struct {
 	base    transport.Transport
 }
 
+// Dial connects, checks the listener when the context carries a dial
+// policy (before zmq4 writes anything to it), and bounds what the peer may
+// make zmq4 allocate (see MaxMessageSize).
 func (t ctxTransport) Dial(ctx context.Context, d transport.Dialer, addr string) (net.Conn, error) {
 	conn, err := d.DialContext(ctx, t.network, addr)
 	if err != nil {
 		return nil, err
 	}
+	if g := guardFrom(ctx); g != nil {
+		if err := g.checkPeer(conn); err != nil {
+			_ = conn.Close()
+			g.abort() // zmq4 would retry a refused endpoint until Dial's deadline
+			return nil, err
+		}
+	}
 	context.AfterFunc(ctx, func() { conn.Close() })
-	return conn, nil
+	return newLimitConn(conn, MaxMessageSize), nil
 }
 
 func (t ctxTransport) Listen(context.Context, string) (net.Listener, error) {

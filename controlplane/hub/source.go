@@ -1,0 +1,374 @@
+package hub
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/nats-io/nkeys"
+
+	"github.com/nbsecrets/nbsecrets/controlplane"
+	"github.com/nbsecrets/nbsecrets/protocol"
+)
+
+// AdminsSuffix names a project's companion group of admins:
+// "<group>-admins".
+const AdminsSuffix = "-admins"
+
+// DefaultInterval is how often a Source asks the hub for changes.
+const DefaultInterval = 2 * time.Second
+
+// startGrace is how long a registered workspace stays while the hub does
+// not list its server yet (a server still starting).
+const startGrace = 60 * time.Second
+
+// SourceOptions configure a Source.
+type SourceOptions struct {
+	// Client reaches the hub. Required.
+	Client *Client
+	// GroupPrefix picks the groups that are projects: "" every group, else
+	// those whose name starts with it (the project id drops the prefix).
+	GroupPrefix string
+	// Communities are the service's own communities (LoadCommunities).
+	Communities []controlplane.Community
+	// Interval is how often the hub is polled. Zero: DefaultInterval.
+	Interval time.Duration
+	// Logger receives key/value logs. Nil discards.
+	Logger hclog.Logger
+	// Now is the clock. Nil: time.Now.
+	Now func() time.Time
+}
+
+// Registration is a workspace an agent registered.
+type Registration struct {
+	Workspace string
+	User      string
+	Server    string // "" for the default server
+	CurveKey  string
+	At        time.Time
+}
+
+// Source is the directory of a JupyterHub. It is a
+// controlplane.DirectorySource.
+type Source struct {
+	opts SourceOptions
+	log  hclog.Logger
+
+	mu     sync.Mutex
+	regs   map[string]Registration // workspace -> registration
+	keys   map[string]string       // user -> placeholder public key
+	last   []byte                  // JSON of the directory applied last
+	dir    *controlplane.Directory // applied last
+	apply  func(*controlplane.Directory) error
+	users  []User  // the hub's answer at the last poll
+	groups []Group // (a registration is applied with them, without asking again)
+	polled bool
+
+	refreshMu sync.Mutex // one refresh at a time
+}
+
+var _ controlplane.DirectorySource = (*Source)(nil)
+
+// NewSource returns a Source; call Watch to follow the hub.
+func NewSource(opts SourceOptions) (*Source, error) {
+	if opts.Client == nil || opts.Client.APIURL == "" || opts.Client.Token == "" {
+		return nil, errors.New("hub: the hub's API URL and the service's token are required")
+	}
+	if opts.Interval <= 0 {
+		opts.Interval = DefaultInterval
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	log := opts.Logger
+	if log == nil {
+		log = hclog.NewNullLogger()
+	}
+	return &Source{opts: opts, log: log.Named("hub"), regs: map[string]Registration{}, keys: map[string]string{}}, nil
+}
+
+// WorkspaceID is the workspace of a user's server: the user name for the
+// default server, "<user>--<server>" for a named one.
+func WorkspaceID(user, server string) (string, error) {
+	id := user
+	if server != "" {
+		id = user + "--" + server
+	}
+	if err := protocol.ValidateID(id); err != nil {
+		return "", fmt.Errorf("workspace of user %q server %q: %w", user, server, err)
+	}
+	return id, nil
+}
+
+// Directory asks the hub and returns the directory it implies now.
+func (s *Source) Directory(ctx context.Context) (*controlplane.Directory, error) {
+	return s.directory(ctx, true)
+}
+
+// directory builds the directory from the hub's answer, asking the hub
+// again when poll is set or it has not been asked yet.
+func (s *Source) directory(ctx context.Context, poll bool) (*controlplane.Directory, error) {
+	s.mu.Lock()
+	users, groups, polled := s.users, s.groups, s.polled
+	s.mu.Unlock()
+	if poll || !polled {
+		var err error
+		if users, err = s.opts.Client.Users(ctx); err != nil {
+			return nil, err
+		}
+		if groups, err = s.opts.Client.Groups(ctx); err != nil {
+			return nil, err
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.users, s.groups, s.polled = users, groups, true
+	return s.build(users, groups), nil
+}
+
+// build makes the directory of the hub's users and groups and the
+// registrations. s.mu is held.
+func (s *Source) build(users []User, groups []Group) *controlplane.Directory {
+	d := &controlplane.Directory{Users: []controlplane.User{}, Projects: []controlplane.Project{},
+		Communities: []controlplane.Community{}, Workspaces: []controlplane.Workspace{}}
+	known := map[string]User{}
+	var admins []string
+	for _, u := range users {
+		if u.Kind != "" && u.Kind != "user" {
+			continue
+		}
+		if err := protocol.ValidateID(u.Name); err != nil {
+			s.log.Warn("hub user skipped: not a valid nbsecrets id", "user", u.Name, "error", err)
+			continue
+		}
+		key, ok := s.keys[u.Name]
+		if !ok {
+			kp, err := nkeys.CreateUser()
+			if err != nil {
+				s.log.Error("making a placeholder key", "user", u.Name, "error", err)
+				continue
+			}
+			key, _ = kp.PublicKey()
+			s.keys[u.Name] = key
+		}
+		known[u.Name] = u
+		d.Users = append(d.Users, controlplane.User{ID: u.Name, PublicKey: key})
+		if u.Admin {
+			admins = append(admins, u.Name)
+		}
+	}
+	slices.SortFunc(d.Users, func(a, b controlplane.User) int { return strings.Compare(a.ID, b.ID) })
+	byName := map[string]Group{}
+	for _, g := range groups {
+		byName[g.Name] = g
+	}
+	memberOf := map[string][]string{} // user -> projects
+	for _, g := range groups {
+		if !strings.HasPrefix(g.Name, s.opts.GroupPrefix) {
+			continue
+		}
+		if base, ok := strings.CutSuffix(g.Name, AdminsSuffix); ok {
+			if _, companion := byName[base]; companion {
+				continue
+			}
+		}
+		id := strings.TrimPrefix(g.Name, s.opts.GroupPrefix)
+		if err := protocol.ValidateID(id); err != nil {
+			s.log.Warn("hub group skipped: not a valid project id", "group", g.Name, "error", err)
+			continue
+		}
+		roles := map[string]string{}
+		for _, u := range g.Users {
+			if _, ok := known[u]; ok {
+				roles[u] = controlplane.RoleMember
+				memberOf[u] = append(memberOf[u], id)
+			}
+		}
+		for _, u := range append(slices.Clone(byName[g.Name+AdminsSuffix].Users), admins...) {
+			if _, ok := known[u]; ok {
+				roles[u] = controlplane.RoleAdmin
+			}
+		}
+		p := controlplane.Project{ID: id, Members: []controlplane.Member{}}
+		for u, r := range roles {
+			p.Members = append(p.Members, controlplane.Member{User: u, Role: r})
+		}
+		slices.SortFunc(p.Members, func(a, b controlplane.Member) int { return strings.Compare(a.User, b.User) })
+		d.Projects = append(d.Projects, p)
+	}
+	slices.SortFunc(d.Projects, func(a, b controlplane.Project) int { return strings.Compare(a.ID, b.ID) })
+	hasProject := func(id string) bool {
+		return slices.ContainsFunc(d.Projects, func(p controlplane.Project) bool { return p.ID == id })
+	}
+	for _, c := range s.opts.Communities {
+		c.Admins = slices.DeleteFunc(slices.Clone(c.Admins), func(u string) bool {
+			_, ok := known[u]
+			if !ok {
+				s.log.Debug("community admin not on the hub", "community", c.ID, "user", u)
+			}
+			return !ok
+		})
+		c.Projects = slices.DeleteFunc(slices.Clone(c.Projects), func(p string) bool { return !hasProject(p) })
+		d.Communities = append(d.Communities, c)
+	}
+	now := s.opts.Now()
+	for id, r := range s.regs {
+		u, ok := known[r.User]
+		if !ok {
+			s.log.Info("workspace dropped: its user left the hub", "workspace", id, "user", r.User)
+			delete(s.regs, id)
+			continue
+		}
+		if u.Servers != nil {
+			if _, running := u.Servers[r.Server]; !running && now.Sub(r.At) > startGrace {
+				s.log.Info("workspace dropped: the hub no longer lists its server", "workspace", id, "user", r.User, "server", r.Server)
+				delete(s.regs, id)
+				continue
+			}
+		}
+		projects := slices.Clone(memberOf[r.User])
+		slices.Sort(projects)
+		if projects == nil {
+			projects = []string{}
+		}
+		d.Workspaces = append(d.Workspaces, controlplane.Workspace{ID: id, Owner: r.User, Projects: projects, CurveKey: r.CurveKey})
+	}
+	slices.SortFunc(d.Workspaces, func(a, b controlplane.Workspace) int { return strings.Compare(a.ID, b.ID) })
+	return d
+}
+
+// Watch polls the hub every interval until ctx ends and calls apply with
+// each directory that differs from the last one applied (first the
+// current one). A failed poll or apply is logged and tried again at the
+// next tick.
+func (s *Source) Watch(ctx context.Context, apply func(*controlplane.Directory) error) {
+	s.mu.Lock()
+	s.apply = apply
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		s.apply = nil
+		s.mu.Unlock()
+	}()
+	t := time.NewTicker(s.opts.Interval)
+	defer t.Stop()
+	for {
+		if _, err := s.Refresh(ctx); err != nil && ctx.Err() == nil {
+			s.log.Warn("following the hub", "error", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// Refresh asks the hub now and applies the directory if it changed. It
+// returns the directory in force.
+func (s *Source) Refresh(ctx context.Context) (*controlplane.Directory, error) {
+	return s.refresh(ctx, true)
+}
+
+func (s *Source) refresh(ctx context.Context, poll bool) (*controlplane.Directory, error) {
+	s.refreshMu.Lock()
+	defer s.refreshMu.Unlock()
+	d, err := s.directory(ctx, poll)
+	if err != nil {
+		return nil, err
+	}
+	data, err := json.Marshal(d)
+	if err != nil {
+		return nil, fmt.Errorf("hub: %w", err)
+	}
+	s.mu.Lock()
+	same, apply := bytes.Equal(data, s.last), s.apply
+	s.mu.Unlock()
+	if same {
+		return d, nil
+	}
+	if apply == nil {
+		return nil, errors.New("hub: the source is not being watched")
+	}
+	if err := apply(d); err != nil {
+		return nil, fmt.Errorf("hub: applying the hub's directory: %w", err)
+	}
+	s.mu.Lock()
+	s.last, s.dir = data, d
+	s.mu.Unlock()
+	s.log.Info("directory from the hub", "users", len(d.Users), "projects", len(d.Projects), "workspaces", len(d.Workspaces))
+	return d, nil
+}
+
+// Register adds or updates a workspace and applies the resulting
+// directory (with the hub's answer of the last poll) before returning it,
+// so that the workspace's records are written when its agent starts
+// reading.
+func (s *Source) Register(ctx context.Context, r Registration) (*controlplane.Directory, error) {
+	if !nkeys.IsValidPublicCurveKey(r.CurveKey) {
+		return nil, errors.New("curve_key: not a curve public key (X...)")
+	}
+	s.mu.Lock()
+	old, had := s.regs[r.Workspace]
+	if r.At.IsZero() {
+		r.At = s.opts.Now()
+	}
+	s.regs[r.Workspace] = r
+	s.mu.Unlock()
+	// The hub's last answer is at most one poll old, and the registrar
+	// asked the hub about the agent's token just now.
+	d, err := s.refresh(ctx, false)
+	if err != nil {
+		s.mu.Lock()
+		if had {
+			s.regs[r.Workspace] = old
+		} else {
+			delete(s.regs, r.Workspace)
+		}
+		s.mu.Unlock()
+		return nil, err
+	}
+	return d, nil
+}
+
+// communitiesFile is the service's own file of communities.
+type communitiesFile struct {
+	Communities []controlplane.Community `json:"communities"`
+}
+
+// LoadCommunities reads the communities file:
+//
+//	{"communities": [{"id": "research", "admins": ["alice"], "projects": ["ml"]}]}
+//
+// A missing file (path "") means none.
+func LoadCommunities(path string) ([]controlplane.Community, error) {
+	if path == "" {
+		return nil, nil
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("communities: %w", err)
+	}
+	defer f.Close()
+	dec := json.NewDecoder(io.LimitReader(f, 1<<20))
+	dec.DisallowUnknownFields()
+	var cf communitiesFile
+	if err := dec.Decode(&cf); err != nil {
+		return nil, fmt.Errorf("communities: %s: %w", path, err)
+	}
+	for i, c := range cf.Communities {
+		if err := protocol.ValidateID(c.ID); err != nil {
+			return nil, fmt.Errorf("communities: %s: communities[%d].id: %w", path, i, err)
+		}
+	}
+	return cf.Communities, nil
+}
