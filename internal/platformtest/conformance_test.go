@@ -33,8 +33,12 @@ func TestConformance(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, kerneltest.PythonPath, "testdata/conformance.py")
+	// The suite starts its kernel with jupyter_client's start_new_kernel,
+	// which writes the connection file with tempfile.mkstemp: in TMPDIR,
+	// else /tmp, where the agent refuses it (others can write /tmp; see
+	// agent/trust.go). A private TMPDIR, as a platform gives each user.
 	cmd.Env = append(d.Env(), "NBSECRETS="+d.Bin, "NBSECRETS_STATE_DIR="+d.State,
-		"NBSECRETS_TEST_SECRET="+secretName, "NBSECRETS_SERVED_FILE="+served)
+		"NBSECRETS_TEST_SECRET="+secretName, "NBSECRETS_SERVED_FILE="+served, "TMPDIR="+t.TempDir())
 	var out testutil.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
