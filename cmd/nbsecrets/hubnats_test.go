@@ -86,8 +86,12 @@ func TestHubNATSWorkspaceAccounts(t *testing.T) {
 	consume := func(ws string) error {
 		ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 		defer cancel()
-		_, err := js.OrderedConsumer(ctx, protocol.StreamName(), jetstream.OrderedConsumerConfig{
-			FilterSubjects: []string{"$KV." + protocol.Bucket + "." + ws + ".>"}, DeliverPolicy: jetstream.DeliverLastPerSubjectPolicy})
+		// As agent/sync.go reads: the workspace's one consumer name, its
+		// one filter (the only consumer the permissions allow).
+		_, err := js.CreateConsumer(ctx, protocol.StreamName(), jetstream.ConsumerConfig{
+			Name: protocol.ConsumerName(ws), FilterSubject: protocol.WorkspaceFilter(ws),
+			DeliverPolicy: jetstream.DeliverLastPerSubjectPolicy, AckPolicy: jetstream.AckNonePolicy,
+			InactiveThreshold: time.Minute, MemoryStorage: true})
 		return err
 	}
 	if err := consume("alice"); err != nil {
