@@ -4,7 +4,7 @@ PYTHON  ?= /usr/bin/python3
 BIN     := bin/nbsecrets
 PKGS    := ./...
 
-.PHONY: all build test lint bench bench-fanout demo deps fuzz clean
+.PHONY: all build test lint bench bench-fanout demo deps fuzz clean soak
 
 all: build
 
@@ -13,7 +13,17 @@ build:
 
 # The whole suite, with the race detector. Real-kernel tests need `make deps`.
 test:
-	$(GO) test -race -count=1 $(PKGS)
+	$(GO) test -race -count=1 -timeout 30m $(PKGS)
+
+# The long soak (controlplane TestSoak): SOAK_CHANGES changes from four
+# concurrent writers through the real service and NATS into three real
+# kernels, with injector requests throughout; `make test` runs 200 with
+# -race. Without the race detector by default, so thousands of changes take
+# minutes; SOAK_FLAGS=-race adds it.
+SOAK_CHANGES ?= 8000
+SOAK_FLAGS   ?=
+soak:
+	NBSECRETS_SOAK_CHANGES=$(SOAK_CHANGES) $(GO) test $(SOAK_FLAGS) -count=1 -timeout 90m -run '^TestSoak$$' -v ./controlplane/
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \

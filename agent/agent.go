@@ -68,6 +68,12 @@ type Config struct {
 	// MetricsNonLoopback allows a MetricsAddr other hosts can reach. False:
 	// such an address is refused.
 	MetricsNonLoopback bool
+	// AllowRemoteKernels lets the agent serve kernels whose connection
+	// files name TCP addresses other than loopback (a kernel in another
+	// container of a pod reached by its pod address, say); their
+	// listeners' uids cannot be checked. False: only loopback TCP and ipc
+	// beside the connection file (see kernelTrust).
+	AllowRemoteKernels bool
 
 	dial dialer // tests: a fake kernel session
 }
@@ -140,7 +146,10 @@ func New(cfg Config) (*Agent, error) {
 	}
 	a.kernels = &kernels{log: log.Named("kernel"), st: a.st, dial: cfg.dial, probeInterval: cfg.Probe,
 		applyTimeout: cfg.ApplyTimeout, metrics: a.metrics, workers: map[string]*worker{},
-		policy: cfg.Policy, restarter: rs}
+		policy: cfg.Policy, restarter: rs, trust: kernelTrust{allowRemote: cfg.AllowRemoteKernels}}
+	if cfg.AllowRemoteKernels {
+		log.Warn("kernels on non-loopback addresses are served: their listeners' uids cannot be checked")
+	}
 	if cfg.Policy.Restarts() {
 		log.Info("restart policy", "on_change", cfg.Policy.OnChange, "on_revoke", cfg.Policy.OnRevoke,
 			"busy_wait", cfg.Policy.BusyWait, "busy_action", cfg.Policy.BusyAction, "splay", cfg.Policy.Splay,
@@ -195,12 +204,12 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 		}()
 	}
-	if !a.cfg.NoQuiet {
-		l, path, cleanup, err := a.listenQuiet()
-		if err != nil {
-			return fmt.Errorf("agent: quiet channel: %w", err)
-		}
+	if l, path, cleanup, err := a.listenQuiet(); err != nil {
+		// Kernels are still served, the old way; say why.
+		a.log.Warn("quiet channel unavailable; IPython kernels are re-seeded over Jupyter's channels, visibly on iopub", "error", err)
+	} else if l != nil {
 		defer cleanup()
+		a.quiet.setPath(path) // before any kernel is dialled
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -244,8 +253,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	return errors.Join(all...)
 }
 
-// listenQuiet opens the quiet channel's socket (see Config.QuietSocket).
+// listenQuiet opens the quiet channel's socket (see Config.QuietSocket);
+// a nil listener without error when the channel is off (Config.NoQuiet).
 func (a *Agent) listenQuiet() (net.Listener, string, func(), error) {
+	if a.cfg.NoQuiet {
+		return nil, "", nil, nil
+	}
 	path := a.cfg.QuietSocket
 	cleanup := func() {}
 	if path == "" && a.cfg.Socket != "" {
@@ -261,6 +274,16 @@ func (a *Agent) listenQuiet() (net.Listener, string, func(), error) {
 	l, err := listen(path, a.log.Named("quiet"))
 	if err != nil {
 		cleanup()
+		return nil, "", nil, err
+	}
+	// Kernels refuse a socket in a directory others can write (another
+	// user could have put it there); say so here rather than time out.
+	if fi, err := os.Stat(filepath.Dir(path)); err != nil || fi.Mode().Perm()&0o022 != 0 {
+		_ = l.Close()
+		cleanup()
+		if err == nil {
+			err = fmt.Errorf("directory %s is writable by group or others (mode %#o); kernels would refuse the socket", filepath.Dir(path), fi.Mode().Perm())
+		}
 		return nil, "", nil, err
 	}
 	return l, path, cleanup, nil

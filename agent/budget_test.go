@@ -1,11 +1,15 @@
 package agent
 
 import (
+	"bytes"
 	"fmt"
+	"io"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/go-hclog"
 
 	"github.com/nbsecrets/nbsecrets/protocol"
 )
@@ -72,5 +76,35 @@ func TestBudgetByPrecedence(t *testing.T) {
 	}
 	if !slices.ContainsFunc(d.OverBudget, func(o Shadow) bool { return o.Name == fmt.Sprintf("SMALL_%04d", protocol.MaxWorkspaceSecrets+9) }) {
 		t.Fatal("the last secret in order was not the one left out")
+	}
+}
+
+// TestBudgetDropsAreLogged: when secrets are left out for the budget the
+// syncer logs their names and scopes (never a value) once per change, and
+// status lists them as over the budget.
+func TestBudgetDropsAreLogged(t *testing.T) {
+	var buf bytes.Buffer
+	log := hclog.New(&hclog.LoggerOptions{Level: hclog.Trace, Output: io.MultiWriter(&buf, sink{})})
+	s := &syncer{st: newStore(aliceWS), log: log, now: time.Now}
+	big := secretValue("big") + strings.Repeat("v", protocol.MaxValueSize-40)
+	for i := range 6 {
+		if err := s.st.apply(put(fmt.Sprintf("p%d", i), fmt.Sprintf("BIG_%d", i), 1, projP, big), time.Time{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.publish()
+	s.publish() // nothing changed: no second line
+	out := buf.String()
+	if n := strings.Count(out, "secrets left out of the kernels"); n != 1 {
+		t.Fatalf("%d budget lines, want 1:\n%s", n, out)
+	}
+	d, _ := s.st.snapshot()
+	for _, o := range d.OverBudget {
+		if !strings.Contains(out, o.Name+" (project:p)") {
+			t.Errorf("the log does not name %s:\n%s", o.Name, out)
+		}
+	}
+	if len(d.OverBudget) == 0 || strings.Contains(out, big[:40]) {
+		t.Fatalf("left out %d; or the log holds a value", len(d.OverBudget))
 	}
 }

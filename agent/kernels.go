@@ -14,6 +14,8 @@ import (
 
 	"github.com/fsnotify/fsnotify"
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/nbsecrets/nbsecrets/protocol/jupyter"
 )
 
 // KernelState is where a kernel's worker stands.
@@ -110,32 +112,32 @@ type kernels struct {
 	metrics       *metrics
 	policy        Policy    // when to restart instead of re-seeding
 	restarter     restarter // how; nil: shutdownRestarter
+	trust         kernelTrust
 
 	mu      sync.Mutex
 	ctx     context.Context // set by run; workers' parent
 	workers map[string]*worker
 	history map[string]*kernelHistory // kernel id → restarts and starts, across workers
+	refused map[string]string         // connection file → why it is refused (logged once)
 	wg      sync.WaitGroup
-}
-
-func fileSum(file string) ([32]byte, bool) {
-	b, err := os.ReadFile(file)
-	if err != nil || len(b) == 0 {
-		return [32]byte{}, false
-	}
-	return sha256.Sum256(b), true
 }
 
 // add starts serving the kernel of a connection file, or restarts its
 // worker when the file's content changed (a kernel restarted with new
 // ports). A file not readable yet is left to the next event or rescan.
 func (ks *kernels) add(file string) {
-	sum, ok := fileSum(file)
-	if !ok {
+	b, err := ks.trust.read(file)
+	if errors.Is(err, errUntrusted) {
+		ks.refuse(file, err)
 		return
 	}
+	if err != nil || len(b) == 0 {
+		return
+	}
+	sum := sha256.Sum256(b)
 	ks.mu.Lock()
 	defer ks.mu.Unlock()
+	delete(ks.refused, file)
 	if ks.ctx == nil || ks.ctx.Err() != nil {
 		return
 	}
@@ -218,6 +220,7 @@ func (ks *kernels) serve(ctx context.Context, w *worker) {
 			return
 		}
 		dctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		dctx = jupyter.WithDialPolicy(dctx, ks.trust.dialPolicy(w.file)) // see kernelTrust
 		sess, err := ks.dial(dctx, w.file)
 		cancel()
 		if err != nil {
@@ -454,6 +457,9 @@ func (ks *kernels) run(ctx context.Context, dirs []string, rescan time.Duration)
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			ks.log.Warn("cannot create runtime dir", "dir", d, "error", err)
 		}
+		if err := ks.trust.checkDir(d); err != nil {
+			ks.log.Warn("runtime dir refused: no kernel in it is served", "dir", d, "reason", err)
+		}
 		if err := watcher.Add(d); err != nil {
 			ks.log.Warn("cannot watch runtime dir; relying on rescans", "dir", d, "error", err)
 		}
@@ -504,6 +510,11 @@ func (ks *kernels) rescan(dirs []string) {
 	for f := range ks.workers {
 		if _, err := os.Stat(f); errors.Is(err, os.ErrNotExist) {
 			gone = append(gone, f)
+		}
+	}
+	for f := range ks.refused {
+		if _, err := os.Lstat(f); errors.Is(err, os.ErrNotExist) {
+			delete(ks.refused, f)
 		}
 	}
 	ks.mu.Unlock()

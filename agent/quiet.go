@@ -20,11 +20,17 @@ package agent
 // publishing anything. The install is the one moment the agent moves
 // last_activity, at first contact.
 //
-// A kernel found running a cell is not installed into: a request on shell
-// would wait for the cell, and one on control would publish busy/idle in
-// the middle of it. It is served the old way (control, or a subshell on
-// ipykernel >= 7) and status shows "live:control (waiting for idle to
-// install)" until the cell ends; then the install runs on shell.
+// The thread outlives an agent: when its connection ends it tries, every
+// half second for a while and then every five, to resume at the same path,
+// answering the new agent's random challenge with an HMAC under the
+// kernel's connection key (which the agent reads from the connection file).
+// So an agent restarted under a running cell serves the kernel at once
+// without a Jupyter message. A kernel found running a cell with no thread
+// to resume is not installed into: a request on shell would wait for the
+// cell, and one on control would publish busy/idle in the middle of it. It
+// is served the old way (control, or a subshell on ipykernel >= 7) and
+// status shows "live:control (waiting for idle to install)" until the cell
+// ends; then the install runs on shell.
 //
 // Threat model. Values must reach only the kernel, and only the agent may
 // set a kernel's environment:
@@ -39,6 +45,10 @@ package agent
 //     constant time, used once, and dropped when the install ends; the
 //     connecting process's pid (SO_PEERCRED) must be the pid it claims and
 //     the pid the kernel itself reported in the install's signed reply.
+//   - A resume proves the kernel's connection key (HMAC-SHA256 over a
+//     fresh 256-bit nonce and the pid, checked against the sessions waiting
+//     for one): only a process that can read the kernel's 0600 connection
+//     file, which could drive the kernel anyway, can pass it.
 //   - The thread checks, before it sends the token, that the socket file
 //     and its directory belong to its uid and nobody else can write the
 //     directory, and that the peer it reached runs as its uid: a socket
@@ -53,6 +63,7 @@ package agent
 
 import (
 	"context"
+	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -95,14 +106,16 @@ const (
 type quietHub struct {
 	log hclog.Logger
 
-	mu      sync.Mutex
-	path    string                    // the socket; "" while not listening
-	waiting map[[32]byte]*quietTicket // by sha256 of the token
-	pending map[net.Conn]struct{}     // accepted, hello not read yet
+	mu       sync.Mutex
+	path     string                    // the socket; "" while not listening
+	waiting  map[[32]byte]*quietTicket // by sha256 of the token
+	resumers map[*quietResumer]struct{}
+	pending  map[net.Conn]struct{} // accepted, hello not read yet
 }
 
 func newQuietHub(log hclog.Logger) *quietHub {
-	return &quietHub{log: log, waiting: map[[32]byte]*quietTicket{}, pending: map[net.Conn]struct{}{}}
+	return &quietHub{log: log, waiting: map[[32]byte]*quietTicket{}, pending: map[net.Conn]struct{}{},
+		resumers: map[*quietResumer]struct{}{}}
 }
 
 // quietTicket is one install waiting for its kernel's connection.
@@ -164,11 +177,16 @@ func (h *quietHub) claim(token string, c *net.UnixConn, pid int) bool {
 	return true
 }
 
-// serve accepts kernels' connections on l until ctx ends.
-func (h *quietHub) serve(ctx context.Context, l net.Listener, path string) error {
+// setPath says where the hub listens (serve does too): installs name it.
+func (h *quietHub) setPath(path string) {
 	h.mu.Lock()
 	h.path = path
 	h.mu.Unlock()
+}
+
+// serve accepts kernels' connections on l until ctx ends.
+func (h *quietHub) serve(ctx context.Context, l net.Listener, path string) error {
+	h.setPath(path)
 	var wg sync.WaitGroup
 	stop := context.AfterFunc(ctx, func() {
 		_ = l.Close()
@@ -202,9 +220,96 @@ func (h *quietHub) serve(ctx context.Context, l net.Listener, path string) error
 
 // quietHello is the kernel's first frame.
 type quietHello struct {
-	V     int    `json:"v"`
-	Token string `json:"token"`
-	PID   int    `json:"pid"`
+	V      int    `json:"v"`
+	Token  string `json:"token"`
+	PID    int    `json:"pid"`
+	Resume bool   `json:"resume"` // no token: answer a challenge with the kernel's connection key
+}
+
+// quietResumer is a session waiting for its kernel's thread to resume:
+// a kernel met mid-cell whose thread a previous agent installed.
+type quietResumer struct {
+	key  []byte          // the kernel's connection key (HMAC key of its channels)
+	conn chan *quietConn // capacity 1
+}
+
+// expectResume registers a session that takes a resumed connection proving
+// key; forgetResume drops it and a connection it got that nobody took.
+func (h *quietHub) expectResume(key []byte) *quietResumer {
+	r := &quietResumer{key: key, conn: make(chan *quietConn, 1)}
+	h.mu.Lock()
+	h.resumers[r] = struct{}{}
+	h.mu.Unlock()
+	return r
+}
+
+func (h *quietHub) forgetResume(r *quietResumer) {
+	h.mu.Lock()
+	delete(h.resumers, r)
+	h.mu.Unlock()
+	select {
+	case q := <-r.conn:
+		_ = q.Close()
+	default:
+	}
+}
+
+// resumeMAC is what a kernel's thread answers a challenge with.
+func resumeMAC(key, nonce []byte, pid int) []byte {
+	m := hmac.New(sha256.New, key)
+	m.Write([]byte("nbsecrets-quiet-resume\x00"))
+	m.Write(nonce)
+	m.Write([]byte(strconv.Itoa(pid)))
+	return m.Sum(nil)
+}
+
+// resume challenges a resuming thread and hands c to the waiting session
+// whose kernel's key it proves; it reports whether there was one.
+func (h *quietHub) resume(c *net.UnixConn, pid int) (bool, error) {
+	nonce := make([]byte, 32)
+	if _, err := rand.Read(nonce); err != nil {
+		return false, err
+	}
+	if err := writeFrame(c, map[string]string{"nonce": hex.EncodeToString(nonce)}); err != nil {
+		return false, err
+	}
+	body, err := readFrame(c, quietMaxReplyFrame)
+	if err != nil {
+		return false, err
+	}
+	var ans struct {
+		MAC string `json:"mac"`
+	}
+	if err := json.Unmarshal(body, &ans); err != nil {
+		return false, errors.New("malformed answer")
+	}
+	mac, err := hex.DecodeString(ans.MAC)
+	if err != nil || len(mac) != sha256.Size {
+		return false, errors.New("malformed answer")
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for r := range h.resumers {
+		if hmac.Equal(resumeMAC(r.key, nonce, pid), mac) {
+			delete(h.resumers, r)
+			r.conn <- newQuietConn(c, pid) // capacity 1, one claim per resumer
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// writeFrame writes v as one length-prefixed JSON frame.
+func writeFrame(c net.Conn, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	frame := make([]byte, 4+len(b))
+	binary.BigEndian.PutUint32(frame, uint32(len(b)))
+	copy(frame[4:], b)
+	_, err = c.Write(frame)
+	return err
 }
 
 // handshake reads a connection's hello and hands it to the install whose
@@ -238,6 +343,22 @@ func (h *quietHub) handshake(c *net.UnixConn) {
 		return
 	case hello.PID != peerPID:
 		refuse("claimed pid is not the connecting process's", "peer_pid", peerPID, "claimed_pid", hello.PID)
+		return
+	}
+	if hello.Resume {
+		_ = c.SetWriteDeadline(time.Now().Add(quietHelloTimeout))
+		ok, err := h.resume(c, hello.PID)
+		switch {
+		case err != nil:
+			refuse("resume: "+err.Error(), "peer_pid", peerPID)
+		case !ok:
+			// A thread whose previous agent is gone tries until this one
+			// dials its kernel: not worth a warning.
+			h.log.Debug("quiet channel resume refused: no kernel waiting for it", "peer_pid", peerPID)
+			_ = c.Close()
+		default:
+			_ = c.SetDeadline(time.Time{})
+		}
 		return
 	}
 	_ = c.SetReadDeadline(time.Time{})

@@ -39,6 +39,7 @@ def _state():
         st.thread = None
         st.forked = False  # the at-fork hook is registered
         st.errors = 0      # failures seen (counts only, never a value)
+        st.key = b''       # the kernel's connection key, to resume with a new agent
         _sys.modules[_STATE] = st
     return st
 
@@ -132,19 +133,34 @@ def _connect(path):
 
 
 def _serve(st, path, token):
+    # token: the one-time token of an install; None: a resume, proving the
+    # kernel's connection key on the agent's challenge. Returns whether the
+    # agent sent a change (took the connection).
     s = _connect(path)
     with st.cond:
-        if st.pending is not None:  # a newer install arrived meanwhile
-            s.close()
-            return
+        if st.pending is not None:
+            s.close()  # a newer install arrived meanwhile
+            return False
         st.sock = s
+    took = False
     try:
-        _send_frame(s, {'v': 1, 'token': token, 'pid': _os.getpid()})
         r = _Reader(s)
+        if token is not None:
+            _send_frame(s, {'v': 1, 'token': token, 'pid': _os.getpid()})
+        else:
+            _send_frame(s, {'v': 1, 'resume': True, 'pid': _os.getpid()})
+            ch = r.frame()
+            if not ch or not st.key:
+                return False
+            import hmac, hashlib
+            nonce = bytes.fromhex(ch.get('nonce', ''))
+            mac = hmac.new(st.key, b'nbsecrets-quiet-resume\0' + nonce + str(_os.getpid()).encode(), hashlib.sha256).hexdigest()
+            _send_frame(s, {'mac': mac})
         while True:
             m = r.frame()
             if m is None:
-                return
+                return took
+            took = True
             seq = m.get('seq')
             try:
                 _apply(m)
@@ -165,16 +181,32 @@ def _serve(st, path, token):
 
 
 def _run(st):
+    # Serves the latest install's connection; when it ends (the agent
+    # stopped or restarted), tries to resume at the same path, every half
+    # second for a while, then every five, until an agent takes it or a new
+    # install arrives: a new agent serves a kernel that runs a cell without
+    # a Jupyter message.
+    path, token, tries = None, None, 0
     while True:
         try:
             with st.cond:
-                while st.pending is None:
-                    st.cond.wait()
-                path, token = st.pending
-                st.pending = None
-            _serve(st, path, token)
+                if path is None:
+                    while st.pending is None:
+                        st.cond.wait()
+                elif st.pending is None:
+                    st.cond.wait(0.5 if tries < 20 else 5.0)  # as quiet.go says
+                if st.pending is not None:
+                    path, token = st.pending
+                    st.pending = None
+                else:
+                    token = None
+            if _serve(st, path, token):
+                tries = 0
+            else:
+                tries += 1
         except BaseException:
-            st.errors += 1  # nothing printed, nothing raised; wait for the next install
+            st.errors += 1  # nothing printed, nothing raised
+            tries += 1
 
 
 def _scrub(marker):
@@ -205,6 +237,11 @@ def _scrub(marker):
 
 def _install(path, token, marker):
     st = _state()
+    try:
+        ip = getattr(_sys.modules.get('IPython'), 'get_ipython', lambda: None)()
+        st.key = bytes(ip.kernel.session.key)
+    except BaseException:
+        st.key = b''  # no resume; installs still work
     if not st.forked and hasattr(_os, 'register_at_fork'):
         _os.register_at_fork(after_in_child=_after_fork_in_child)
         st.forked = True

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -30,6 +31,15 @@ func waitQuiet(t *testing.T, a *runningAgent, name string, ver uint64) {
 		}
 		return nil
 	})
+}
+
+// settle runs a cell of the test's own (code: a no-op in the kernel's
+// language), then empties the iopub channel: iopub is ordered, so what
+// others caused before is gone with it.
+func settle(t *testing.T, c *jupyter.Client, code string) {
+	t.Helper()
+	run(t, c, code)
+	drain(c)
 }
 
 // drain empties a client's iopub channel.
@@ -75,10 +85,7 @@ func TestQuietNoIOPub(t *testing.T) {
 	waitQuiet(t, a, "QUIET", 1)
 	// First contact is over (its install published busy/idle); from here
 	// on, nothing.
-	waitFor(t, 10*time.Second, func() error {
-		drain(c)
-		return nil
-	})
+	settle(t, c, "pass")
 	const n = 30
 	var last string
 	for i := 2; i <= n+1; i++ {
@@ -115,7 +122,7 @@ func TestQuietDuringSleepingCell(t *testing.T) {
 	v1, v2 := secretValue("before"), secretValue("during")
 	h.put("s1", "LIVE", 1, v1)
 	waitQuiet(t, a, "LIVE", 1)
-	drain(c)
+	settle(t, c, "pass")
 	marker := filepath.Join(t.TempDir(), "started")
 	cell := fmt.Sprintf(`import os, time, hashlib
 open(%q, "w").close()
@@ -223,10 +230,19 @@ print("done")`, marker, release)
 	v := secretValue("midcell")
 	h.put("s1", "MID", 1, v)
 	a := h.startAgent()
+	met := time.Now()
 	waitFor(t, 30*time.Second, func() error {
 		ks := a.Status().Kernels
 		if len(ks) != 1 || ks[0].Mode != ModeControlWaiting || ks[0].Holds["MID"].Version != 1 {
 			return fmt.Errorf("want live:control waiting for idle, holding MID: %+v", ks)
+		}
+		return nil
+	})
+	// The cell runs on for a few seconds with the agent connected: long
+	// enough for a probe that asked once a second to have queued several.
+	waitFor(t, 30*time.Second, func() error {
+		if time.Since(met) < 5*time.Second {
+			return errors.New("the cell has not run 5s beside the agent yet")
 		}
 		return nil
 	})
@@ -237,6 +253,18 @@ print("done")`, marker, release)
 		t.Fatalf("cell: %s", got)
 	}
 	waitQuiet(t, a, "MID", 1)
+	// The agent asked who the kernel is once on control (answered beside
+	// the cell) and once on shell (answered after it): two busy/idle pairs.
+	run(t, c, "pass") // iopub is ordered: what the agent caused before is in the channel
+	infos := 0
+	for _, m := range foreign(c) {
+		if strings.Contains(m, "parent kernel_info_request") {
+			infos++
+		}
+	}
+	if infos > 4 {
+		t.Errorf("%d iopub messages answered the agent's kernel_info requests; want at most 4 (one request on each channel)", infos)
+	}
 	h.put("s1", "MID", 2, v+"2")
 	waitQuiet(t, a, "MID", 2)
 	waitEnv(t, c, "MID", v+"2")
@@ -348,6 +376,51 @@ func TestQuietHubRefusesImpostors(t *testing.T) {
 		t.Fatal("the right token was not taken")
 	}
 	refused("used token", quietHello{V: 1, Token: tk.token, PID: me})
+
+	// A resume must prove the kernel's connection key on a fresh nonce.
+	key := []byte("the kernel's connection key")
+	res := hub.expectResume(key)
+	defer hub.forgetResume(res)
+	resume := func(what string, macKey []byte) net.Conn {
+		t.Helper()
+		c, err := net.Dial("unix", path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		quietFrame(t, c, quietHello{V: 1, Resume: true, PID: me})
+		_ = c.SetReadDeadline(time.Now().Add(20 * time.Second))
+		body, err := readFrame(c, quietMaxReplyFrame)
+		if err != nil {
+			t.Fatalf("%s: no challenge: %v", what, err)
+		}
+		var ch struct {
+			Nonce string `json:"nonce"`
+		}
+		nonce, err := hex.DecodeString(func() string { _ = json.Unmarshal(body, &ch); return ch.Nonce }())
+		if err != nil || len(nonce) < 16 {
+			t.Fatalf("%s: challenge %q", what, body)
+		}
+		quietFrame(t, c, map[string]string{"mac": hex.EncodeToString(resumeMAC(macKey, nonce, me))})
+		return c
+	}
+	bad := resume("another key", []byte("a guess"))
+	defer bad.Close()
+	if n, err := bad.Read(make([]byte, 1)); n != 0 || err == nil {
+		t.Errorf("a resume with another key: the hub sent %d bytes, err %v; want the connection closed", n, err)
+	}
+	select {
+	case <-res.conn:
+		t.Error("a resume with another key was taken")
+	default:
+	}
+	good := resume("the kernel's key", key)
+	defer good.Close()
+	select {
+	case q := <-res.conn:
+		defer q.Close()
+	case <-time.After(20 * time.Second):
+		t.Fatal("a resume with the kernel's key was not taken")
+	}
 }
 
 // TestQuietKernelSideRefusesForeignSockets: the thread's connect refuses a
@@ -450,7 +523,7 @@ func TestQuietFailureReported(t *testing.T) {
 	if m := sess.Describe().Mode; m != ModeQuiet {
 		t.Fatalf("mode %s, want %s", m, ModeQuiet)
 	}
-	drain(c)
+	settle(t, c, "pass")
 	bad := secretValue("nul") + "\x00tail"
 	err = sess.Apply(ctx, Plan{Set: map[string]string{"BROKEN": bad}}, "BROKEN")
 	if err == nil || !strings.Contains(err.Error(), "ValueError") {
@@ -469,5 +542,140 @@ func TestQuietFailureReported(t *testing.T) {
 	waitEnv(t, c, "FINE", good)
 	if out := k.Output(); strings.Contains(out, "Traceback") || strings.Contains(out, "ValueError") {
 		t.Errorf("the failure reached the kernel's output:\n%s", out)
+	}
+}
+
+// TestRKernelProbeQuiet: IRkernel's liveness checks go to its heartbeat:
+// an idle R kernel probed every 100 ms shows nothing on iopub and stays
+// live.
+func TestRKernelProbeQuiet(t *testing.T) {
+	h := newHarness(t)
+	a := h.startAgentWith(func(c *Config) { c.Probe = 100 * time.Millisecond })
+	_, c := startRKernel(t, h)
+	h.put("s1", "QUIET_R", 1, secretValue("r"))
+	waitFor(t, 30*time.Second, func() error {
+		ks := a.Status().Kernels
+		if len(ks) != 1 || ks[0].State != StateLive || ks[0].Mode != ModeShellIdle || ks[0].Holds["QUIET_R"].Version != 1 {
+			return fmt.Errorf("R kernel not live with QUIET_R: %+v", ks)
+		}
+		return nil
+	})
+	settle(t, c, "invisible(NULL)")
+	idle := time.Now().Add(2 * time.Second)
+	for time.Now().Before(idle) {
+		if ks := a.Status().Kernels; len(ks) != 1 || ks[0].State != StateLive {
+			t.Fatalf("R kernel left the live state while idle: %+v", ks)
+		}
+		time.Sleep(50 * time.Millisecond) // sampling the state, not synchronising
+	}
+	if got := foreign(c); len(got) != 0 {
+		t.Errorf("liveness checks of an idle R kernel published on iopub: %v", got)
+	}
+}
+
+// TestQuietUnavailable: an agent that cannot open its quiet socket (here a
+// path too long for a unix socket) still serves IPython kernels live, over
+// control, and says so.
+//
+// Also when the socket's directory is writable by others: the kernel's
+// thread would refuse such a socket, so the agent does not offer it.
+func TestQuietUnavailable(t *testing.T) {
+	open := t.TempDir()
+	if err := os.Chmod(open, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	for name, path := range map[string]string{
+		"too long":             filepath.Join(t.TempDir(), strings.Repeat("q", 120)+".sock"),
+		"dir others can write": filepath.Join(open, "q.sock"),
+	} {
+		t.Run(name, func(t *testing.T) {
+			h := newHarness(t)
+			a := h.startAgentWith(func(c *Config) { c.QuietSocket = path })
+			k := kerneltest.Start(t, kerneltest.Options{Dir: h.dir})
+			c := k.Client(t)
+			v := secretValue("fallback")
+			h.put("s1", "FALLBACK", 1, v)
+			waitEnv(t, c, "FALLBACK", v)
+			if ks := a.Status().Kernels; len(ks) != 1 || ks[0].Mode != ModeControl {
+				t.Errorf("kernels: %+v; want one in %s", ks, ModeControl)
+			}
+		})
+	}
+}
+
+// foreignUntilOwnIdle reads iopub in order up to the idle status of the
+// test client's next execute_request and returns what others caused
+// before it.
+func foreignUntilOwnIdle(t *testing.T, c *jupyter.Client) []string {
+	t.Helper()
+	var out []string
+	deadline := time.After(60 * time.Second)
+	for {
+		select {
+		case m := <-c.IOPub():
+			p := m.ParentHeader
+			if p != nil && p.Session == c.Session() {
+				var st struct {
+					State string `json:"execution_state"`
+				}
+				if m.Header.MsgType == "status" && p.MsgType == "execute_request" && json.Unmarshal(m.Content, &st) == nil && st.State == "idle" {
+					return out
+				}
+				continue
+			}
+			parent := "none"
+			if p != nil {
+				parent = p.MsgType
+			}
+			out = append(out, m.Header.MsgType+" (parent "+parent+")")
+		case <-deadline:
+			t.Fatal("no idle status for the test's cell within 60s")
+		}
+	}
+}
+
+// TestQuietResumeMidCell: an agent restarted while a cell runs serves the
+// kernel at once over the quiet channel its predecessor installed (the
+// kernel's thread resumes, proving the kernel's connection key), without a
+// Jupyter message during the cell: the running cell gets the change, and
+// the kernel stays busy throughout.
+func TestQuietResumeMidCell(t *testing.T) {
+	h := newHarness(t)
+	sock := filepath.Join(t.TempDir(), "agent.sock") // a restarted agent listens where it did
+	sameSocket := func(c *Config) { c.Socket = sock }
+	a1 := h.startAgentWith(sameSocket)
+	k := kerneltest.Start(t, kerneltest.Options{Dir: h.dir})
+	c := k.Client(t)
+	v1, v2 := secretValue("before"), secretValue("after")
+	h.put("s1", "RESUMED", 1, v1)
+	waitQuiet(t, a1, "RESUMED", 1)
+	settle(t, c, "pass")
+	marker := filepath.Join(t.TempDir(), "started")
+	cell := fmt.Sprintf(`import os, time, hashlib
+open(%q, "w").close()
+deadline = time.time() + 60
+while time.time() < deadline and hashlib.sha256(os.environ.get("RESUMED", "").encode()).hexdigest() != %q:
+    time.sleep(0.02)
+print("seen" if time.time() < deadline else "timeout")`, marker, digest(v2))
+	out := runStarted(t, c, cell, marker, 90*time.Second)
+	a1.stop()
+	h.put("s1", "RESUMED", 2, v2)
+	a2 := h.startAgentWith(sameSocket)
+	waitFor(t, 30*time.Second, func() error {
+		ks := a2.Status().Kernels
+		if len(ks) != 1 || ks[0].Mode != ModeQuiet || ks[0].Holds["RESUMED"].Version != 2 {
+			return fmt.Errorf("want the kernel live:quiet with RESUMED v2 while its cell runs: %+v", ks)
+		}
+		return nil
+	})
+	if got := <-out; got != "seen" {
+		t.Fatalf("the running cell did not get the change from the new agent: %s", got)
+	}
+	if got := foreignUntilOwnIdle(t, c); len(got) != 0 {
+		t.Errorf("iopub during the cell from the agents: %v", got)
+	}
+	// One thread still.
+	if got := run(t, c, "import threading as _t\nprint(sum(1 for th in _t.enumerate() if th.name == 'nbsecrets'))\ndel _t"); got != "1" {
+		t.Errorf("nbsecrets threads: %s, want 1", got)
 	}
 }

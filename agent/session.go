@@ -119,9 +119,40 @@ func (h *quietHub) dial(ctx context.Context, connFile string) (session, error) {
 	// time runs a cell (or is IRkernel running one, or hung): ask on
 	// control, which ipykernel >= 6 answers beside a running cell;
 	// IRkernel's control does not answer, so then on shell.
-	ictx, cancel := context.WithTimeout(ctx, idleWithin)
-	idle := s.busy.waitIdle(ictx) == nil
-	cancel()
+	//
+	// A kernel whose nbsecrets thread a previous agent installed resumes
+	// on its own (its thread proves the kernel's connection key): it is
+	// served quietly at once, without a Jupyter request, even mid-cell.
+	var res *quietResumer
+	if h.socketPath() != "" && info.Key != "" {
+		res = h.expectResume([]byte(info.Key))
+	}
+	forgetRes := func() {
+		if res != nil {
+			h.forgetResume(res)
+			res = nil
+		}
+	}
+	var resumed <-chan *quietConn
+	if res != nil {
+		resumed = res.conn
+	}
+	idle := false
+	wait := time.NewTimer(idleWithin)
+	select {
+	case <-s.busy.idleC():
+		idle = true
+	case q := <-resumed:
+		wait.Stop()
+		forgetRes()
+		s.desc = Description{Language: "python", Implementation: "ipython"}
+		s.useQuiet(sctx, q)
+		h.log.Info("quiet channel resumed by the kernel's thread", "kernel", kernelID(connFile))
+		return s, nil
+	case <-wait.C:
+	case <-ctx.Done():
+	}
+	wait.Stop()
 	var ki *jupyter.KernelInfo
 	if idle {
 		ki, err = c.KernelInfo(ctx)
@@ -134,19 +165,31 @@ func (h *quietHub) dial(ctx context.Context, connFile string) (session, error) {
 		}
 	}
 	if err != nil {
+		forgetRes()
 		return fail(fmt.Errorf("kernel_info: %w", err))
 	}
 	s.desc = Description{Language: ki.LanguageInfo.Name, Implementation: ki.Implementation, Protocol: ki.ProtocolVersion, Mode: ModeNone}
-	switch ki.LanguageInfo.Name {
-	case "R": // IRkernel: control answers only shutdown; see rReseed
+	quiet := h.socketPath() != "" && ki.Implementation == "ipython"
+	switch {
+	case ki.LanguageInfo.Name == "R": // IRkernel: control answers only shutdown; see rReseed
+		forgetRes()
 		s.desc.Mode, s.ch = ModeShellIdle, jupyter.Shell
 		return s, nil
-	case "python":
-	default:
+	case ki.LanguageInfo.Name != "python":
+		forgetRes()
 		return s, nil
+	case !quiet:
+		forgetRes()
 	}
-	quiet := h.socketPath() != "" && ki.Implementation == "ipython"
 	if quiet && idle {
+		select {
+		case q := <-resumed: // resumed meanwhile: no install needed
+			forgetRes()
+			s.useQuiet(sctx, q)
+			return s, nil
+		default:
+		}
+		forgetRes()
 		q, err := s.install(ctx)
 		if err == nil {
 			s.useQuiet(sctx, q)
@@ -163,8 +206,11 @@ func (h *quietHub) dial(ctx context.Context, connFile string) (session, error) {
 	}
 	if quiet {
 		s.desc.Mode = map[Mode]Mode{ModeControl: ModeControlWaiting, ModeSubshell: ModeSubshellWaiting}[s.desc.Mode]
+		if res == nil && info.Key != "" {
+			res = h.expectResume([]byte(info.Key))
+		}
 		s.wg.Add(1)
-		go func() { defer s.wg.Done(); s.installWhenIdle(sctx) }() // owned by the session
+		go func() { defer s.wg.Done(); s.installWhenIdle(sctx, res) }() // owned by the session
 	}
 	return s, nil
 }
@@ -173,11 +219,23 @@ func (h *quietHub) dial(ctx context.Context, connFile string) (session, error) {
 // install fails (a user's code broke what it uses) stays on control.
 const installAttempts = 3
 
-// installWhenIdle installs the quiet channel once the running cell ends.
-func (s *jupyterSession) installWhenIdle(ctx context.Context) {
+// installWhenIdle installs the quiet channel once the running cell ends,
+// unless the kernel's thread resumes first (res, if not nil).
+func (s *jupyterSession) installWhenIdle(ctx context.Context, res *quietResumer) {
 	log := s.hub.log.With("kernel", kernelID(s.connFile))
+	var resumed <-chan *quietConn
+	if res != nil {
+		resumed = res.conn
+		defer s.hub.forgetResume(res)
+	}
 	for range installAttempts {
-		if s.busy.waitIdle(ctx) != nil {
+		select {
+		case <-s.busy.idleC():
+		case q := <-resumed:
+			s.useQuiet(ctx, q)
+			log.Info("quiet channel resumed by the kernel's thread")
+			return
+		case <-ctx.Done():
 			return
 		}
 		// A cell started meanwhile puts the install behind it: wait for it.
@@ -230,6 +288,11 @@ func (s *jupyterSession) install(ctx context.Context) (*quietConn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("installing the quiet channel: %w", err)
 	}
+	// The thread connects as soon as the install has run: a kernel that
+	// does not within quietConnectWait refused the socket (its checks of
+	// the socket's owner and directory failed) or could not reach it.
+	wait := time.NewTimer(quietConnectWait)
+	defer wait.Stop()
 	select {
 	case q := <-t.conn:
 		if q.pid != pid {
@@ -237,10 +300,17 @@ func (s *jupyterSession) install(ctx context.Context) (*quietConn, error) {
 			return nil, fmt.Errorf("installing the quiet channel: the connection came from pid %d, not the kernel's %d", q.pid, pid)
 		}
 		return q, nil
+	case <-wait.C:
+		return nil, fmt.Errorf("installing the quiet channel: the kernel did not connect back to %s within %v (can it reach the socket, and are the socket and its directory its user's, not writable by others?)",
+			s.hub.socketPath(), quietConnectWait)
 	case <-ctx.Done():
 		return nil, fmt.Errorf("installing the quiet channel: waiting for the kernel to connect: %w", ctx.Err())
 	}
 }
+
+// quietConnectWait bounds the wait for the kernel's connection once the
+// install has run.
+const quietConnectWait = 10 * time.Second
 
 // useQuiet switches the session to the quiet connection q.
 func (s *jupyterSession) useQuiet(ctx context.Context, q *quietConn) {
@@ -378,9 +448,10 @@ func (s *jupyterSession) Close() error {
 // re-seed or a restart that must wait for idle.
 type busyTracker struct {
 	mu      sync.Mutex
-	known   bool                // the shell probe answered: no cell ran then
-	running map[string]struct{} // ids of the requests seen starting and not ending
-	idle    chan struct{}       // closed while idle; replaced when busy again
+	known   bool                     // the shell probe answered: no cell ran then
+	running map[string]struct{}      // ids of the requests seen starting and not ending
+	idle    chan struct{}            // closed while idle; replaced when busy again
+	own     map[string]chan struct{} // the session's own requests whose iopub status is awaited
 }
 
 func newBusyTracker() *busyTracker {
@@ -409,6 +480,13 @@ func (b *busyTracker) isBusy() bool {
 	return b.busyLocked()
 }
 
+// idleC is closed once no cell runs (now, or when the running one ends).
+func (b *busyTracker) idleC() <-chan struct{} {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.idle
+}
+
 func (b *busyTracker) waitIdle(ctx context.Context) error {
 	b.mu.Lock()
 	idle := b.idle
@@ -424,6 +502,10 @@ func (b *busyTracker) waitIdle(ctx context.Context) error {
 // follow reads iopub until it closes.
 func (b *busyTracker) follow(iopub <-chan *jupyter.Message, ours string) {
 	for m := range iopub {
+		if m.ParentHeader != nil && m.ParentHeader.Session == ours && m.Header.MsgType == "status" {
+			b.sawOwn(m.ParentHeader.MsgID)
+			continue
+		}
 		if m.ParentHeader == nil || m.ParentHeader.Session == ours || m.ParentHeader.MsgType != "execute_request" {
 			continue
 		}
@@ -445,12 +527,80 @@ func (b *busyTracker) follow(iopub <-chan *jupyter.Message, ours string) {
 // probeShell learns the state at connect: a kernel_info_request on shell
 // is answered only once the shell is free, so its reply means no cell ran
 // then. The reply counts only once the request's own status has also come
-// back on iopub (Client.Ready): until the SUB socket's subscription has
-// reached the kernel, iopub drops messages, and a cell started just after
-// the probe would go unseen, leaving the tracker idle while the cell runs.
+// back on iopub: until the SUB socket's subscription has reached the
+// kernel, iopub drops messages, and a cell started just after the probe
+// would go unseen, leaving the tracker idle while the cell runs. If the
+// status was dropped, it asks again (the kernel is free then, so it answers
+// at once); it never has more than one request waiting, so a kernel found
+// in a cell of hours gets one, not one a second (jupyter_client's
+// wait_for_ready, which Client.Ready follows, sends one a second).
 func (b *busyTracker) probeShell(ctx context.Context, c *jupyter.Client) {
-	if err := c.Ready(ctx); err == nil {
-		b.update(func() { b.known = true })
+	for ctx.Err() == nil {
+		var id string
+		_, err := c.Request(ctx, jupyter.Shell, "kernel_info_request", map[string]any{}, func(h *jupyter.Header) {
+			id = h.MsgID
+			b.expectStatus(id)
+		})
+		if err != nil {
+			b.dropStatus(id)
+			if c.Err() != nil || ctx.Err() != nil {
+				return
+			}
+			continue
+		}
+		wctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		seen := b.waitStatus(wctx, id)
+		cancel()
+		if seen {
+			b.update(func() { b.known = true })
+			return
+		}
+	}
+}
+
+// expectStatus, waitStatus and dropStatus follow the iopub status of one
+// request of the session's own (follow closes its channel).
+func (b *busyTracker) expectStatus(id string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.own == nil {
+		b.own = map[string]chan struct{}{}
+	}
+	b.own[id] = make(chan struct{})
+}
+
+func (b *busyTracker) waitStatus(ctx context.Context, id string) bool {
+	b.mu.Lock()
+	ch := b.own[id]
+	b.mu.Unlock()
+	defer b.dropStatus(id)
+	if ch == nil {
+		return false
+	}
+	select {
+	case <-ch:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func (b *busyTracker) dropStatus(id string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	delete(b.own, id)
+}
+
+// sawOwn notes an iopub message of the session's own request id.
+func (b *busyTracker) sawOwn(id string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if ch, ok := b.own[id]; ok {
+		select {
+		case <-ch: // busy then idle: closed at the first
+		default:
+			close(ch)
+		}
 	}
 }
 

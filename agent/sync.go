@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -14,12 +15,13 @@ import (
 	"github.com/nbsecrets/nbsecrets/protocol"
 )
 
-// syncer reads the workspace's records into the store: an ordered consumer,
-// last value per subject, one filter subject. The first load is the whole
-// desired state (tombstones included), so a delete missed while the agent was
-// away is still applied; after that every new record follows. The ordered
-// consumer recreates itself after a NATS server restart from the last
-// sequence it delivered, so nothing is lost.
+// syncer reads the workspace's records into the store: the workspace's one
+// consumer (protocol.ConsumerName), last value per subject, one filter
+// subject. The first load is the whole desired state (tombstones included),
+// so a delete missed while the agent was away is still applied; after that
+// every new record follows. After a NATS server restart, missed heartbeats
+// or a reconnect it reads everything again with a fresh consumer, so
+// nothing is lost.
 type syncer struct {
 	js     jetstream.JetStream
 	ws     string
@@ -100,6 +102,10 @@ func (s *syncer) run(ctx context.Context) {
 			}
 			continue
 		}
+		if errors.Is(err, errReconnected) {
+			s.log.Info("NATS connection re-established; reading the records again")
+			continue
+		}
 		s.log.Warn("reading records interrupted; retrying", "error", err)
 		if !waitCtx(ctx, bo.next()) {
 			return
@@ -107,16 +113,60 @@ func (s *syncer) run(ctx context.Context) {
 	}
 }
 
+// errReconnected ends a consumer after the connection came back: the
+// server may have restarted and lost it.
+var errReconnected = errors.New("agent: NATS connection re-established; reading the records again")
+
+// Reading the records. The agent has one consumer of its own,
+// protocol.ConsumerName, so that NATS permissions can give it exactly that
+// name (create, pull, delete) and no other. Each read starts afresh: the
+// consumer is deleted if left over (by a previous run or a lost
+// connection), created anew with the last record of each key, and read;
+// when it fails (missed heartbeats, deleted, the connection re-established)
+// the next read starts over. A workspace has few records (the budget), and
+// the store ignores those it holds, so a fresh read is cheap.
+const (
+	pullExpiry = 15 * time.Second // a pull request's life
+	// pullHeartbeat is how often the server tells an idle consumer it is
+	// still there. Two missed in a row end the read and the next one makes
+	// the consumer anew (on another node of a cluster), so it bounds how
+	// long a crashed node's consumer goes unnoticed (nats.go's default, 5s,
+	// made that 10s); each idle agent costs the server one message per
+	// period.
+	pullHeartbeat = 2 * time.Second
+	reconnectPoll = 250 * time.Millisecond
+)
+
+// newConsumer replaces the workspace's consumer with a fresh one that
+// delivers the last record of every key, then everything after.
+func (s *syncer) newConsumer(ctx context.Context) (jetstream.Consumer, error) {
+	stream, name := protocol.StreamName(), protocol.ConsumerName(s.ws)
+	if err := s.js.DeleteConsumer(ctx, stream, name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return nil, fmt.Errorf("deleting the previous consumer %s: %w", name, err)
+	}
+	cons, err := s.js.CreateConsumer(ctx, stream, jetstream.ConsumerConfig{
+		Name:              name,
+		FilterSubject:     protocol.WorkspaceFilter(s.ws), // exactly one: see protocol's doc
+		DeliverPolicy:     jetstream.DeliverLastPerSubjectPolicy,
+		AckPolicy:         jetstream.AckNonePolicy,
+		InactiveThreshold: 5 * time.Minute,
+		Replicas:          1,
+		MemoryStorage:     true,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("creating the consumer %s: %w", name, err)
+	}
+	return cons, nil
+}
+
 // consume reads records until ctx ends or the consumer fails.
 func (s *syncer) consume(ctx context.Context) error {
-	cons, err := s.js.OrderedConsumer(ctx, protocol.StreamName(), jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{protocol.WorkspaceFilter(s.ws)}, // exactly one: see protocol's doc
-		DeliverPolicy:  jetstream.DeliverLastPerSubjectPolicy,
-	})
+	cons, err := s.newConsumer(ctx)
 	if err != nil {
 		return err
 	}
-	it, err := cons.Messages()
+	it, err := cons.Messages(jetstream.PullExpiry(pullExpiry), jetstream.PullHeartbeat(pullHeartbeat),
+		jetstream.WithMessagesErrOnMissingHeartbeat(true))
 	if err != nil {
 		return err
 	}
@@ -126,19 +176,32 @@ func (s *syncer) consume(ctx context.Context) error {
 	if s.access != nil {
 		accessC = s.access.notify
 	}
-	var resync atomic.Bool
+	var resync, reconnected atomic.Bool
+	nc := s.js.Conn()
+	reconnects := nc.Stats().Reconnects
 	go func() { // owned by consume: ends with it
-		select {
-		case <-ctx.Done():
-		case <-stopped:
-		case <-accessC:
-			if ws, ok := s.access.take(); ok {
-				dropped := s.st.setAccess(ws)
-				s.log.Info("workspace access changed; reading the records again", "owner", ws.Owner,
-					"projects", strings.Join(ws.Projects, ","), "communities", strings.Join(ws.Communities, ","),
-					"secrets_dropped", dropped)
+		tick := time.NewTicker(reconnectPoll)
+		defer tick.Stop()
+	wait:
+		for {
+			select {
+			case <-ctx.Done():
+			case <-stopped:
+			case <-tick.C:
+				if nc.Stats().Reconnects == reconnects {
+					continue
+				}
+				reconnected.Store(true)
+			case <-accessC:
+				if ws, ok := s.access.take(); ok {
+					dropped := s.st.setAccess(ws)
+					s.log.Info("workspace access changed; reading the records again", "owner", ws.Owner,
+						"projects", strings.Join(ws.Projects, ","), "communities", strings.Join(ws.Communities, ","),
+						"secrets_dropped", dropped)
+				}
+				resync.Store(true)
 			}
-			resync.Store(true)
+			break wait
 		}
 		it.Stop()
 	}()
@@ -150,8 +213,11 @@ func (s *syncer) consume(ctx context.Context) error {
 		msg, err := it.Next()
 		if err != nil {
 			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-				if resync.Load() {
+				switch {
+				case resync.Load():
 					return errResync
+				case reconnected.Load():
+					return errReconnected
 				}
 				return ctx.Err()
 			}

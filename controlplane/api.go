@@ -119,6 +119,10 @@ type SecretInfo struct {
 	Editable   bool            `json:"editable"`
 	Via        string          `json:"via,omitempty"`
 	ShadowedBy *protocol.Scope `json:"shadowed_by,omitempty"`
+	// In the reply to a create, clone or rename: the scopes of same-named
+	// secrets that this one now hides in some of the workspaces it reaches
+	// (private over project over community).
+	Hides []protocol.Scope `json:"hides,omitempty"`
 }
 
 // CreateOptions are the choices of a create. The zero value makes a secret

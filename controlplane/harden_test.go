@@ -6,9 +6,12 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/nbsecrets/nbsecrets/protocol"
 )
@@ -239,4 +242,174 @@ func TestWorkspaceBudget(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.wantPut("ws-alice", small.ID, 2, "still small")
+}
+
+// startInstance starts another instance of the service on its own
+// connection to the fixture's server, as a second replica would run.
+func (f *fixture) startInstance() *Service {
+	f.t.Helper()
+	return f.startService(f.connect())
+}
+
+// TestReplayAfterRestartAndOnAnotherInstance performs issue 9's finding 2:
+// a captured update, replayed after the service restarted, put a
+// rotated-away value back; a captured delete, replayed against a second
+// instance, deleted a secret re-created since. Both replays are now
+// refused, because the nonces are kept in JetStream, and change nothing.
+func TestReplayAfterRestartAndOnAnotherInstance(t *testing.T) {
+	f := newFixture(t)
+	ctx := ctxT(t)
+	alice := f.client("alice")
+	if _, err := alice.Create(ctx, "DB_PASSWORD", []byte("old-value"), CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	captured := f.rawRequest(t, alice, &requestBody{Op: opUpdate, Name: "DB_PASSWORD"}, []byte("old-value-2"))
+	if e := f.send(t, opUpdate, captured); e != nil {
+		t.Fatalf("the original update: %+v", e)
+	}
+	rotated, err := alice.Update(ctx, "DB_PASSWORD", []byte("rotated-value"))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// The service restarts: a new process, an empty memory.
+	if err := f.svc.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	f.svc = f.startService(f.nc)
+	before := f.lastSeqs()
+	if e := f.send(t, opUpdate, captured); e == nil || e.Code != "unauthenticated" || !strings.Contains(e.Message, "replayed") {
+		t.Fatalf("update replayed after a restart: %+v, want refused as a replay", e)
+	}
+	if after := f.lastSeqs(); after[0] != before[0] || after[1] != before[1] {
+		t.Fatalf("the replay wrote: %v -> %v", before, after)
+	}
+	f.wantPut("ws-alice", rotated.ID, rotated.Version, "rotated-value")
+
+	// A delete, captured; the secret is re-created; the delete is replayed
+	// against a second instance while the first (which saw it) is gone.
+	del := f.rawRequest(t, alice, &requestBody{Op: opDelete, Name: "DB_PASSWORD"}, nil)
+	if e := f.send(t, opDelete, del); e != nil {
+		t.Fatalf("the original delete: %+v", e)
+	}
+	again, err := alice.Create(ctx, "DB_PASSWORD", []byte("re-created"), CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	second := f.startInstance()
+	if err := f.svc.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	f.svc = second
+	if e := f.send(t, opDelete, del); e == nil || e.Code != "unauthenticated" || !strings.Contains(e.Message, "replayed") {
+		t.Fatalf("delete replayed against a second instance: %+v, want refused as a replay", e)
+	}
+	f.wantPut("ws-alice", again.ID, 1, "re-created")
+	if !strings.Contains(f.logs.String(), "replayed request") {
+		t.Error("the refused replay was not logged")
+	}
+}
+
+// TestNonceSharedBetweenConcurrentInstances: the same request handed to
+// two instances at once (both subscribed, the request sent to each
+// directly) is carried out once.
+func TestNonceSharedBetweenConcurrentInstances(t *testing.T) {
+	f := newFixture(t)
+	ctx := ctxT(t)
+	alice := f.client("alice")
+	second := f.startInstance()
+	data := f.rawRequest(t, alice, &requestBody{Op: opCreate, Name: "ONCE_ONLY"}, []byte("v"))
+	var oks, replays atomic.Int32
+	var wg sync.WaitGroup
+	for _, svc := range []*Service{f.svc, second} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			req, value, err := svc.authenticate(opCreate, data)
+			if err == nil {
+				err = svc.useNonce(ctx, req)
+			}
+			clear(value)
+			switch {
+			case err == nil:
+				oks.Add(1)
+			case errors.Is(err, ErrUnauthenticated) && strings.Contains(err.Error(), "replayed"):
+				replays.Add(1)
+			default:
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	if oks.Load() != 1 || replays.Load() != 1 {
+		t.Fatalf("%d accepted, %d refused as replays; want 1 and 1", oks.Load(), replays.Load())
+	}
+}
+
+func TestNonceBucketTTL(t *testing.T) {
+	f := newFixture(t)
+	ctx := ctxT(t)
+	kv := must(must(jetstream.New(f.nc)).KeyValue(ctx, NonceBucket))
+	st := must(kv.Status(ctx))
+	if st.TTL() != 2*MaxClockSkew {
+		t.Fatalf("nonce bucket TTL %v, want twice the accepted clock skew (%v)", st.TTL(), 2*MaxClockSkew)
+	}
+}
+
+// TestReplacingAShareIsVisible: issue 9's finding 3 also asks that a
+// secret replacing another of the same name is never silent. A project
+// secret that hides, in the project's workspaces, a community share the
+// project relied on says so in its reply, and so does a private secret
+// hiding a project's; the list marks the hidden ones.
+func TestReplacingAShareIsVisible(t *testing.T) {
+	f := newWorld(t)
+	ctx := ctxT(t)
+	dave, bob, alice, erin := f.client("dave"), f.client("bob"), f.client("alice"), f.client("erin")
+	shared, err := dave.Create(ctx, "TEAM_KEY", []byte("the real one"), CreateOptions{Project: "vision"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dave.Share(ctx, "TEAM_KEY", "research"); err != nil {
+		t.Fatal(err)
+	}
+	mine, err := bob.Create(ctx, "TEAM_KEY", []byte("bob's"), CreateOptions{Project: "ml"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(mine.Hides, []protocol.Scope{scopeResearch}) {
+		t.Fatalf("bob's project secret hides %v, want the research share", mine.Hides)
+	}
+	if !strings.Contains(f.logs.String(), "secret hides same-named secrets") {
+		t.Error("not logged")
+	}
+	list, err := bob.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(list, func(i SecretInfo) bool {
+		return i.ID == shared.ID && i.ShadowedBy != nil && *i.ShadowedBy == scopeML
+	}) {
+		t.Fatalf("bob's list does not mark the share as hidden by project ml: %+v", list)
+	}
+	priv, err := alice.Create(ctx, "TEAM_KEY", []byte("alice's"), CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(priv.Hides, []protocol.Scope{scopeResearch, scopeML}) && !slices.Equal(priv.Hides, []protocol.Scope{scopeML, scopeResearch}) {
+		t.Fatalf("alice's private secret hides %v, want project ml and the research share", priv.Hides)
+	}
+	other, err := erin.Create(ctx, "ERINS_OWN", []byte("x"), CreateOptions{})
+	if err != nil || len(other.Hides) != 0 {
+		t.Fatalf("a secret that hides nothing: %+v, %v", other, err)
+	}
+	// In vision's workspaces the share is vision's own project secret:
+	// a private secret of erin's hides it as project vision, not as the
+	// research share.
+	ep, err := erin.Create(ctx, "TEAM_KEY", []byte("erin's"), CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []protocol.Scope{{Kind: protocol.ScopeProject, ID: "vision"}}; !slices.Equal(ep.Hides, want) {
+		t.Fatalf("erin's private secret hides %v, want %v", ep.Hides, want)
+	}
 }

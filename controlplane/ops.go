@@ -53,6 +53,7 @@ func (s *Service) create(ctx context.Context, req *requestBody, value []byte) (*
 	s.log.Info("secret created", "op", opCreate, "user", req.User, "name", m.Name, "scope", m.Scope.String(),
 		"id", m.ID, "version", m.Version, "workspaces", len(m.Visible))
 	info := m.info()
+	s.noteHides(ctx, s.dir.Load(), m, &info)
 	return &info, nil
 }
 
@@ -175,6 +176,9 @@ func (s *Service) update(ctx context.Context, req *requestBody, value []byte) (*
 			"id", m.ID, "version", m.Version, "workspaces", len(m.Visible))
 	}
 	info := m.info()
+	if rename {
+		s.noteHides(ctx, d, m, &info)
+	}
 	return &info, nil
 }
 
@@ -256,6 +260,7 @@ func (s *Service) clone(ctx context.Context, req *requestBody, value []byte) (*S
 	s.log.Info("secret cloned", "op", opClone, "user", req.User, "name", m.Name, "scope", m.Scope.String(), "id", m.ID,
 		"from_name", src.Name, "from_scope", src.Scope.String(), "from_id", src.ID, "workspaces", len(m.Visible))
 	info := m.info()
+	s.noteHides(ctx, s.dir.Load(), m, &info)
 	return &info, nil
 }
 

@@ -2,10 +2,13 @@ package controlplane
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"regexp"
 	"slices"
 	"strings"
+
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/nbsecrets/nbsecrets/protocol"
 )
@@ -73,27 +76,8 @@ func (s *Service) checkBudget(ctx context.Context, d *directory, m *secretMeta) 
 	if len(targets) == 0 {
 		return nil
 	}
-	type entry struct {
-		id   string
-		cost int
-	}
-	byScope := map[protocol.Scope][]entry{}
-	load := func(scope protocol.Scope) ([]entry, error) {
-		if es, ok := byScope[scope]; ok {
-			return es, nil
-		}
-		ms, err := s.store.inScope(ctx, scope)
-		if err != nil {
-			return nil, err
-		}
-		var es []entry
-		for _, o := range ms {
-			es = append(es, entry{o.ID, protocol.EnvSize(o.Name, valueSize(o))})
-		}
-		byScope[scope] = es
-		return es, nil
-	}
-	var over []string
+	scopesOf := map[string][]protocol.Scope{} // workspace -> the scopes whose secrets reach it
+	need := map[protocol.Scope]bool{}
 	for _, ws := range targets {
 		w, ok := d.workspace(ws)
 		if !ok {
@@ -108,14 +92,25 @@ func (s *Service) checkBudget(ctx context.Context, d *directory, m *secretMeta) 
 				scopes = append(scopes, protocol.Scope{Kind: protocol.ScopeCommunity, ID: id})
 			}
 		}
+		scopesOf[ws] = scopes
+		for _, sc := range scopes {
+			need[sc] = true
+		}
+	}
+	byScope, err := s.budgetEntries(ctx, need)
+	if err != nil {
+		return err
+	}
+	var over []string
+	for _, ws := range targets {
+		scopes, ok := scopesOf[ws]
+		if !ok {
+			continue
+		}
 		seen := map[string]bool{m.ID: true}
 		count, bytes := 1, protocol.EnvSize(m.Name, valueSize(m))
 		for _, sc := range scopes {
-			es, err := load(sc)
-			if err != nil {
-				return err
-			}
-			for _, e := range es {
+			for _, e := range byScope[sc] {
 				if !seen[e.id] {
 					seen[e.id] = true
 					count++
@@ -138,4 +133,61 @@ func (s *Service) checkBudget(ctx context.Context, d *directory, m *secretMeta) 
 			ErrInvalid, m.Name, protocol.MaxWorkspaceSecrets, protocol.MaxWorkspaceEnvBytes, strings.Join(over, ", "), more)
 	}
 	return nil
+}
+
+// budgetEntry is one live secret as the budget counts it.
+type budgetEntry struct {
+	id   string
+	cost int // protocol.EnvSize
+}
+
+// budgetEntries returns the live secrets of each scope in need. It lists
+// the name claims once, whatever the number of scopes (every listing is a
+// consumer on the service's bucket), then reads the secrets of those
+// scopes.
+func (s *Service) budgetEntries(ctx context.Context, need map[protocol.Scope]bool) (map[protocol.Scope][]budgetEntry, error) {
+	out := map[protocol.Scope][]budgetEntry{}
+	var keys []string
+	if len(need) == 1 {
+		for sc := range need {
+			k, err := s.store.keys(ctx, "names."+string(sc.Kind)+"."+sc.ID+".*")
+			if err != nil {
+				return nil, fmt.Errorf("listing %s: %w", sc, err)
+			}
+			keys = k
+		}
+	} else {
+		k, err := s.store.keys(ctx, "names.>")
+		if err != nil {
+			return nil, fmt.Errorf("listing secret names: %w", err)
+		}
+		keys = k
+	}
+	for _, key := range keys {
+		// names.<kind>.<id>.<name>
+		parts := strings.SplitN(key, ".", 4)
+		if len(parts) != 4 {
+			continue
+		}
+		sc := protocol.Scope{Kind: protocol.ScopeKind(parts[1]), ID: parts[2]}
+		if !need[sc] {
+			continue
+		}
+		e, err := s.store.kv.Get(ctx, key)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue // released meanwhile
+		}
+		if err != nil {
+			return nil, fmt.Errorf("listing %s: %w", sc, err)
+		}
+		o, err := s.store.live(ctx, string(e.Value()), sc, parts[3])
+		if errors.Is(err, ErrNotFound) {
+			continue // a claim left behind
+		}
+		if err != nil {
+			return nil, err
+		}
+		out[sc] = append(out[sc], budgetEntry{o.ID, protocol.EnvSize(o.Name, valueSize(o))})
+	}
+	return out, nil
 }

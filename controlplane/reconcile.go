@@ -48,6 +48,14 @@ func (s *Service) SetDirectory(d *Directory) error {
 	if !ready {
 		return nil // Start reconciles with it
 	}
+	if !s.lease.Held() {
+		// Another replica holds the background lease and reconciles (it
+		// reads the same directory); should it go, whoever takes the lease
+		// over reconciles with its own.
+		s.inflight.Done()
+		s.log.Info("directory changed; the replica holding the background lease reconciles", "workspaces", len(nd.workspaces))
+		return nil
+	}
 	defer s.inflight.Done()
 	rekeyed := func(ws string) bool {
 		a, ok1 := old.workspace(ws)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -15,6 +16,12 @@ import (
 // the writes are pipelined on the service's connection rather than made one
 // round trip at a time.
 const fanoutWorkers = 64
+
+// perRecordTime is how much longer than requestTimeout a request may take
+// per workspace in the directory: a fan-out to thousands of workspaces cut
+// short would leave them at different versions until the next
+// reconciliation.
+const perRecordTime = 10 * time.Millisecond
 
 // publish writes m's record for every workspace that ever had the secret:
 // the value for those in m.Visible that d still holds, a tombstone for the
@@ -60,10 +67,17 @@ func (s *Service) publish(ctx context.Context, m *secretMeta, value []byte, d *d
 	wg.Wait()
 	close(errc)
 	var errs []error
+	failed := 0
 	for err := range errc {
 		if err != nil {
-			errs = append(errs, err)
+			// A reply carries the error: thousands of them would not fit.
+			if failed++; failed <= maxReportedFailures {
+				errs = append(errs, err)
+			}
 		}
+	}
+	if failed > maxReportedFailures {
+		errs = append(errs, fmt.Errorf("and %d more records of %s not written", failed-maxReportedFailures, m.ID))
 	}
 	return errors.Join(errs...)
 }
@@ -113,6 +127,9 @@ func (s *Service) writeRecord(ctx context.Context, ws, id string, version uint64
 		}
 		if err == nil {
 			s.revs.put(key, revVer{rev: rev, version: version})
+			if s.wroteHook != nil {
+				s.wroteHook()
+			}
 			return nil
 		}
 		s.revs.drop(key)

@@ -52,7 +52,14 @@ func checkInfo(in *SecretInfo) error {
 		return err
 	}
 	if in.ShadowedBy != nil {
-		return in.ShadowedBy.Validate()
+		if err := in.ShadowedBy.Validate(); err != nil {
+			return err
+		}
+	}
+	for _, sc := range in.Hides {
+		if err := sc.Validate(); err != nil {
+			return err
+		}
 	}
 	return nil
 }

@@ -43,6 +43,15 @@ type Options struct {
 	// Names tightens the names of shared secrets; the zero value adds
 	// nothing to the reserved list (see NamePolicy).
 	Names NamePolicy
+	// LeaseTTL is how long the background lease lasts unless its holder
+	// renews it (see lease.go): when the holder is gone, another replica
+	// takes the background work over within about this long. 0 means
+	// DefaultLeaseTTL. It must exceed the replicas' clock skew.
+	LeaseTTL time.Duration
+	// ReconcileInterval is how often the lease holder reconciles every
+	// secret with the directory besides directory changes and take-overs,
+	// rewriting records the bucket lost. 0 means never.
+	ReconcileInterval time.Duration
 	// Replicas is how many copies of each KV bucket a JetStream cluster
 	// keeps when the service creates the buckets (3 on a three-node
 	// cluster). 0 means 1. Buckets that exist keep their own setting.
@@ -73,8 +82,15 @@ type Service struct {
 	nonces   nonceCache
 	names    NamePolicy
 	replicas int // of the buckets the service creates
+	leaseTTL time.Duration
+	every    time.Duration  // ReconcileInterval
+	lease    *lease         // the background lease, from Start
+	bg       sync.WaitGroup // the lease's goroutines
+	// wroteHook, when set (tests), runs after each record written.
+	wroteHook func()
 
 	records jetstream.KeyValue // protocol.Bucket
+	nonceKV jetstream.KeyValue // NonceBucket
 	store   *store             // ServiceBucket
 	openers sync.Map           // workspace id -> *protocol.Opener, to read our own records back
 	revs    revCache           // record key -> revision and version last written or verified
@@ -121,7 +137,7 @@ func New(opts Options) (*Service, error) {
 	s := &Service{
 		nc: opts.Conn, sealer: sealer, signPub: signPub, curvePub: curvePub, curve: opts.CurveKey,
 		log: opts.Logger, now: opts.Now, slots: make(chan struct{}, maxInFlight), names: opts.Names,
-		replicas: max(opts.Replicas, 1),
+		replicas: max(opts.Replicas, 1), leaseTTL: opts.LeaseTTL, every: opts.ReconcileInterval,
 	}
 	if s.log == nil {
 		s.log = hclog.NewNullLogger()
@@ -167,6 +183,19 @@ func (s *Service) Start(ctx context.Context) error {
 		return err
 	}
 	s.store = &store{kv: kv, curve: s.curve, pub: s.curvePub}
+	nonceCfg := nonceBucketConfig
+	nonceCfg.Replicas = s.replicas
+	if s.nonceKV, err = ensureBucket(ctx, js, nonceCfg); err != nil {
+		return err
+	}
+	s.lease = newLease(kv, s.leaseTTL, s.now, s.log)
+	// One try for the lease before the reconciliation every start makes,
+	// so that taking it does not make a second one at once.
+	s.lease.tick(ctx)
+	select {
+	case <-s.lease.gained:
+	default:
+	}
 	s.dirMu.Lock()
 	_, failed, err := s.reconcile(ctx, s.dir.Load(), nil)
 	if err == nil {
@@ -192,6 +221,7 @@ func (s *Service) Start(ctx context.Context) error {
 	s.mu.Lock()
 	s.sub = sub
 	s.mu.Unlock()
+	s.background(s.ctx, s.every)
 	s.log.Info("serving", "subject", SubjectPrefix+"*", "sign_key", s.signPub, "curve_key", s.curvePub)
 	return nil
 }
@@ -215,6 +245,7 @@ func (s *Service) Stop() error {
 	}
 	s.inflight.Wait()
 	s.cancel()
+	s.bg.Wait() // the lease released
 	if err != nil {
 		return fmt.Errorf("controlplane: stopping: %w", err)
 	}
@@ -274,11 +305,17 @@ func inboxReply(reply string) bool {
 // handle authenticates one request, carries it out and replies.
 func (s *Service) handle(m *nats.Msg) {
 	op := strings.TrimPrefix(m.Subject, SubjectPrefix)
-	ctx, cancel := context.WithTimeout(s.ctx, requestTimeout)
+	ctx, cancel := context.WithTimeout(s.ctx, requestTimeout+time.Duration(len(s.dir.Load().workspaces))*perRecordTime)
 	defer cancel()
 
 	var rep reply
 	req, value, err := s.authenticate(op, m.Data)
+	if err == nil {
+		err = checkSender(m, req.User)
+	}
+	if err == nil {
+		err = s.useNonce(ctx, req)
+	}
 	if err == nil {
 		switch op {
 		case opCreate:

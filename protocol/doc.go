@@ -42,7 +42,8 @@
 // is "KV_nbsecrets" and a record's subject is "$KV.nbsecrets.<workspace>.<secret id>".
 // One workspace's records are therefore exactly the subjects matched by the
 // single filter [WorkspaceFilter] ("$KV.nbsecrets.<workspace>.>"). An agent
-// reads them with an ordered consumer, DeliverLastPerSubject, that one filter.
+// reads them with a consumer of its own ([ConsumerName]), DeliverLastPerSubject,
+// that one filter.
 // Because it is a single filter subject, a NATS user allowed to create
 // consumers only on
 //

@@ -37,6 +37,7 @@ type fanoutConfig struct {
 	nodes      int           // NATS servers: 1, or 3 for a cluster
 	conns      int           // the agents' NATS connections
 	creators   int           // agents creating their consumers at once
+	heartbeat  time.Duration // the consumers' idle heartbeat
 	natsServer string        // the nats-server binary
 	timeout    time.Duration // how long one round may take to apply everywhere
 	out        string        // JSON report file
@@ -53,12 +54,14 @@ const (
 // fanoutAgentsFile is what the agents' process reads: where NATS is, the
 // service's public keys, and each workspace's id and curve seed.
 type fanoutAgentsFile struct {
-	URLs       []string          `json:"urls"`
-	SignPub    string            `json:"sign_pub"`
-	CurvePub   string            `json:"curve_pub"`
-	Conns      int               `json:"conns"`
-	Creators   int               `json:"creators"`
-	Workspaces []fanoutWorkspace `json:"workspaces"`
+	URLs     []string `json:"urls"`
+	SignPub  string   `json:"sign_pub"`
+	CurvePub string   `json:"curve_pub"`
+	Conns    int      `json:"conns"`
+	Creators int      `json:"creators"`
+	// HeartbeatMs is the consumers' idle heartbeat (the agent's: 2000).
+	HeartbeatMs int64             `json:"heartbeat_ms"`
+	Workspaces  []fanoutWorkspace `json:"workspaces"`
 }
 
 type fanoutWorkspace struct {
@@ -81,11 +84,13 @@ type fanoutRound struct {
 type fanoutReport struct {
 	Workspaces           int           `json:"workspaces"`
 	Nodes                int           `json:"nodes"`
+	HeartbeatS           float64       `json:"heartbeat_s"`
 	Cores                int           `json:"cores"`
 	ConsumersCreated     int           `json:"consumers_created"`
 	ConsumerCreateS      float64       `json:"consumer_create_s"`
 	ConsumerCreatePerS   float64       `json:"consumer_create_per_s"`
 	ConsumerCreateRetry  int           `json:"consumer_create_retries"`
+	ServerSettleS        float64       `json:"server_settle_s"`
 	ServerRSSBeforeKiB   int64         `json:"server_rss_before_kib"`
 	ServerRSSAfterKiB    int64         `json:"server_rss_after_kib"`
 	ServerKiBPerConsumer float64       `json:"server_kib_per_consumer"`
@@ -120,7 +125,7 @@ func runFanout(ctx context.Context, cfg *fanoutConfig) (err error) {
 		return err
 	}
 	cl.add(func() error { return os.RemoveAll(dir) })
-	rep := &fanoutReport{Workspaces: cfg.n, Nodes: cfg.nodes, Cores: runtime.NumCPU()}
+	rep := &fanoutReport{Workspaces: cfg.n, Nodes: cfg.nodes, Cores: runtime.NumCPU(), HeartbeatS: cfg.heartbeat.Seconds()}
 
 	progress(fmt.Sprintf("starting %d nats-server process(es)", cfg.nodes))
 	servers, err := startNATSProcesses(ctx, cfg.natsServer, cfg.nodes, dir, &cl)
@@ -152,7 +157,8 @@ func runFanout(ctx context.Context, cfg *fanoutConfig) (err error) {
 		Users:    []controlplane.User{{ID: "fan-owner", PublicKey: userPub}},
 		Projects: []controlplane.Project{{ID: "fan", Members: []controlplane.Member{{User: "fan-owner", Role: controlplane.RoleAdmin}}}},
 	}
-	af := fanoutAgentsFile{URLs: urls, SignPub: signPub, CurvePub: curvePub, Conns: cfg.conns, Creators: cfg.creators}
+	af := fanoutAgentsFile{URLs: urls, SignPub: signPub, CurvePub: curvePub, Conns: cfg.conns, Creators: cfg.creators,
+		HeartbeatMs: cfg.heartbeat.Milliseconds()}
 	for i := range cfg.n {
 		kp, err := nkeys.CreateCurveKeys()
 		if err != nil {
@@ -204,10 +210,14 @@ func runFanout(ctx context.Context, cfg *fanoutConfig) (err error) {
 		return fmt.Errorf("only %d of %d agents' consumers could be created", agents.created, cfg.n)
 	}
 	progress(fmt.Sprintf("%d consumers in %.1f s (%.0f/s, %d retries)", agents.created, agents.createS, rep.ConsumerCreatePerS, agents.retries))
-	// Let the server settle after the mass creation before measuring.
-	if err := sleepCtx(ctx, 3*time.Second); err != nil {
+	// Let the server settle after the mass creation before measuring: it
+	// scans for each new consumer's first message for a while.
+	settle, err := servers[0].settle(ctx, 2*time.Minute)
+	if err != nil {
 		return err
 	}
+	rep.ServerSettleS = settle.Seconds()
+	progress(fmt.Sprintf("server settled after %.1f s", rep.ServerSettleS))
 	rep.ServerRSSAfterKiB = servers[0].rssKiB()
 	rep.ServerKiBPerConsumer = float64(rep.ServerRSSAfterKiB-rep.ServerRSSBeforeKiB) / float64(cfg.n)
 	rep.AgentsRSSKiB = procRSSKiB(agents.cmd.Process.Pid)
@@ -301,8 +311,9 @@ func printFanout(w io.Writer, cfg *fanoutConfig, rep *fanoutReport) error {
 	for _, r := range rep.Rounds {
 		sum.Applied = min(sum.Applied, r.Applied)
 	}
-	fmt.Fprintf(w, "fan-out: %d workspaces, %d NATS node(s), %d cores, load %s\n", rep.Workspaces, rep.Nodes, rep.Cores, rep.Load)
+	fmt.Fprintf(w, "fan-out: %d workspaces, %d NATS node(s), consumers' heartbeat %gs, %d cores, load %s\n", rep.Workspaces, rep.Nodes, rep.HeartbeatS, rep.Cores, rep.Load)
 	fmt.Fprintf(w, "  agents' consumers: %d created in %.1f s = %.0f/s (%d retries)\n", rep.ConsumersCreated, rep.ConsumerCreateS, rep.ConsumerCreatePerS, rep.ConsumerCreateRetry)
+	fmt.Fprintf(w, "  server busy after the creation for %.1f s (until under 0.2 cores)\n", rep.ServerSettleS)
 	fmt.Fprintf(w, "  server RSS: %d KiB before, %d KiB after = %.1f KiB per consumer; agents' process RSS %d KiB\n",
 		rep.ServerRSSBeforeKiB, rep.ServerRSSAfterKiB, rep.ServerKiBPerConsumer, rep.AgentsRSSKiB)
 	fmt.Fprintf(w, "  version 1 (create): written %.2f s, applied %.2f s\n", rep.InitialWrittenS, rep.InitialAppliedS)
@@ -384,6 +395,38 @@ type natsProc struct {
 }
 
 func (p *natsProc) rssKiB() int64 { return procRSSKiB(p.cmd.Process.Pid) }
+
+// cpu is the process's user plus system CPU time, from /proc.
+func (p *natsProc) cpu() time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * time.Second / 100 // USER_HZ
+}
+
+// settle waits until the server uses less than a fifth of a core over two
+// seconds, at most max, and returns how long that took.
+func (p *natsProc) settle(ctx context.Context, limit time.Duration) (time.Duration, error) {
+	start := time.Now()
+	for time.Since(start) < limit {
+		before := p.cpu()
+		if err := sleepCtx(ctx, 2*time.Second); err != nil {
+			return 0, err
+		}
+		if p.cpu()-before < 400*time.Millisecond {
+			break
+		}
+	}
+	return time.Since(start), nil
+}
 
 // startNATSProcesses starts nodes nats-server processes (a cluster when
 // more than one), each with JetStream in dir and the consumer limit lifted,

@@ -86,8 +86,10 @@ func runFanoutAgents(path string) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var jss []jetstream.JetStream
+	var disconnects atomic.Int64
 	for i := range max(af.Conns, 1) {
-		nc, err := nats.Connect(strings.Join(af.URLs, ","), nats.Name(fmt.Sprintf("fanout-agents-%d", i)), nats.MaxReconnects(-1))
+		nc, err := nats.Connect(strings.Join(af.URLs, ","), nats.Name(fmt.Sprintf("fanout-agents-%d", i)), nats.MaxReconnects(-1),
+			nats.DisconnectErrHandler(func(_ *nats.Conn, _ error) { disconnects.Add(1) }))
 		if err != nil {
 			return fmt.Errorf("agents connecting to NATS: %w", err)
 		}
@@ -131,7 +133,7 @@ func runFanoutAgents(path string) error {
 				a := agents[i]
 				js := jss[i%len(jss)]
 				for attempt := 1; ; attempt++ {
-					cc, err := startAgentConsumer(ctx, js, a, &refused)
+					cc, err := startAgentConsumer(ctx, js, a, time.Duration(af.HeartbeatMs)*time.Millisecond, &refused)
 					if err == nil {
 						ccMu.Lock()
 						ccs = append(ccs, cc)
@@ -186,6 +188,9 @@ func runFanoutAgents(path string) error {
 			}
 			time.Sleep(5 * time.Millisecond)
 		}
+		if n := disconnects.Load(); n > 0 {
+			fmt.Fprintf(os.Stderr, "nbsecrets-bench agents: %d disconnects of the agents' connections so far\n", n)
+		}
 		fmt.Printf("applied %d %d %d %d\n", version, count, first, last)
 	}
 	if n := refused.Load(); n > 0 {
@@ -196,7 +201,7 @@ func runFanoutAgents(path string) error {
 
 // startAgentConsumer makes the agent's ordered consumer as agent/sync.go
 // does and starts consuming it.
-func startAgentConsumer(ctx context.Context, js jetstream.JetStream, a *fanAgent, refused *atomic.Int64) (jetstream.ConsumeContext, error) {
+func startAgentConsumer(ctx context.Context, js jetstream.JetStream, a *fanAgent, heartbeat time.Duration, refused *atomic.Int64) (jetstream.ConsumeContext, error) {
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	cons, err := js.OrderedConsumer(cctx, protocol.StreamName(), jetstream.OrderedConsumerConfig{
@@ -206,7 +211,7 @@ func startAgentConsumer(ctx context.Context, js jetstream.JetStream, a *fanAgent
 	if err != nil {
 		return nil, err
 	}
-	cc, err := cons.Consume(func(msg jetstream.Msg) { a.handle(msg, refused) })
+	cc, err := cons.Consume(func(msg jetstream.Msg) { a.handle(msg, refused) }, jetstream.PullHeartbeat(heartbeat))
 	if err != nil {
 		return nil, err
 	}

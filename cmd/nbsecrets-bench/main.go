@@ -279,6 +279,9 @@
 //	-fanout-conns N   the agents' NATS connections (default 20)
 //	-fanout-creators N  agents creating their consumers at once (default 32)
 //	-fanout-timeout D how long an update may take to reach every agent (default 60s)
+//	-fanout-heartbeat D  the consumers' idle heartbeat (default 2s, the agent's): with
+//	                  thousands of consumers in one process on two cores, heartbeats
+//	                  handled late make ordered consumers reset themselves over and over
 //	-nats-server BIN  the nats-server binary for -fanout (default bin/nats-server)
 //	-fanout-cpuprofile FILE  the service's CPU profile over the update rounds (pprof)
 //
@@ -365,6 +368,7 @@ func parseFlags(args []string) (*config, error) {
 	fs.IntVar(&c.fanout.nodes, "fanout-nodes", 1, "fan-out: NATS servers, 1 or 3 (a cluster; the buckets get 3 replicas)")
 	fs.IntVar(&c.fanout.conns, "fanout-conns", 20, "fan-out: the agents' NATS connections")
 	fs.IntVar(&c.fanout.creators, "fanout-creators", 32, "fan-out: agents creating their consumers at once")
+	fs.DurationVar(&c.fanout.heartbeat, "fanout-heartbeat", 2*time.Second, "fan-out: the consumers' idle heartbeat (the agent's is 2s)")
 	fs.DurationVar(&c.fanout.timeout, "fanout-timeout", 60*time.Second, "fan-out: how long one update may take to reach every agent")
 	fs.StringVar(&c.fanout.natsServer, "nats-server", filepath.Join("bin", "nats-server"), "fan-out: the nats-server binary (make bench-fanout builds it)")
 	fs.StringVar(&c.fanout.cpuProfile, "fanout-cpuprofile", "", "fan-out: write the service's CPU profile over the update rounds here")
@@ -386,6 +390,8 @@ func parseFlags(args []string) (*config, error) {
 			return nil, errors.New("-fanout-nodes must be 1 or 3")
 		case c.fanout.timeout <= 0:
 			return nil, errors.New("-fanout-timeout must be positive")
+		case c.fanout.heartbeat < 500*time.Millisecond || c.fanout.heartbeat > 15*time.Second:
+			return nil, errors.New("-fanout-heartbeat must be within 500ms and 15s (nats.go: at least 500ms, at most half the 30s pull expiry)")
 		}
 		if _, err := os.Stat(c.fanout.natsServer); err != nil {
 			return nil, fmt.Errorf("the nats-server binary: %w (make bench-fanout builds it, or give -nats-server)", err)

@@ -44,6 +44,7 @@ func runAgent(ctx context.Context, env *cliEnv, args []string) error {
 	stateFile := fs.String("state-file", envOr("NBSECRETS_STATE_FILE", ""), "file keeping the versions seen across restarts, so replays of older records are refused (default <state dir>/agent-<workspace>.state.json) ($NBSECRETS_STATE_FILE)")
 	policy := policyFlags(fs)
 	metricsAddr, metricsAnyAddr := metricsFlag(fs), metricsNonLoopbackFlag(fs)
+	remoteKernels := allowRemoteKernelsFlag(fs)
 	logLevel, logJSON := logFlags(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -120,7 +121,7 @@ func runAgent(ctx context.Context, env *cliEnv, args []string) error {
 		Workspace: workspaceOf(*wsID, controlplane.Access{Owner: *owner, Projects: projects, Communities: communities}),
 		Opener:    opener, Conn: nc, RuntimeDirs: runtimeDirs, Socket: *socket, Logger: log.Named("agent"),
 		Policy: pol, JupyterServer: jupyterServer, MetricsAddr: *metricsAddr, MetricsNonLoopback: *metricsAnyAddr,
-		StateFile: cmp.Or(*stateFile, filepath.Join(defaultStateDir(), "agent-"+*wsID+".state.json")),
+		AllowRemoteKernels: *remoteKernels, StateFile: cmp.Or(*stateFile, filepath.Join(defaultStateDir(), "agent-"+*wsID+".state.json")),
 	})
 	if err != nil {
 		return err

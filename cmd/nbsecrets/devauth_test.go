@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -217,7 +216,7 @@ func secondUser(t *testing.T) *syscall.Credential {
 	uid, _ := strconv.Atoi(u.Uid)
 	gid, _ := strconv.Atoi(u.Gid)
 	if uid == os.Geteuid() {
-		t.Fatal(fmt.Sprintf("%s has the test's uid", name))
+		t.Fatalf("%s has the test's uid", name)
 	}
 	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
 }

@@ -121,8 +121,30 @@ include "%s"
 	return opts, nil
 }
 
+// migrateDevStore moves the JetStream store of a dev instance that ran
+// before dev had accounts (everything in the server's global account,
+// "$G") to the service's account, so that its secrets are still there. It
+// reports whether it moved anything.
+func migrateDevStore(stateDir string) (bool, error) {
+	base := filepath.Join(stateDir, "jetstream", "jetstream")
+	from, to := filepath.Join(base, "$G"), filepath.Join(base, natsauth.ServiceAccount)
+	if _, err := os.Stat(filepath.Join(from, "streams")); err != nil {
+		return false, nil // nothing from before
+	}
+	if _, err := os.Stat(to); err == nil {
+		return false, nil // already in place
+	}
+	if err := os.Rename(from, to); err != nil {
+		return false, fmt.Errorf("moving the JetStream store of an earlier dev instance to the service's account: %w", err)
+	}
+	return true, nil
+}
+
 // startDevNATS starts dev's embedded NATS server for directory d.
 func startDevNATS(stateDir string, d *controlplane.Directory) (*server.Server, error) {
+	if _, err := migrateDevStore(stateDir); err != nil {
+		return nil, err
+	}
 	opts, err := devNATSOptions(stateDir, d)
 	if err != nil {
 		return nil, err

@@ -208,6 +208,7 @@ func runHubService(ctx context.Context, env *cliEnv, args []string) error {
 	case err := <-served:
 		return fmt.Errorf("serving HTTP: %w", err)
 	}
+	ui.Close() // ends the rollout event streams, which Shutdown would wait for
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_ = srv.Shutdown(sctx)

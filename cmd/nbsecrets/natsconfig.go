@@ -49,13 +49,18 @@ What each may do:
     the record bucket "nbsecrets" and its own bucket "nbsecrets_service" and
     serves nbsecrets.api.v1.* in queue group nbsecrets-service; it cannot
     delete, purge or reconfigure the buckets;
-  - the agent of workspace W (account "nbsecrets-ws-W") can only create
-    ordered consumers filtered on $KV.nbsecrets.W.>, pull from them and
-    delete them: it reads W's records and writes nothing;
+  - the agent of workspace W (account "nbsecrets-ws-W") can only create,
+    pull from and delete its one consumer, "nbsecrets-ws-W", filtered on
+    $KV.nbsecrets.W.>: it reads W's records and writes nothing;
   - user U (account "nbsecrets-user-U") can only send requests on
     nbsecrets.api.v1.* and receive the replies.
 Each party has an account of its own, so no one sees another's replies, and
-no request from another account can aim a reply at a record's subject.
+no request from another account can aim a reply at a record's subject. The
+service's account may hold at most two consumers per workspace plus 64, so
+an agent cannot flood the server with consumers.
+
+Keep the server's monitoring port private (it lists consumer names), and use
+TLS for every NATS connection from another host.
 
 The output depends only on the directory and the keys. The server
 configuration is written with mode 0600 (to standard output without --out);

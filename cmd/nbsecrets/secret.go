@@ -219,6 +219,7 @@ func runSecretCreate(ctx context.Context, env *cliEnv, args []string) error {
 		return fmt.Errorf("creating %s: %w", name, err)
 	}
 	fmt.Fprintf(env.stdout, "Created secret %s (%s, version %d)\n", info.Name, describeScope(info.Scope, user), info.Version)
+	noteHides(env, info)
 	return nil
 }
 
@@ -268,6 +269,7 @@ func runSecretUpdate(ctx context.Context, env *cliEnv, args []string) error {
 	default:
 		fmt.Fprintf(env.stdout, "Updated secret %s (%s, version %d)\n", info.Name, describeScope(info.Scope, user), info.Version)
 	}
+	noteHides(env, info)
 	return nil
 }
 
@@ -323,6 +325,7 @@ func runSecretClone(ctx context.Context, env *cliEnv, args []string) error {
 		how = "new value"
 	}
 	fmt.Fprintf(env.stdout, "Cloned secret %s to %s (%s, %s, version %d)\n", name, info.Name, describeScope(info.Scope, user), how, info.Version)
+	noteHides(env, info)
 	return nil
 }
 

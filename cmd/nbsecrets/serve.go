@@ -35,6 +35,11 @@ import (
 // directory, and a check every reloadInterval; only when its bytes
 // changed). A file that does not load is refused with a log line and the
 // previous directory stays. Each flag has an environment variable.
+//
+// Several replicas may serve the same NATS at once (they share requests in
+// a queue group; every write is a compare-and-set): the one holding the
+// background lease (a key in the service bucket, renewed every 5s, taken
+// over 15s after its holder is gone) reconciles after a directory change.
 func runServe(ctx context.Context, env *cliEnv, args []string) error {
 	fs := newFlags(env, "serve", "--nats URL [--creds FILE] --directory FILE --sign-key FILE --curve-key FILE [flags]")
 	url := fs.String("nats", envOr("NATS_URL", nats.DefaultURL), "NATS server URL(s), comma-separated ($NATS_URL)")
@@ -43,9 +48,20 @@ func runServe(ctx context.Context, env *cliEnv, args []string) error {
 	signKey := fs.String("sign-key", envOr("NBSECRETS_SIGN_KEY", ""), "seed file of the service's ed25519 signing nkey, mode 0600 (required) ($NBSECRETS_SIGN_KEY)")
 	curveKey := fs.String("curve-key", envOr("NBSECRETS_CURVE_KEY", ""), "seed file of the service's curve key, mode 0600 (required) ($NBSECRETS_CURVE_KEY)")
 	names := addNameFlags(fs)
+	replicas := fs.Int("bucket-replicas", envInt("NBSECRETS_BUCKET_REPLICAS", 1), "copies of each KV bucket the service creates: 3 on a three-node JetStream cluster ($NBSECRETS_BUCKET_REPLICAS)")
+	reconcileEvery := fs.Duration("reconcile-interval", envDuration("NBSECRETS_RECONCILE_INTERVAL", 0), "how often the replica holding the background lease rewrites records the bucket lost; 0: only at start, take-over and directory changes ($NBSECRETS_RECONCILE_INTERVAL)")
 	logLevel, logJSON := logFlags(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
+	}
+	if err := checkEnvNumbers(); err != nil {
+		return err
+	}
+	if *replicas < 1 || *replicas > 5 {
+		return fmt.Errorf("--bucket-replicas %d: JetStream keeps 1 to 5 copies", *replicas)
+	}
+	if *reconcileEvery < 0 {
+		return fmt.Errorf("--reconcile-interval %v: must not be negative", *reconcileEvery)
 	}
 	var missing []string
 	for _, f := range []struct{ name, v string }{{"--directory", *dirFile}, {"--sign-key", *signKey}, {"--curve-key", *curveKey}} {
@@ -96,7 +112,8 @@ func runServe(ctx context.Context, env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	svc, err := controlplane.New(controlplane.Options{Conn: nc, SignKey: signKP, CurveKey: curveKP, Directory: dir, Logger: log, Names: namePolicy})
+	svc, err := controlplane.New(controlplane.Options{Conn: nc, SignKey: signKP, CurveKey: curveKP, Directory: dir, Logger: log,
+		Names: namePolicy, Replicas: *replicas, ReconcileInterval: *reconcileEvery})
 	if err != nil {
 		return err
 	}
@@ -225,4 +242,41 @@ func watchDirectory(ctx context.Context, path string, current []byte, log hclog.
 			reload(false, "poll")
 		}
 	}
+}
+
+// envInt is the integer in the environment variable name, or def when it
+// is unset or not an integer.
+func envInt(name string, def int) int {
+	var v int
+	if _, err := fmt.Sscan(os.Getenv(name), &v); err != nil {
+		return def
+	}
+	return v
+}
+
+// envDuration is the duration in the environment variable name, or def
+// when it is unset or not a duration.
+func envDuration(name string, def time.Duration) time.Duration {
+	v, err := time.ParseDuration(os.Getenv(name))
+	if err != nil {
+		return def
+	}
+	return v
+}
+
+// checkEnvNumbers refuses a malformed NBSECRETS_BUCKET_REPLICAS or
+// NBSECRETS_RECONCILE_INTERVAL rather than falling back to the default.
+func checkEnvNumbers() error {
+	if v := os.Getenv("NBSECRETS_BUCKET_REPLICAS"); v != "" {
+		var n int
+		if _, err := fmt.Sscan(v, &n); err != nil {
+			return fmt.Errorf("NBSECRETS_BUCKET_REPLICAS=%q is not a number", v)
+		}
+	}
+	if v := os.Getenv("NBSECRETS_RECONCILE_INTERVAL"); v != "" {
+		if _, err := time.ParseDuration(v); err != nil {
+			return fmt.Errorf("NBSECRETS_RECONCILE_INTERVAL=%q: %w", v, err)
+		}
+	}
+	return nil
 }

@@ -16,6 +16,8 @@ func TestStatusTableShowsMode(t *testing.T) {
 		{ID: "k3", State: agent.StateStartOnly, Language: "bash", Mode: agent.ModeNone},
 		{ID: "k4", State: agent.StateLive, Language: "python", Mode: agent.ModeSubshell},
 		{ID: "k5", State: agent.StateConnecting},
+		{ID: "k6", State: agent.StateLive, Language: "python", Mode: agent.ModeQuiet},
+		{ID: "k7", State: agent.StateLive, Language: "python", Mode: agent.ModeControlWaiting},
 	}}
 	var b strings.Builder
 	printStatus(&b, st)
@@ -26,6 +28,8 @@ func TestStatusTableShowsMode(t *testing.T) {
 		"k3": "at start only (start-only)",
 		"k4": "live, subshell (live:subshell)",
 		"k5": "- (not connected yet)",
+		"k6": "live, quiet channel (live:quiet)",
+		"k7": "live, Jupyter channel until the running cell ends (live:control (waiting for idle to install))",
 	} {
 		var line string
 		for _, l := range strings.Split(out, "\n") {
@@ -40,7 +44,7 @@ func TestStatusTableShowsMode(t *testing.T) {
 			t.Errorf("kernel %s: line %q says a cell runs: %v", id, line, busy)
 		}
 	}
-	if !strings.Contains(out, "kernels    5: 3 live, 1 at start only, 1 not connected yet") {
+	if !strings.Contains(out, "kernels    7: 5 live, 1 at start only, 1 not connected yet") {
 		t.Errorf("no kernel summary:\n%s", out)
 	}
 	if !strings.Contains(out, "workspace  ws (owner bob; projects ml,nlp; communities -)") {

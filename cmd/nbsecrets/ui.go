@@ -69,6 +69,7 @@ func loadOrCreateLoginKey(keysDir string) ([]byte, error) {
 type webUI struct {
 	URL     string // http://host:port/base/
 	key     []byte
+	h       *web.Server
 	srv     *http.Server
 	rollout *web.Rollout
 	done    chan error
@@ -106,7 +107,7 @@ func startWebUI(svc *controlplane.Service, nc *nats.Conn, keysDir, addr, base st
 		_ = rollout.Stop()
 		return nil, fmt.Errorf("web UI: %w", err)
 	}
-	u := &webUI{URL: "http://" + l.Addr().String() + h.Base(), key: key, rollout: rollout, done: make(chan error, 1),
+	u := &webUI{URL: "http://" + l.Addr().String() + h.Base(), key: key, h: h, rollout: rollout, done: make(chan error, 1),
 		srv: &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second,
 			ErrorLog: log.StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true})}}
 	go func() { u.done <- u.srv.Serve(l) }() // owned by u: stop ends it
@@ -125,6 +126,7 @@ func (u *webUI) loginURL(user string) (string, error) {
 
 // stop shuts the server down and ends the rollout subscription.
 func (u *webUI) stop() error {
+	u.h.Close() // ends the event streams, which Shutdown would wait for
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	err := u.srv.Shutdown(ctx)

@@ -10,13 +10,14 @@
 // JetStream:
 //
 //	nbsecrets                the secrets service (every instance): the KV
-//	                         buckets "nbsecrets" and "nbsecrets_service"
+//	                         buckets "nbsecrets", "nbsecrets_service" and
+//	                         "nbsecrets_nonces"
 //	nbsecrets-ws-<id>        one workspace's agent
 //	nbsecrets-user-<id>      one user's CLI
 //
 // The service's account exports, as services, only what the others need:
 // the API (nbsecrets.api.v1.*) to the user accounts, and to each workspace
-// account the JetStream API requests of an ordered consumer on that
+// account the JetStream API requests of its one consumer on that
 // workspace's records. Separate accounts are what make "writes nothing"
 // hold. Within one account a JetStream API response or a pull consumer's
 // delivery goes to whatever reply subject the requester chose, and the
@@ -35,21 +36,18 @@
 // so that anything else is refused with a permissions violation rather than
 // silently going nowhere. The exact subjects are those of [AgentPermissions],
 // [UserPermissions] and [ServicePermissions]; their comments say why each
-// is there. An agent's ordered consumer (nats.go v1.55, see agent/sync.go)
-// needs three JetStream API requests and nothing else: CONSUMER.CREATE with
-// its one filter subject in the request subject, CONSUMER.MSG.NEXT (pull
-// requests) and CONSUMER.DELETE (the old consumer, when it resets after a
-// server restart or missed heartbeats). It never asks for stream or consumer
-// info. Consumer creation is allowed only with the workspace's filter in the
-// subject, which the server checks against the consumer's configuration and
-// refuses together with multiple filters; creation without a filter in the
-// subject (no filter, or several) is not allowed at all.
-//
-// Consumer names are random (nuid), so the pull and delete requests cannot
-// be narrowed to a workspace's own consumers: an agent that learned the name
-// of another workspace's consumer could pull from it or delete it. Names
-// are never shown to agents (they may not list consumers or read
-// advisories), and the records are sealed to their workspace anyway: the
+// is there. An agent's consumer (see agent/sync.go) has one name,
+// protocol.ConsumerName, and the agent needs three JetStream API requests on
+// it and nothing else: CONSUMER.CREATE with that name and its one filter
+// subject in the request subject, CONSUMER.MSG.NEXT (pull requests) and
+// CONSUMER.DELETE (the consumer left from a previous read). It never asks
+// for stream or consumer info. The server checks the filter in the subject
+// against the consumer's configuration and refuses it together with
+// multiple filters; creation under another name, or without a filter in
+// the subject, is not allowed at all. So an agent cannot pull from or
+// delete another workspace's consumer, nor make consumers of other names;
+// the service account's JetStream limits (JetStreamLimits) bound what the
+// one name can cost. The records are sealed to their workspace anyway: the
 // permissions are the second wall, the sealing the first.
 //
 // # Keys
@@ -85,7 +83,7 @@ const ServiceAccount = "nbsecrets"
 func WorkspaceAccount(id string) string { return "nbsecrets-ws-" + id }
 
 // UserAccount is the account of user id's CLI.
-func UserAccount(id string) string { return "nbsecrets-user-" + id }
+func UserAccount(id string) string { return controlplane.UserAccountPrefix + id }
 
 // Permissions are one NATS user's publish and subscribe allow lists. A
 // subscribe entry "SUBJECT QUEUE" allows that subject only in that queue
@@ -103,19 +101,24 @@ const jsAPI = "$JS.API."
 var (
 	recordStream  = protocol.StreamName()              // KV_nbsecrets
 	serviceStream = "KV_" + controlplane.ServiceBucket // KV_nbsecrets_service
+	nonceStream   = "KV_" + controlplane.NonceBucket   // KV_nbsecrets_nonces
 )
 
-// consumerCreate is the subject on which ws's agent creates its ordered
-// consumer: any consumer name, the workspace's filter subject.
+// consumerCreate is the subject on which ws's agent creates its consumer:
+// its one name (protocol.ConsumerName), the workspace's filter subject.
 func consumerCreate(ws string) string {
-	return jsAPI + "CONSUMER.CREATE." + recordStream + ".*." + protocol.WorkspaceFilter(ws)
+	return jsAPI + "CONSUMER.CREATE." + recordStream + "." + protocol.ConsumerName(ws) + "." + protocol.WorkspaceFilter(ws)
 }
 
-// The pull and delete requests on the record stream's consumers.
-var (
-	consumerNext   = jsAPI + "CONSUMER.MSG.NEXT." + recordStream + ".*"
-	consumerDelete = jsAPI + "CONSUMER.DELETE." + recordStream + ".*"
-)
+// consumerNext and consumerDelete are the pull and delete requests on ws's
+// consumer, and on no other.
+func consumerNext(ws string) string {
+	return jsAPI + "CONSUMER.MSG.NEXT." + recordStream + "." + protocol.ConsumerName(ws)
+}
+
+func consumerDelete(ws string) string {
+	return jsAPI + "CONSUMER.DELETE." + recordStream + "." + protocol.ConsumerName(ws)
+}
 
 // jsAPIInfo is imported into each workspace account although its agent may
 // not publish it: an account without JetStream of its own gets the server's
@@ -126,19 +129,19 @@ const jsAPIInfo = jsAPI + "INFO"
 
 // AgentPermissions are what the agent of workspace ws may do in its account.
 //
-//	publish $JS.API.CONSUMER.CREATE.KV_nbsecrets.*.$KV.nbsecrets.<ws>.>
-//	        creating its ordered consumer, only on its own filter
-//	publish $JS.API.CONSUMER.MSG.NEXT.KV_nbsecrets.*
+//	publish $JS.API.CONSUMER.CREATE.KV_nbsecrets.nbsecrets-ws-<ws>.$KV.nbsecrets.<ws>.>
+//	        creating its consumer: its one name, its own filter
+//	publish $JS.API.CONSUMER.MSG.NEXT.KV_nbsecrets.nbsecrets-ws-<ws>
 //	        the consumer's pull requests (Messages)
-//	publish $JS.API.CONSUMER.DELETE.KV_nbsecrets.*
-//	        deleting the previous consumer when the ordered consumer resets
+//	publish $JS.API.CONSUMER.DELETE.KV_nbsecrets.nbsecrets-ws-<ws>
+//	        deleting its consumer left from a previous read
 //	publish nbsecrets.status.<ws>
 //	        its rollout status, exported to the service's account only
 //	subscribe _INBOX.>
 //	        API replies and deliveries; the account is the agent's alone
 func AgentPermissions(ws string) Permissions {
 	return Permissions{
-		Publish:   []string{consumerCreate(ws), consumerNext, consumerDelete, protocol.StatusSubject(ws)},
+		Publish:   []string{consumerCreate(ws), consumerNext(ws), consumerDelete(ws), protocol.StatusSubject(ws)},
 		Subscribe: []string{"_INBOX.>"},
 	}
 }
@@ -157,12 +160,13 @@ func UserPermissions() Permissions {
 // ServicePermissions are what the secrets service may do in its account,
 // as controlplane.Service uses them.
 //
-//	publish $KV.nbsecrets.> and $KV.nbsecrets_service.>
-//	        writing records and its own state (Create, Update, Delete)
+//	publish $KV.nbsecrets.>, $KV.nbsecrets_service.> and $KV.nbsecrets_nonces.>
+//	        writing records, its own state (Create, Update, Delete) and the
+//	        nonces of accepted requests (Create), which every instance shares
 //	publish $JS.API.INFO, $JS.API.STREAM.INFO.<stream>, $JS.API.STREAM.CREATE.<stream>
 //	        binding the buckets, creating them when missing
 //	publish $JS.API.DIRECT.GET.<stream>.>
-//	        KV Get on both buckets
+//	        KV Get on the buckets (KV Create reads a key it found taken)
 //	publish $JS.API.CONSUMER.CREATE.KV_nbsecrets_service.>,
 //	        $JS.API.CONSUMER.DELETE.KV_nbsecrets_service.*, $JS.FC.KV_nbsecrets_service.>
 //	        listing keys of its own bucket (a short-lived ordered consumer
@@ -180,11 +184,11 @@ func UserPermissions() Permissions {
 // subjects.
 func ServicePermissions() Permissions {
 	var pub []string
-	for _, bucket := range []string{protocol.Bucket, controlplane.ServiceBucket} {
+	for _, bucket := range []string{protocol.Bucket, controlplane.ServiceBucket, controlplane.NonceBucket} {
 		pub = append(pub, "$KV."+bucket+".>")
 	}
 	pub = append(pub, jsAPI+"INFO")
-	for _, stream := range []string{recordStream, serviceStream} {
+	for _, stream := range []string{recordStream, serviceStream, nonceStream} {
 		pub = append(pub,
 			jsAPI+"STREAM.INFO."+stream,
 			jsAPI+"STREAM.CREATE."+stream,
@@ -215,6 +219,46 @@ type Config struct {
 	// UserKeys maps each user id to the NATS nkey of the user's CLI. It
 	// must differ from the user's request-signing key in Directory.
 	UserKeys map[string]string
+	// Limits bound the service account's JetStream; the zero value gives
+	// the defaults of JetStreamLimits.
+	Limits JetStreamLimits
+}
+
+// JetStreamLimits bound what the service's account may hold in
+// JetStream, whoever in it (or importing from it) asks: an agent may create
+// consumers on its records, and without a limit it could create thousands
+// (each costs the server memory and store). Zero fields take the defaults.
+type JetStreamLimits struct {
+	// MaxConsumers is the most consumers at once across the account's
+	// streams. Default: two per workspace (an agent has one; the
+	// margin is for growth) plus 64 for the service's own key listings.
+	MaxConsumers int
+	// MaxStreams is the most streams. Default 8: the service's buckets are
+	// 3.
+	MaxStreams int
+	// MaxMemory and MaxStore are the most bytes of memory and file
+	// storage; 0 leaves them unlimited. A single server reserves them
+	// against its own limits at start and refuses the account JetStream
+	// when they do not fit, so the right values depend on the server.
+	MaxMemory, MaxStore int64
+}
+
+// withDefaults fills in the zero fields for a deployment of workspaces
+// workspaces.
+func (l JetStreamLimits) withDefaults(workspaces int) JetStreamLimits {
+	if l.MaxConsumers == 0 {
+		l.MaxConsumers = 2*workspaces + 64
+	}
+	if l.MaxStreams == 0 {
+		l.MaxStreams = 8
+	}
+	if l.MaxMemory <= 0 {
+		l.MaxMemory = -1
+	}
+	if l.MaxStore <= 0 {
+		l.MaxStore = -1
+	}
+	return l
 }
 
 // Generate renders the nats-server configuration of cfg: an accounts block
@@ -309,7 +353,9 @@ func Generate(cfg Config) ([]byte, error) {
 
 	// The service's account: JetStream, the service's users, the exports.
 	fmt.Fprintf(&b, "  %s {\n", q(ServiceAccount))
-	b.WriteString("    jetstream: enabled\n")
+	lim := cfg.Limits.withDefaults(len(wss))
+	fmt.Fprintf(&b, "    jetstream {\n      max_consumers: %d\n      max_streams: %d\n      max_memory: %d\n      max_store: %d\n    }\n",
+		lim.MaxConsumers, lim.MaxStreams, lim.MaxMemory, lim.MaxStore)
 	b.WriteString("    users: [\n")
 	for _, k := range services {
 		writeUser(&b, k, ServicePermissions())
@@ -320,13 +366,13 @@ func Generate(cfg Config) ([]byte, error) {
 		fmt.Fprintf(&b, "      {service: %s, accounts: %s}\n", q(controlplane.SubjectPrefix+"*"), list(mapped(users, UserAccount)))
 	}
 	for _, ws := range wss {
-		fmt.Fprintf(&b, "      {service: %s, accounts: %s}\n", q(consumerCreate(ws)), list([]string{WorkspaceAccount(ws)}))
+		acc := list([]string{WorkspaceAccount(ws)})
+		fmt.Fprintf(&b, "      {service: %s, accounts: %s}\n", q(consumerCreate(ws)), acc)
+		fmt.Fprintf(&b, "      {service: %s, response_type: stream, accounts: %s}\n", q(consumerNext(ws)), acc)
+		fmt.Fprintf(&b, "      {service: %s, accounts: %s}\n", q(consumerDelete(ws)), acc)
 	}
 	if len(wss) > 0 {
-		accs := list(mapped(wss, WorkspaceAccount))
-		fmt.Fprintf(&b, "      {service: %s, response_type: stream, accounts: %s}\n", q(consumerNext), accs)
-		fmt.Fprintf(&b, "      {service: %s, accounts: %s}\n", q(consumerDelete), accs)
-		fmt.Fprintf(&b, "      {service: %s, accounts: %s}\n", q(jsAPIInfo), accs)
+		fmt.Fprintf(&b, "      {service: %s, accounts: %s}\n", q(jsAPIInfo), list(mapped(wss, WorkspaceAccount)))
 	}
 	b.WriteString("    ]\n")
 	if len(wss) > 0 { // each agent's rollout status, from its own account only
@@ -345,7 +391,7 @@ func Generate(cfg Config) ([]byte, error) {
 		b.WriteString("    ]\n")
 		fmt.Fprintf(&b, "    exports: [{stream: %s, accounts: [%s]}]\n", q(protocol.StatusSubject(ws)), q(ServiceAccount))
 		b.WriteString("    imports: [\n")
-		for _, s := range []string{consumerCreate(ws), consumerNext, consumerDelete, jsAPIInfo} {
+		for _, s := range []string{consumerCreate(ws), consumerNext(ws), consumerDelete(ws), jsAPIInfo} {
 			fmt.Fprintf(&b, "      {service: {account: %s, subject: %s}}\n", q(ServiceAccount), q(s))
 		}
 		b.WriteString("    ]\n")

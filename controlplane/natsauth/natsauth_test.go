@@ -201,7 +201,13 @@ func runSuite(t *testing.T, start starter) {
 	})
 	t.Run("agent cannot create a consumer on another workspace", func(t *testing.T) {
 		expectDenied(t, agentA, "Publish", "$JS.API.CONSUMER.CREATE.KV_nbsecrets.*.$KV.nbsecrets.wsb.>", func(ctx context.Context) error {
-			_, err := orderedConsumer(ctx, jsA, protocol.WorkspaceFilter("wsb"))
+			_, err := createConsumer(ctx, jsA, protocol.ConsumerName("wsb"), protocol.WorkspaceFilter("wsb"))
+			return err
+		})
+	})
+	t.Run("agent cannot create a consumer of another name", func(t *testing.T) {
+		expectDenied(t, agentA, "Publish", "$JS.API.CONSUMER.*.KV_nbsecrets.other-name.>", func(ctx context.Context) error {
+			_, err := createConsumer(ctx, jsA, "other-name", protocol.WorkspaceFilter("wsa"))
 			return err
 		})
 	})
@@ -223,12 +229,16 @@ func runSuite(t *testing.T, start starter) {
 	t.Run("server refuses a configuration that differs from the subject's filter", func(t *testing.T) {
 		// The permission allows the subject; the server must then hold the
 		// consumer to the filter in it.
-		subj := "$JS.API.CONSUMER.CREATE.KV_nbsecrets.crafted.$KV.nbsecrets.wsa.>"
+		own := protocol.ConsumerName("wsa")
+		subj := "$JS.API.CONSUMER.CREATE.KV_nbsecrets." + own + ".$KV.nbsecrets.wsa.>"
 		for name, cfg := range map[string]string{
 			"other filter": `"filter_subject":"$KV.nbsecrets.wsb.>"`,
 			"multi filter": `"filter_subject":"$KV.nbsecrets.wsa.>","filter_subjects":["$KV.nbsecrets.wsa.>","$KV.nbsecrets.wsb.>"]`,
 		} {
-			body := `{"stream_name":"KV_nbsecrets","config":{"name":"crafted","deliver_policy":"all","ack_policy":"none","inactive_threshold":60000000000,` + cfg + `}}`
+			if err := jsA.DeleteConsumer(ctxT(t, 10*time.Second), protocol.StreamName(), own); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+				t.Fatal(err)
+			}
+			body := `{"stream_name":"KV_nbsecrets","config":{"name":"` + own + `","deliver_policy":"all","ack_policy":"none","inactive_threshold":60000000000,` + cfg + `}}`
 			msg, err := agentA.RequestWithContext(ctxT(t, 10*time.Second), subj, []byte(body))
 			if err != nil {
 				t.Fatalf("%s: %v", name, err)
@@ -335,7 +345,7 @@ func runSuite(t *testing.T, start starter) {
 		// subject makes the consumer write into the stream.
 		svcJS := must(jetstream.New(svcConn.Conn))
 		before := lastSeq(t, svcJS)
-		cons := must(orderedConsumer(ctxT(t, 10*time.Second), jsA, protocol.WorkspaceFilter("wsa")))
+		cons := must(consumerAs(ctxT(t, 10*time.Second), jsA, protocol.ConsumerName("wsa"), protocol.WorkspaceFilter("wsa")))
 		name := cons.CachedInfo().Name
 		next := "$JS.API.CONSUMER.MSG.NEXT.KV_nbsecrets." + name
 		if err := agentA.PublishRequest(next, "$KV.nbsecrets."+keyB, []byte(`{"batch":1,"no_wait":true}`)); err != nil {
@@ -420,22 +430,33 @@ func startService(t *testing.T, d *deployment, c *conn) *controlplane.Service {
 	return svc
 }
 
-// orderedConsumer makes the consumer exactly as agent/sync.go does.
-func orderedConsumer(ctx context.Context, js jetstream.JetStream, filter string) (jetstream.Consumer, error) {
-	return js.OrderedConsumer(ctx, protocol.StreamName(), jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{filter},
-		DeliverPolicy:  jetstream.DeliverLastPerSubjectPolicy,
+// consumerAs makes a consumer called name on filter exactly as agent/sync.go
+// makes its own (protocol.ConsumerName, the workspace's filter): the one
+// left from before deleted, then created afresh.
+func consumerAs(ctx context.Context, js jetstream.JetStream, name, filter string) (jetstream.Consumer, error) {
+	if err := js.DeleteConsumer(ctx, protocol.StreamName(), name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return nil, err
+	}
+	return createConsumer(ctx, js, name, filter)
+}
+
+// createConsumer creates the consumer of consumerAs without deleting one
+// first.
+func createConsumer(ctx context.Context, js jetstream.JetStream, name, filter string) (jetstream.Consumer, error) {
+	return js.CreateConsumer(ctx, protocol.StreamName(), jetstream.ConsumerConfig{
+		Name: name, FilterSubject: filter, DeliverPolicy: jetstream.DeliverLastPerSubjectPolicy,
+		AckPolicy: jetstream.AckNonePolicy, InactiveThreshold: 5 * time.Minute, Replicas: 1, MemoryStorage: true,
 	})
 }
 
-// readAll reads ws's records the way the agent does (ordered consumer,
+// readAll reads ws's records the way the agent does (its consumer,
 // Messages, until nothing is pending) and returns them by key.
 func readAll(t *testing.T, c *conn, ws string) map[string][]byte {
 	t.Helper()
 	js := must(jetstream.New(c.Conn))
-	cons, err := orderedConsumer(ctxT(t, 10*time.Second), js, protocol.WorkspaceFilter(ws))
+	cons, err := consumerAs(ctxT(t, 10*time.Second), js, protocol.ConsumerName(ws), protocol.WorkspaceFilter(ws))
 	if err != nil {
-		t.Fatalf("ordered consumer on %s: %v", ws, err)
+		t.Fatalf("consumer of %s: %v", ws, err)
 	}
 	got := map[string][]byte{}
 	if info := cons.CachedInfo(); info != nil && info.NumPending == 0 {

@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/nbsecrets/nbsecrets/controlplane"
 	"github.com/nbsecrets/nbsecrets/protocol"
@@ -25,6 +27,7 @@ import (
 //	PUT    api/v1/secrets/{id}/communities/{c}       share with community c
 //	DELETE api/v1/secrets/{id}/communities/{c}       withdraw from community c
 //	GET    api/v1/secrets/{id}/rollout               who receives it: workspaces, kernels and the version each holds
+//	GET    api/v1/secrets/{id}/rollout/events        the same as server-sent events, one each time it changes
 //	GET    api/v1/names/{name}                       whether a name is allowed, in the rule's words
 //	GET    api/v1/openapi.json                       this API's OpenAPI document
 //
@@ -116,6 +119,7 @@ func (s *Server) apiRoutes() {
 		}
 		return http.StatusOK, s.rolloutOf(info), nil
 	}))
+	s.handle("GET", "/api/v1/secrets/{id}/rollout/events", true, s.rolloutEvents)
 	s.handle("GET", "/api/v1/names/{name}", true, s.api(func(r *http.Request, c *controlplane.Caller, _ Identity) (int, any, error) {
 		name := r.PathValue("name")
 		out := map[string]any{"name": name, "valid": true}
@@ -223,4 +227,72 @@ func ifMatch(r *http.Request) (uint64, error) {
 		return 0, newError("invalid", "If-Match must be a version, as \"3\", not %q", printable(h))
 	}
 	return v, nil
+}
+
+// Stream pacing: at most one rollout event per streamMinGap (a change
+// arriving sooner waits), and a look at the secret every streamRefresh
+// even when no agent reports (an edit changes the version first).
+const (
+	streamMinGap  = 20 * time.Millisecond
+	streamRefresh = time.Second
+)
+
+// rolloutEvents serves GET api/v1/secrets/{id}/rollout/events: the rollout
+// view as server-sent events ("data: <rollout JSON>"), one when the stream
+// opens and one each time it changes, until the client goes, the server
+// closes, or the secret is gone (then one "event: gone" with the error).
+func (s *Server) rolloutEvents(w http.ResponseWriter, r *http.Request) {
+	c, _, err := s.caller(r, "")
+	var info *controlplane.SecretInfo
+	if err == nil {
+		info, err = find(r.Context(), c, r.PathValue("id"))
+	}
+	fl, ok := w.(http.Flusher)
+	if err == nil && !ok {
+		err = newError("internal", "streaming unsupported")
+	}
+	if err != nil {
+		ae := toAPIError(err)
+		writeJSON(w, ae.status, map[string]any{"error": ae})
+		return
+	}
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	refresh := time.NewTicker(streamRefresh)
+	defer refresh.Stop()
+	var last []byte
+	for {
+		changed := s.rollout.changes()
+		data, _ := json.Marshal(s.rolloutOf(info))
+		if !bytes.Equal(data, last) {
+			if _, err := fmt.Fprintf(w, "data: %s\n\n", data); err != nil {
+				return
+			}
+			fl.Flush()
+			last = data
+		}
+		select {
+		case <-r.Context().Done():
+			return
+		case <-s.closed:
+			return
+		case <-changed:
+		case <-refresh.C:
+		}
+		select { // pace: one event per gap at most
+		case <-r.Context().Done():
+			return
+		case <-s.closed:
+			return
+		case <-time.After(streamMinGap):
+		}
+		if info, err = find(r.Context(), c, info.ID); err != nil {
+			ae := toAPIError(err)
+			b, _ := json.Marshal(map[string]any{"error": ae})
+			_, _ = fmt.Fprintf(w, "event: gone\ndata: %s\n\n", b)
+			fl.Flush()
+			return
+		}
+	}
 }

@@ -18,5 +18,7 @@
 //
 // The live rollout view ([Rollout]) shows, for a secret, each workspace
 // that receives it, each kernel there and the version it holds, from the
-// status agents publish on protocol.StatusSubject.
+// status agents publish on protocol.StatusSubject, as JSON or as
+// server-sent events (the page uses those); call [Server.Close] before
+// shutting the HTTP server down, to end the streams.
 package web

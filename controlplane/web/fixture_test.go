@@ -89,7 +89,7 @@ func newFixture(t testing.TB) *fixture {
 	f.login = must(NewDevLogin(f.key, log, nil))
 	f.web = must(New(Options{Service: f.svc, Auth: f.login, Rollout: f.rollout, Logger: log, BasePath: "/secrets/"}))
 	f.ts = httptest.NewServer(f.web)
-	t.Cleanup(f.ts.Close)
+	t.Cleanup(func() { f.web.Close(); f.ts.Close() })
 	return f
 }
 

@@ -22,8 +22,19 @@ type Rollout struct {
 	now func() time.Time
 	sub *nats.Subscription
 
-	mu     sync.Mutex
-	latest map[string]received
+	mu      sync.Mutex
+	latest  map[string]received
+	changed chan struct{} // closed and replaced when a status is taken
+}
+
+// changes returns a channel that is closed at the next status taken.
+func (r *Rollout) changes() <-chan struct{} {
+	if r == nil {
+		return nil
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.changed
 }
 
 type received struct {
@@ -36,7 +47,7 @@ func StartRollout(nc *nats.Conn, log hclog.Logger) (*Rollout, error) {
 	if log == nil {
 		log = hclog.NewNullLogger()
 	}
-	r := &Rollout{log: log.Named("rollout"), now: time.Now, latest: map[string]received{}}
+	r := &Rollout{log: log.Named("rollout"), now: time.Now, latest: map[string]received{}, changed: make(chan struct{})}
 	sub, err := nc.Subscribe(protocol.StatusSubjectPrefix+"*", r.receive)
 	if err != nil {
 		return nil, fmt.Errorf("web: subscribing to agents' status: %w", err)
@@ -65,10 +76,17 @@ func (r *Rollout) receive(m *nats.Msg) {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if old, ok := r.latest[st.Workspace]; ok && old.st.Started.Equal(st.Started) && old.st.Seq > st.Seq {
+	old, ok := r.latest[st.Workspace]
+	if ok && old.st.Started.Equal(st.Started) && old.st.Seq > st.Seq {
 		return // an older message of the same agent run, overtaken
 	}
+	if !ok && len(r.latest) >= maxRolloutWorkspaces {
+		r.log.Warn("agent status refused", "subject", m.Subject, "reason", "too many workspaces reporting")
+		return
+	}
 	r.latest[st.Workspace] = received{st: st, at: r.now()}
+	close(r.changed)
+	r.changed = make(chan struct{})
 }
 
 // of returns workspace ws's newest status and when it came.
@@ -82,6 +100,13 @@ func (r *Rollout) of(ws string) (*protocol.WorkspaceStatus, time.Time, bool) {
 	return x.st, x.at, ok
 }
 
+// maxRolloutWorkspaces bounds how many workspaces' status Rollout keeps.
+const maxRolloutWorkspaces = 1 << 16
+
+// silentAfter is how long after its last status an agent counts as silent:
+// three of its heartbeats (agent/statuspub.go).
+const silentAfter = 15 * time.Second
+
 // rolloutView is the reply of GET api/v1/secrets/{id}/rollout.
 type rolloutView struct {
 	SecretID   string             `json:"secret_id"`
@@ -92,8 +117,11 @@ type rolloutView struct {
 
 type workspaceRollout struct {
 	ID string `json:"id"`
-	// Reporting: the workspace's agent has sent a status; LastSeen is when.
+	// Reporting: the workspace's agent has sent a status; LastSeen is
+	// when. Silent: not for silentAfter (stopped, or cut off): what it
+	// last said may be out of date.
 	Reporting bool              `json:"reporting"`
+	Silent    bool              `json:"silent,omitempty"`
 	LastSeen  time.Time         `json:"last_seen,omitzero"`
 	Holds     uint64            `json:"holds"` // the version the agent holds, 0 = none
 	Shadowed  string            `json:"shadowed_by,omitempty"`
@@ -118,7 +146,7 @@ func (s *Server) rolloutOf(info *controlplane.SecretInfo) rolloutView {
 		w := workspaceRollout{ID: ws, Kernels: []kernelRolloutUI{}}
 		st, at, ok := s.rollout.of(ws)
 		if ok {
-			w.Reporting, w.LastSeen = true, at
+			w.Reporting, w.LastSeen, w.Silent = true, at, s.rollout.now().Sub(at) > silentAfter
 			for _, sec := range st.Secrets {
 				if sec.SecretID != info.ID {
 					continue
@@ -151,6 +179,8 @@ func (s *Server) rolloutOf(info *controlplane.SecretInfo) rolloutView {
 // waitingReason says why kernel k does not hold the newest version yet.
 func waitingReason(w workspaceRollout, k protocol.KernelRollout) string {
 	switch {
+	case w.Silent:
+		return "its agent has been silent since " + w.LastSeen.UTC().Format(time.TimeOnly) + " UTC"
 	case w.Shadowed != "":
 		return "hidden in this workspace by the same-named secret of " + w.Shadowed
 	case k.PendingRestart != "" && k.Busy:

@@ -1,6 +1,7 @@
 package web
 
 import (
+	"bufio"
 	"crypto/rand"
 	"encoding/json"
 	"net/http"
@@ -236,4 +237,107 @@ func TestRolloutView(t *testing.T) {
 	if !strings.Contains(logs, "agent status refused") || !strings.Contains(logs, "names workspace") {
 		t.Fatalf("misaddressed status not logged")
 	}
+}
+
+// TestWaitingReason: the rollout view says why a kernel is not at the
+// newest version, in the order that matters.
+func TestWaitingReason(t *testing.T) {
+	seen := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	for _, c := range []struct {
+		w    workspaceRollout
+		k    protocol.KernelRollout
+		want string
+	}{
+		{workspaceRollout{Silent: true, LastSeen: seen}, protocol.KernelRollout{State: "live"}, "silent since 03:04:05 UTC"},
+		{workspaceRollout{Shadowed: "user:bob"}, protocol.KernelRollout{State: "live"}, "hidden in this workspace by the same-named secret of user:bob"},
+		{workspaceRollout{}, protocol.KernelRollout{State: "live", PendingRestart: "secret changed", Busy: true}, "a restart is owed (secret changed); a cell is running"},
+		{workspaceRollout{}, protocol.KernelRollout{State: "live", PendingRestart: "secret changed"}, "a restart is owed (secret changed)"},
+		{workspaceRollout{}, protocol.KernelRollout{State: "start-only"}, "start-only kernel"},
+		{workspaceRollout{}, protocol.KernelRollout{State: "unreachable"}, "kernel unreachable"},
+		{workspaceRollout{}, protocol.KernelRollout{State: "live", Mode: "live:shell-idle", Busy: true}, "the change arrives when it ends"},
+		{workspaceRollout{}, protocol.KernelRollout{State: "connecting"}, "connecting"},
+	} {
+		if got := waitingReason(c.w, c.k); !strings.Contains(got, c.want) {
+			t.Errorf("%+v %+v: %q, want %q", c.w, c.k, got, c.want)
+		}
+	}
+}
+
+// TestRolloutEvents: the rollout view as server-sent events: one when the
+// stream opens, one when an agent reports, one when the secret changes,
+// and "gone" when it is deleted; a request without a session gets a JSON
+// 401 and no stream.
+func TestRolloutEvents(t *testing.T) {
+	f := newFixture(t)
+	alice := f.as("alice")
+	s := alice.create("STREAMED", "ml", secretValue("s1"))
+	path := "/secrets/api/v1/secrets/" + s.ID + "/rollout/events"
+	wantError(t, f.anonymous().do("GET", path, nil, nil), 401, "unauthenticated")
+
+	req := must(http.NewRequest("GET", f.ts.URL+path, nil))
+	resp, err := alice.hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") {
+		t.Fatalf("stream: %d %s", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+	type event struct{ name, data string }
+	events := make(chan event, 64)
+	go func() { // ends when the body is closed
+		defer close(events)
+		sc := bufio.NewScanner(resp.Body)
+		var e event
+		for sc.Scan() {
+			line := sc.Text()
+			_, _ = sink{}.Write([]byte(line + "\n"))
+			switch {
+			case strings.HasPrefix(line, "event: "):
+				e.name = strings.TrimPrefix(line, "event: ")
+			case strings.HasPrefix(line, "data: "):
+				e.data = strings.TrimPrefix(line, "data: ")
+			case line == "":
+				events <- e
+				e = event{}
+			}
+		}
+	}()
+	next := func(what string, ok func(e event, ro rolloutView) bool) {
+		t.Helper()
+		deadline := time.After(20 * time.Second)
+		for {
+			select {
+			case e, open := <-events:
+				if !open {
+					t.Fatalf("stream ended before %s", what)
+				}
+				var ro rolloutView
+				_ = json.Unmarshal([]byte(e.data), &ro)
+				if ok(e, ro) {
+					return
+				}
+			case <-deadline:
+				t.Fatalf("no event with %s", what)
+			}
+		}
+	}
+	next("the opening view", func(e event, ro rolloutView) bool {
+		return e.name == "" && ro.SecretID == s.ID && len(ro.Workspaces) == 2 && !ro.Workspaces[1].Reporting
+	})
+	st := protocol.WorkspaceStatus{Workspace: "ws-bob", Seq: 1, Started: time.Now(),
+		Kernels: []protocol.KernelRollout{{ID: "k1", State: "live", Mode: "live:quiet",
+			Holds: map[string]protocol.HeldSecret{"STREAMED": {SecretID: s.ID, Version: s.Version}}}}}
+	if err := f.nc.Publish(protocol.StatusSubject("ws-bob"), must(json.Marshal(st))); err != nil {
+		t.Fatal(err)
+	}
+	next("ws-bob's kernel current", func(e event, ro rolloutView) bool {
+		return len(ro.Workspaces) == 2 && len(ro.Workspaces[1].Kernels) == 1 && ro.Workspaces[1].Kernels[0].Current
+	})
+	alice.api("PATCH", "/secrets/"+s.ID, map[string]string{"value": secretValue("s2")}, 200, nil)
+	next("the new version, the kernel waiting", func(e event, ro rolloutView) bool {
+		return ro.Version == s.Version+1 && len(ro.Workspaces) == 2 && len(ro.Workspaces[1].Kernels) == 1 && !ro.Workspaces[1].Kernels[0].Current
+	})
+	alice.api("DELETE", "/secrets/"+s.ID, nil, 200, nil)
+	next("gone", func(e event, _ rolloutView) bool { return e.name == "gone" && strings.Contains(e.data, "not_found") })
 }

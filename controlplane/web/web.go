@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/hashicorp/go-hclog"
 
@@ -56,6 +57,15 @@ type Server struct {
 	mux     *http.ServeMux
 	routes  []route
 	pages   *pages
+
+	closeOnce sync.Once
+	closed    chan struct{} // Close ends the event streams
+}
+
+// Close ends the rollout event streams, which http.Server.Shutdown would
+// otherwise wait for. Call it before Shutdown.
+func (s *Server) Close() {
+	s.closeOnce.Do(func() { close(s.closed) })
 }
 
 // route is one registered handler: the OpenAPI test checks the API's.
@@ -86,7 +96,8 @@ func New(opts Options) (*Server, error) {
 	if !strings.HasSuffix(base, "/") {
 		base += "/"
 	}
-	s := &Server{svc: opts.Service, auth: opts.Auth, base: base, rollout: opts.Rollout, log: opts.Logger, mux: http.NewServeMux()}
+	s := &Server{svc: opts.Service, auth: opts.Auth, base: base, rollout: opts.Rollout, log: opts.Logger, mux: http.NewServeMux(),
+		closed: make(chan struct{})}
 	if s.log == nil {
 		s.log = hclog.NewNullLogger()
 	}

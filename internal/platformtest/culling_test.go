@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -99,6 +100,43 @@ func (c *changer) finish() {
 	<-c.done
 }
 
+// startServed starts a kernel through the server and waits until the
+// agent serves it with the current value over the quiet channel: the end
+// of its first contact (on a loaded machine the install can come after a
+// first re-seed over control). On a loaded machine a kernel can
+// take longer to start than the culling timeout, and the server culls it
+// while it is "starting", before anything of ours has touched it: then it
+// starts another (three times at most).
+func startServed(t *testing.T, j *Jupyter, d *Dev) string {
+	t.Helper()
+	for attempt := 1; ; attempt++ {
+		id := j.StartKernel(t)
+		deadline := time.Now().Add(60 * time.Second)
+		for {
+			st := d.Status(t)
+			if k, ok := st.Kernel(id); ok && k.State == "live" && strings.Contains(k.Mode, "quiet") && st.Version(secretName) != 0 &&
+				k.Holds[secretName].Version == st.Version(secretName) {
+				return id
+			}
+			ks, err := j.Kernels()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.ContainsFunc(ks, func(k APIKernel) bool { return k.ID == id }) {
+				if !j.Culled(id) || attempt == 3 {
+					t.Fatalf("kernel %s went away before the agent served it (culled: %v, attempt %d)", id, j.Culled(id), attempt)
+				}
+				t.Logf("kernel %s was culled before the agent served it (a slow start); starting another", id)
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the agent did not serve kernel %s within 60s: %+v", id, st.Kernels)
+			}
+			time.Sleep(50 * time.Millisecond) // each poll runs `nbsecrets status`
+		}
+	}
+}
+
 // TestJupyterServerCulling runs a real Jupyter Server with kernel culling
 // (idle 8 s, every 2 s, never a busy kernel) and two kernels started
 // through its REST API on the wrapped kernelspec, both served by the
@@ -113,37 +151,21 @@ func (c *changer) finish() {
 //     begin, and it is gone by 8 s + 2 s (+ slack) after it.
 func TestJupyterServerCulling(t *testing.T) {
 	if testing.Short() {
-		t.Skip("a real Jupyter Server and a 20 s cell")
+		t.Skip("a real Jupyter Server and a 26 s cell")
 	}
 	d := StartDev(t, Build(t))
 	d.Set(t, secretName, "platform-"+RandHex(t))
 	j := StartJupyter(t, d, cullingServer)
-	busyID, idleID := j.StartKernel(t), j.StartKernel(t)
-	d.WaitHeld(t, busyID, secretName, 60*time.Second)
-	d.WaitHeld(t, idleID, secretName, 60*time.Second)
+	sampler := j.Sample(t, 200*time.Millisecond)
 
-	// Both kernels served: the first contact is over. The cell's kernel
-	// gets a client of the test (a user's); the idle one only a listener.
+	// The cell's kernel, served (its first contact over), gets a client of
+	// the test (a user's) that starts the cell at once.
+	busyID := startServed(t, j, d)
 	busy := Watch(t, d.ConnectionFile(busyID), true)
-	idle := Watch(t, d.ConnectionFile(idleID), false)
-	testutil.WaitFor(t, 30*time.Second, func() error {
-		ks, err := j.Kernels()
-		if err != nil {
-			return err
-		}
-		for _, k := range ks {
-			if k.ExecutionState != "idle" {
-				return fmt.Errorf("kernel %s is %q", k.ID, k.ExecutionState)
-			}
-		}
-		return nil
-	})
-
 	// The cell outlasts the changes by more than the idle timeout plus a
 	// probe interval of the agent (15 s): a platform that took the agent's
 	// traffic for the end of the cell would cull it before its end.
 	const cell, changing = 26 * time.Second, 7 * time.Second
-	sampler := j.Sample(t, 200*time.Millisecond)
 	type runResult struct {
 		stdout string
 		err    error
@@ -173,6 +195,30 @@ func TestJupyterServerCulling(t *testing.T) {
 		return fmt.Errorf("the Jupyter Server has not seen the cell begin")
 	})
 	busySeen := time.Now()
+
+	// The idle kernel, served, gets only a listener on iopub; the server
+	// must have seen the end of the agent's first contact.
+	idleID := startServed(t, j, d)
+	idle := Watch(t, d.ConnectionFile(idleID), false)
+	// Its last_activity as the server has it once it says idle: the
+	// first contact's last message.
+	var firstContact time.Time
+	testutil.WaitFor(t, 30*time.Second, func() error {
+		ks, err := j.Kernels()
+		if err != nil {
+			return err
+		}
+		for _, k := range ks {
+			if k.ID == idleID {
+				if k.ExecutionState != "idle" {
+					return fmt.Errorf("kernel %s is %q", k.ID, k.ExecutionState)
+				}
+				firstContact = k.LastActivity
+				return nil
+			}
+		}
+		return fmt.Errorf("kernel %s is gone", idleID)
+	})
 	changesFrom := time.Now()
 	ch := startChanger(t, d, 1200*time.Millisecond)
 
@@ -195,6 +241,15 @@ func TestJupyterServerCulling(t *testing.T) {
 	d.WaitHeld(t, busyID, secretName, 30*time.Second)
 	res = <-ran
 	cellEnd := time.Now()
+	// The idle kernel's culling may come after the cell's end.
+	cullBy := changesFrom.Add(cullIdle + cullInterval + 8*time.Second)
+	for time.Now().Before(cullBy) {
+		ks, err := j.Kernels()
+		if err == nil && !slices.ContainsFunc(ks, func(k APIKernel) bool { return k.ID == idleID }) {
+			break
+		}
+		time.Sleep(200 * time.Millisecond) // the poll interval
+	}
 	samples := sampler.Stop()
 
 	// The cell ran to its end, saw the last change, and its kernel was
@@ -224,17 +279,24 @@ func TestJupyterServerCulling(t *testing.T) {
 	if len(wrong) > 0 {
 		t.Errorf("/api/kernels did not say busy for the running cell in %d samples: %s", len(wrong), strings.Join(first(wrong, 10), ", "))
 	}
-	if f := busy.Foreign(busySeen, cellEnd); len(f) > 0 {
+	ownEnd := busy.CellEnd(t0)
+	if ownEnd.IsZero() {
+		ownEnd = cellEnd
+	}
+	if f := busy.Foreign(busySeen, ownEnd); len(f) > 0 {
 		t.Errorf("the agent caused %d iopub messages on the busy kernel during the cell:%s", len(f), Describe(f, t0))
 	}
 
 	// The idle kernel: culled on time, its last_activity never moved by
 	// the changes.
-	var before, firstContact time.Time // its last_activity when the changes began
+	before := firstContact // its last_activity when the changes began
 	culled := time.Time{}
 	var moves, idleWrong []string
 	for _, s := range samples {
 		if s.Err != nil {
+			continue
+		}
+		if !s.At.After(changesFrom) {
 			continue
 		}
 		k, ok := s.Kernels[idleID]
@@ -247,11 +309,7 @@ func TestJupyterServerCulling(t *testing.T) {
 		if k.ExecutionState != "idle" {
 			idleWrong = append(idleWrong, fmt.Sprintf("%.1fs %s", s.At.Sub(t0).Seconds(), k.ExecutionState))
 		}
-		if !s.At.After(changesFrom) {
-			before, firstContact = k.LastActivity, k.LastActivity
-			continue
-		}
-		if !before.IsZero() && k.LastActivity.After(before) {
+		if k.LastActivity.After(before) {
 			moves = append(moves, fmt.Sprintf("%.1fs → %s", s.At.Sub(t0).Seconds(), k.LastActivity.Format("15:04:05.000")))
 			before = k.LastActivity
 		}
@@ -280,7 +338,7 @@ func TestJupyterServerCulling(t *testing.T) {
 		}
 	}
 	if culled.IsZero() {
-		t.Errorf("the idle kernel was not culled in %.1fs of changes (culling: idle %v, every %v)", cellEnd.Sub(changesFrom).Seconds(), cullIdle, cullInterval)
+		t.Errorf("the idle kernel was not culled %.1fs after the changes began (culling: idle %v, every %v)", cullBy.Sub(changesFrom).Seconds(), cullIdle, cullInterval)
 	} else if late := culled.Sub(changesFrom); late > cullIdle+cullInterval+5*time.Second {
 		t.Errorf("the idle kernel was culled %.1fs after the changes began: late", late.Seconds())
 	} else if changesBeforeCull < 2 {
@@ -307,10 +365,11 @@ func first(s []string, n int) []string {
 
 // TestJupyterServerAgentRestartMidCell restarts `nbsecrets dev` (NATS, the
 // service and the agent) while a quiet cell runs on a kernel it served, and
-// changes the secret while it is down and again once it is back. The new
-// agent must find the kernel, bring it to the last value before the cell
-// ends, and the Jupyter Server (culling as above) must see the kernel busy
-// for the whole cell and never cull it.
+// changes the secret before and twice after. The new agent must find the
+// kernel, bring it to the last value before the cell ends without a
+// Jupyter message, and the Jupyter Server (culling as above) must see the
+// kernel busy for the whole cell and never cull it. After the cell, the
+// new agent's first contact may show once.
 func TestJupyterServerAgentRestartMidCell(t *testing.T) {
 	if testing.Short() {
 		t.Skip("a real Jupyter Server and a 24 s cell")
@@ -318,8 +377,7 @@ func TestJupyterServerAgentRestartMidCell(t *testing.T) {
 	d := StartDev(t, Build(t))
 	d.Set(t, secretName, "platform-"+RandHex(t))
 	j := StartJupyter(t, d, cullingServer)
-	id := j.StartKernel(t)
-	d.WaitHeld(t, id, secretName, 60*time.Second)
+	id := startServed(t, j, d)
 	w := Watch(t, d.ConnectionFile(id), true)
 
 	const cell = 24 * time.Second
@@ -385,7 +443,10 @@ func TestJupyterServerAgentRestartMidCell(t *testing.T) {
 		t.Fatalf("the restarted agent served the kernel only after the cell's end")
 	}
 	// What the platform saw: the cell ran to its end with the last value,
-	// busy in every sample, and no iopub message of an agent.
+	// busy in every sample, and no iopub message of an agent. (The issue
+	// allows an agent that cannot install invisibly mid-cell to serve the
+	// old way until idle; the quiet channel's thread resumes with the new
+	// agent instead, so nothing here is excused.)
 	var seen []string
 	if res.err != nil {
 		why := ""
@@ -410,8 +471,23 @@ func TestJupyterServerAgentRestartMidCell(t *testing.T) {
 	if len(wrong) > 0 {
 		seen = append(seen, fmt.Sprintf("/api/kernels did not say busy for the running cell in %d samples: %s", len(wrong), strings.Join(first(wrong, 10), ", ")))
 	}
-	if f := w.Foreign(busySeen, cellEnd); len(f) > 0 {
+	// During the cell (to its own idle status), nothing; after it, the new
+	// agent's first contact may show once (one request: busy and idle).
+	ownEnd := w.CellEnd(t0)
+	if ownEnd.IsZero() {
+		ownEnd = cellEnd
+	}
+	if f := w.Foreign(busySeen, ownEnd); len(f) > 0 {
 		seen = append(seen, fmt.Sprintf("the agents caused %d iopub messages during the cell:%s", len(f), Describe(f, t0)))
+	}
+	if res.err == nil {
+		// The new agent's first contact, if it waited for the cell's end:
+		// one request at most.
+		if f := w.Foreign(ownEnd, time.Time{}); len(f) > 2 {
+			t.Errorf("after the cell, the new agent caused %d iopub messages, more than one request's first contact:%s", len(f), Describe(f, t0))
+		} else if len(f) > 0 {
+			t.Logf("after the cell, the new agent's first contact showed once:%s", Describe(f, t0))
+		}
 	}
 	out := d.Output()
 	for _, v := range values {
@@ -419,17 +495,6 @@ func TestJupyterServerAgentRestartMidCell(t *testing.T) {
 			t.Error("a secret value appears in the output of nbsecrets dev")
 			break
 		}
-	}
-	if len(seen) == 0 {
-		return
-	}
-	// Issue 8 allows one way out: an agent that cannot install invisibly
-	// into a kernel found mid-cell serves it the old way until idle and
-	// says so in status. That is a known gap, not a pass: the platform
-	// still takes the cell for idle. Shown, and skipped, only in that mode.
-	if strings.Contains(mode, "waiting for idle") {
-		t.Skipf("KNOWN GAP (issue 8, item 1: agent restarted mid-cell): the new agent serves the kernel %q, and the platform sees it:\n%s",
-			mode, strings.Join(seen, "\n"))
 	}
 	for _, s := range seen {
 		t.Error(s)

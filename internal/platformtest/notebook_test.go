@@ -68,7 +68,7 @@ func TestNotebookIndicator(t *testing.T) {
 	if err := json.Unmarshal(drv.WaitEvent(t, "kernel", 2*time.Minute), &k); err != nil || k.ID == "" {
 		t.Fatalf("the driver's kernel event: %v %+v", err, k)
 	}
-	d.WaitHeld(t, k.ID, secretName, 60*time.Second)
+	d.WaitQuiet(t, k.ID, secretName, 60*time.Second)
 	drv.Send(t, "run")
 
 	drv.WaitEvent(t, "cell-started", time.Minute)

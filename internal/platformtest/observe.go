@@ -149,6 +149,21 @@ func (w *Watcher) Foreign(since, until time.Time) []IOPubMsg {
 	return out
 }
 
+// CellEnd is when the watcher's client saw the idle status of its own
+// execute_request, the first after since: the end of its cell as the
+// kernel published it. Zero when it has not seen one.
+func (w *Watcher) CellEnd(since time.Time) time.Time {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, m := range w.msgs {
+		if !m.At.Before(since) && m.ParentSession == w.Client.Session() && m.ParentType == "execute_request" &&
+			m.Type == "status" && m.State == "idle" {
+			return m.At
+		}
+	}
+	return time.Time{}
+}
+
 // Describe lists messages for an error.
 func Describe(msgs []IOPubMsg, t0 time.Time) string {
 	var b strings.Builder

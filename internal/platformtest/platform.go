@@ -142,7 +142,13 @@ func StartDev(t testing.TB, bin string) *Dev {
 		}
 	}
 	d.start()
-	t.Cleanup(d.Stop)
+	t.Cleanup(func() {
+		d.Stop()
+		if t.Failed() {
+			lines := strings.Split(strings.TrimSpace(d.Output()), "\n")
+			t.Logf("the end of nbsecrets dev's output:\n%s", strings.Join(lines[max(0, len(lines)-80):], "\n"))
+		}
+	})
 	return d
 }
 
@@ -199,6 +205,33 @@ func (d *Dev) Stop() {
 	d.previous = append(d.previous, p.out.String(), p.err.String())
 	d.proc = nil
 	d.mu.Unlock()
+}
+
+// PID is the running instance's process id (0 when stopped).
+func (d *Dev) PID() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.proc == nil {
+		return 0
+	}
+	return d.proc.cmd.Process.Pid
+}
+
+// Socket is the agent's socket, as the instance's dev.json says: what a
+// kernelspec's injector is pointed at.
+func (d *Dev) Socket(t testing.TB) string {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join(d.State, "dev.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var info struct {
+		Socket string `json:"socket"`
+	}
+	if err := json.Unmarshal(raw, &info); err != nil || info.Socket == "" {
+		t.Fatalf("dev.json: %v (socket %q)", err, info.Socket)
+	}
+	return info.Socket
 }
 
 // Restart stops the instance and starts it again on the same state: a new
@@ -308,22 +341,38 @@ func (s Status) Kernel(id string) (KernelStatus, bool) {
 // version of name that it holds itself (not 0) and returns that version.
 func (d *Dev) WaitHeld(t testing.TB, id, name string, timeout time.Duration) uint64 {
 	t.Helper()
-	var v uint64
-	testutil.WaitFor(t, timeout, func() error {
+	return d.waitHeld(t, id, name, "", timeout)
+}
+
+// WaitQuiet is WaitHeld that also waits until the kernel is served over
+// the quiet channel (mode live:quiet): the end of the agent's first
+// contact, which on a loaded machine can begin with a re-seed over
+// control and install the channel later.
+func (d *Dev) WaitQuiet(t testing.TB, id, name string, timeout time.Duration) uint64 {
+	t.Helper()
+	return d.waitHeld(t, id, name, "quiet", timeout)
+}
+
+func (d *Dev) waitHeld(t testing.TB, id, name, mode string, timeout time.Duration) uint64 {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
 		st := d.Status(t)
 		want := st.Version(name)
 		k, ok := st.Kernel(id)
-		if !ok {
-			return fmt.Errorf("the agent does not serve kernel %s: %+v", id, st.Kernels)
+		if ok && want != 0 && k.State == "live" && k.Holds[name].Version == want && strings.Contains(k.Mode, mode) {
+			return want
 		}
-		if want == 0 || k.State != "live" || k.Holds[name].Version != want {
-			return fmt.Errorf("kernel %s: state %q, holds %s version %d, the agent has %d; last error %q",
-				id, k.State, name, k.Holds[name].Version, want, k.LastError)
+		if time.Now().After(deadline) {
+			if !ok {
+				t.Fatalf("after %v: the agent does not serve kernel %s: %+v", timeout, id, st.Kernels)
+			}
+			t.Fatalf("after %v: kernel %s: state %q, mode %q, holds %s version %d, the agent has %d; last error %q",
+				timeout, id, k.State, k.Mode, name, k.Holds[name].Version, want, k.LastError)
 		}
-		v = want
-		return nil
-	})
-	return v
+		// Each poll runs `nbsecrets status`: a process, so not too often.
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // Jupyter is a running Jupyter Server (`python3 -m jupyter_server`) or

@@ -3,9 +3,11 @@ package jupyter
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"strconv"
+	"syscall"
 )
 
 // Channel names one of a kernel's five sockets.
@@ -52,11 +54,29 @@ type ConnectionInfo struct {
 	KernelName      string `json:"kernel_name"`
 }
 
-// ReadConnectionFile reads and checks a kernel connection file.
+// maxConnectionFile bounds a connection file (Jupyter's are about 300 bytes).
+const maxConnectionFile = 64 << 10
+
+// ReadConnectionFile reads and checks a kernel connection file. It reads
+// only a regular file of at most 64 KiB: a FIFO or device in its place is
+// refused without blocking.
 func ReadConnectionFile(path string) (*ConnectionInfo, error) {
-	b, err := os.ReadFile(path)
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, fmt.Errorf("jupyter: reading connection file: %w", err)
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err != nil {
+		return nil, fmt.Errorf("jupyter: reading connection file: %w", err)
+	} else if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("jupyter: connection file %s is not a regular file (%s)", path, fi.Mode().Type())
+	}
+	b, err := io.ReadAll(io.LimitReader(f, maxConnectionFile+1))
+	if err != nil {
+		return nil, fmt.Errorf("jupyter: reading connection file: %w", err)
+	}
+	if len(b) > maxConnectionFile {
+		return nil, fmt.Errorf("jupyter: connection file %s is larger than %d bytes", path, maxConnectionFile)
 	}
 	var info ConnectionInfo
 	if err := json.Unmarshal(b, &info); err != nil {

@@ -192,3 +192,64 @@ func TestClientDropsAPeerAnnouncingAHugeMessage(t *testing.T) {
 		t.Errorf("the client allocated %d bytes", got)
 	}
 }
+
+// refLimit is a plain reading of a whole ZMTP stream: the offset of the
+// first frame header that takes its message past max, or -1.
+func refLimit(s []byte, max uint64) int {
+	if len(s) < zmtpGreeting {
+		return -1
+	}
+	var msg uint64
+	for i := zmtpGreeting; i < len(s); {
+		flags := s[i]
+		var size uint64
+		n := 2
+		if flags&zmtpLong != 0 {
+			n = 9
+			if i+n > len(s) {
+				return -1
+			}
+			size = binary.BigEndian.Uint64(s[i+1 : i+9])
+		} else {
+			if i+n > len(s) {
+				return -1
+			}
+			size = uint64(s[i+1])
+		}
+		if size > max-msg {
+			return i
+		}
+		if flags&zmtpMore != 0 {
+			msg += size
+		} else {
+			msg = 0
+		}
+		if size > uint64(len(s)-i-n) {
+			return -1 // the stream ends inside this frame
+		}
+		i += n + int(size)
+	}
+	return -1
+}
+
+// FuzzLimitConn: read in random chunks, the scanner passes a stream through
+// unchanged exactly when the plain reading finds no frame over the limit,
+// and otherwise stops before the offending header is complete.
+func FuzzLimitConn(f *testing.F) {
+	f.Add(append(greeting(), frame(zmtpMore, []byte("abc"))...), uint16(10), uint64(1))
+	f.Add(append(greeting(), 0x06, 0, 0, 1, 0, 0, 0, 0, 0), uint16(1000), uint64(2))
+	f.Add(append(append(greeting(), frame(zmtpMore, make([]byte, 6))...), frame(0, make([]byte, 5))...), uint16(10), uint64(3))
+	f.Fuzz(func(t *testing.T, s []byte, max uint16, seed uint64) {
+		c := newLimitConn(&trickleConn{r: bytes.NewReader(s), rnd: rand.New(rand.NewPCG(seed, 7))}, uint64(max))
+		got, err := io.ReadAll(c)
+		bad := refLimit(s, uint64(max))
+		switch {
+		case bad < 0 && (err != nil || !bytes.Equal(got, s)):
+			t.Fatalf("a stream within the limit: err %v, %d of %d bytes", err, len(got), len(s))
+		case bad >= 0 && !errors.Is(err, ErrMessageTooLarge):
+			t.Fatalf("frame over the limit at %d not refused: err %v", bad, err)
+		case bad >= 0 && (len(got) > bad+8 || !bytes.Equal(got, s[:len(got)])):
+			t.Fatalf("%d bytes passed, the bad header starts at %d", len(got), bad)
+		}
+	})
+}

@@ -191,3 +191,82 @@ func TestDialRefusesAListenerOfAnotherUser(t *testing.T) {
 		t.Fatalf("without a policy the listener received %q bytes; the control proves nothing", received.Text())
 	}
 }
+
+// A FIFO in place of a connection file is refused at once, not read (which
+// would block until some process writes to it).
+func TestReadConnectionFileRefusesAFIFO(t *testing.T) {
+	f := t.TempDir() + "/kernel-fifo.json"
+	if err := syscall.Mkfifo(f, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { _, err := ReadConnectionFile(f); done <- err }()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "not a regular file") {
+			t.Errorf("err = %v, want not a regular file", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("ReadConnectionFile blocked on a FIFO")
+	}
+}
+
+// The same for ipc: a unix socket another user listens on, in the
+// connection file's directory, gets nothing (SO_PEERCRED names its uid).
+func TestDialRefusesAnIPCListenerOfAnotherUser(t *testing.T) {
+	uid := otherUID(t)
+	// A dir the other user can reach and write in (t.TempDir's parent is
+	// 0700); the agent itself would refuse such a dir.
+	dir, err := os.MkdirTemp("", "ipc-peer-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	const prog = `
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.bind(sys.argv[1])
+s.listen(8)
+print("ready", flush=True)
+while True:
+    c, _ = s.accept()
+    n = 0
+    while True:
+        b = c.recv(65536)
+        if not b:
+            break
+        n += len(b)
+    print(n, flush=True)
+    c.close()
+`
+	ip := dir + "/kernel-x-ipc"
+	cmd := exec.Command("/usr/bin/python3", "-c", prog, ip+"-1")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
+	cmd.Dir, cmd.Stderr = "/", os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	received := bufio.NewScanner(out)
+	if !received.Scan() || received.Text() != "ready" {
+		t.Fatalf("the ipc listener did not start: %v", received.Err())
+	}
+	info := &ConnectionInfo{Transport: "ipc", IP: ip, ShellPort: 1, ControlPort: 1, IOPubPort: 1, StdinPort: 1, HBPort: 1,
+		Key: "k", SignatureScheme: "hmac-sha256"}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	_, err = Dial(WithDialPolicy(ctx, DialPolicy{IPCDir: dir, PeerUID: uint32(os.Geteuid())}), info)
+	if !errors.Is(err, ErrEndpointRefused) || !strings.Contains(err.Error(), "uid "+strconv.Itoa(int(uid))) {
+		t.Fatalf("Dial to another user's ipc listener: %v; want ErrEndpointRefused naming uid %d", err, uid)
+	}
+	if !received.Scan() || received.Text() != "0" {
+		t.Fatalf("the other user's ipc listener received %q bytes, want 0", received.Text())
+	}
+}

@@ -74,9 +74,12 @@ bt.main(async ({ browser, page, args, screenshot, log }) => {
   await page.fill('#name', 'DB_PASS');
   await screenshot('edit');
   await page.fill('#value', args.v3);
+  const saveAt = Date.now();
   await page.click('#save');
   await page.waitForFunction(() => document.getElementById('secret-name').textContent === 'DB_PASS');
+  const saveToPageMs = Date.now() - saveAt;
   const pv2 = await rolloutCurrent('DB_PASS');
+  const saveToCurrentMs = Date.now() - saveAt; // Save, the page, the kernel re-seeded, the view updated
   if (pv2 <= pv1) throw new Error(`version after Save ${pv2}, before ${pv1}`);
   await grab();
   await step('edited', { version: pv2 });
@@ -136,5 +139,5 @@ bt.main(async ({ browser, page, args, screenshot, log }) => {
   await grab();
   await screenshot('destroyed');
   await step('deleted', { text: gone });
-  return { html, destroyed: gone, refusal };
+  return { html, destroyed: gone, refusal, saveToPageMs, saveToCurrentMs };
 });

@@ -78,11 +78,13 @@
           cell(tr, k.language || "-");
           cell(tr, k.mode || "-");
           cell(tr, k.version ? "v" + k.version : "-");
-          cell(tr, k.current ? "current" : "waiting: " + k.waiting, k.current ? "current" : "waiting");
+          cell(tr, k.current && !ws.silent ? "current" : "waiting: " + (k.waiting || "its agent is silent"), k.current && !ws.silent ? "current" : "waiting");
           tbody.appendChild(tr);
         }
       }
     };
+    // Server-sent events (rollout/events) when the browser has them; a
+    // short poll of the same view otherwise.
     const poll = async () => {
       try {
         const r = await fetch(box.dataset.rollout, { credentials: "same-origin" });
@@ -90,6 +92,12 @@
       } catch (e) { /* try again */ }
       setTimeout(poll, 250);
     };
-    poll();
+    if (window.EventSource) {
+      const es = new EventSource(box.dataset.rollout + "/events");
+      es.onmessage = (e) => render(JSON.parse(e.data));
+      es.addEventListener("gone", () => { es.close(); box.dataset.gone = "1"; });
+    } else {
+      poll();
+    }
   }
 })();

@@ -4,10 +4,11 @@ of `nbsecrets dev` serving the kernel while secrets change (TestConformance).
 
 The samples are those of jupyter_kernel_test's own ipykernel test. The
 kernel is started by jupyter_client from JUPYTER_DATA_DIR's kernelspec, as
-any frontend starts it; setUpClass waits until the agent serves it (its
-status), so that what follows is the agent's quiet traffic, not its first
+any frontend starts it; setUpClass waits until the agent serves it over the
+quiet channel (its status), so that what follows is the agent's quiet traffic, not its first
 contact. Environment: NBSECRETS (the binary), NBSECRETS_STATE_DIR,
-NBSECRETS_TEST_SECRET (the secret's name).
+NBSECRETS_TEST_SECRET (the secret's name), NBSECRETS_SERVED_FILE (written
+once the kernel is served).
 """
 import json
 import os
@@ -38,7 +39,7 @@ class WrappedIPyKernelTests(jupyter_kernel_test.KernelTests):
             st = agent_status()
             want = {s["name"]: s["version"] for s in st.get("secrets") or []}.get(name)
             ks = [k for k in st.get("kernels") or [] if os.path.basename(k.get("connection_file", "")) == conn]
-            if ks and ks[0]["state"] == "live" and want and (ks[0].get("holds") or {}).get(name, {}).get("version") == want:
+            if ks and ks[0]["state"] == "live" and "quiet" in ks[0].get("mode", "") and want and (ks[0].get("holds") or {}).get(name, {}).get("version") == want:
                 break
             if time.monotonic() > deadline:
                 raise AssertionError("the agent does not serve the suite's kernel %s: %r" % (conn, ks))
