@@ -86,12 +86,10 @@ func TestHubNATSWorkspaceAccounts(t *testing.T) {
 	consume := func(ws string) error {
 		ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 		defer cancel()
-		// As agent/sync.go reads: the workspace's one consumer name, its
-		// one filter (the only consumer the permissions allow).
+		// As the agent creates its consumer (agent/sync.go).
 		_, err := js.CreateConsumer(ctx, protocol.StreamName(), jetstream.ConsumerConfig{
 			Name: protocol.ConsumerName(ws), FilterSubject: protocol.WorkspaceFilter(ws),
-			DeliverPolicy: jetstream.DeliverLastPerSubjectPolicy, AckPolicy: jetstream.AckNonePolicy,
-			InactiveThreshold: time.Minute, MemoryStorage: true})
+			DeliverPolicy: jetstream.DeliverLastPerSubjectPolicy, AckPolicy: jetstream.AckNonePolicy, MemoryStorage: true})
 		return err
 	}
 	if err := consume("alice"); err != nil {
