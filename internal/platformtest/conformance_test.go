@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -34,11 +35,12 @@ func TestConformance(t *testing.T) {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, kerneltest.PythonPath, "testdata/conformance.py")
 	// The suite starts its kernel with jupyter_client's start_new_kernel,
-	// which writes the connection file with tempfile.mkstemp: in TMPDIR,
-	// else /tmp, where the agent refuses it (others can write /tmp; see
-	// agent/trust.go). A private TMPDIR, as a platform gives each user.
-	cmd.Env = append(d.Env(), "NBSECRETS="+d.Bin, "NBSECRETS_STATE_DIR="+d.State,
-		"NBSECRETS_TEST_SECRET="+secretName, "NBSECRETS_SERVED_FILE="+served, "TMPDIR="+t.TempDir())
+	// which writes the connection file with tempfile.mkstemp: in /tmp, a
+	// sticky directory everyone can write. The agent must serve it there
+	// (agent/trust.go), as nbclient's and papermill's kernels live there too.
+	cmd.Env = slices.DeleteFunc(d.Env(), func(kv string) bool { return strings.HasPrefix(kv, "TMPDIR=") })
+	cmd.Env = append(cmd.Env, "NBSECRETS="+d.Bin, "NBSECRETS_STATE_DIR="+d.State,
+		"NBSECRETS_TEST_SECRET="+secretName, "NBSECRETS_SERVED_FILE="+served)
 	var out testutil.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
