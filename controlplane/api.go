@@ -56,7 +56,12 @@ type requestBody struct {
 	User  string    `json:"user"` // who signs
 	Time  time.Time `json:"ts"`
 	Nonce string    `json:"nonce"` // random, never reused
-	Name  string    `json:"name,omitempty"`
+	// Deadline is when the client gives up waiting for the reply (zero:
+	// none said). The service makes no change after it: a request that
+	// was held up (a NATS node lost under it) and finishes after its
+	// client has moved on must not land on top of a newer change.
+	Deadline time.Time `json:"deadline,omitzero"`
+	Name     string    `json:"name,omitempty"`
 	// Project is, for create and clone, the project of the new secret ("" =
 	// private to the caller).
 	Project string `json:"project,omitempty"`

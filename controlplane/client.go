@@ -171,14 +171,15 @@ func (r *reply) secret() (*SecretInfo, error) {
 // call signs req, seals value into it when value is not nil, sends it and
 // decodes the reply, turning an error reply into its sentinel.
 func (c *Client) call(ctx context.Context, req *requestBody, value []byte) (*reply, error) {
-	data, err := c.encode(req, value)
-	if err != nil {
-		return nil, err
-	}
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, defaultTimeout)
 		defer cancel()
+	}
+	req.Deadline, _ = ctx.Deadline() // the service changes nothing after it
+	data, err := c.encode(req, value)
+	if err != nil {
+		return nil, err
 	}
 	subject := SubjectPrefix + req.Op
 	msg, err := c.nc.RequestWithContext(ctx, subject, data)

@@ -80,7 +80,9 @@ func (s *Service) createSecret(ctx context.Context, user string, scope protocol.
 	}
 	var err error
 	if m.Sealed, err = s.store.seal(id, value); err == nil {
-		err = s.store.put(ctx, m, 0)
+		if err = s.mayCommit(ctx); err == nil {
+			err = s.store.put(ctx, m, 0)
+		}
 	}
 	if err != nil {
 		return nil, errors.Join(err, s.store.releaseName(ctx, scope, name, id))
@@ -559,6 +561,9 @@ func (s *Service) change(ctx context.Context, id, user string, fn func(*director
 		m.UpdatedAt = s.now().UTC()
 		m.UpdatedBy = user
 		target(m, d, nil)
+		if err := s.mayCommit(ctx); err != nil {
+			return nil, nil, err
+		}
 		err = s.store.put(ctx, m, rev)
 		if errors.Is(err, errConflict) && attempt < maxCASRetries {
 			s.log.Debug("concurrent change, retrying", "id", id, "attempt", attempt+1)

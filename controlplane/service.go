@@ -312,6 +312,7 @@ func (s *Service) handle(m *nats.Msg) {
 	req, value, err := s.authenticate(op, m.Data)
 	if err == nil {
 		err = checkSender(m, req.User)
+		ctx = withCommitDeadline(ctx, req.Deadline)
 	}
 	if err == nil {
 		err = s.useNonce(ctx, req)

@@ -807,3 +807,45 @@ func TestReplyAimedAtARecordIsRefused(t *testing.T) {
 		t.Error("no log line for the refused request")
 	}
 }
+
+// TestNoChangeAfterTheClientsDeadline: a request whose client has given up
+// (its deadline passed, as the service's clock reads it) changes nothing,
+// so a request held up under a lost NATS node cannot land on top of the
+// change its client made next.
+func TestNoChangeAfterTheClientsDeadline(t *testing.T) {
+	f := newFixture(t)
+	alice := f.client("alice")
+	created, err := alice.Create(ctxT(t), "LATE", []byte("late-first"), CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The service's clock is a minute ahead (within the accepted skew):
+	// a client that waits 30 s has given up by the service's reckoning.
+	f.skew.Store(int64(time.Minute))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := alice.Update(ctx, "LATE", []byte("late-held-up")); err == nil || !strings.Contains(err.Error(), "deadline passed") {
+		t.Fatalf("an update past its deadline: %v, want it refused", err)
+	}
+	if _, err := alice.Create(ctx, "LATE2", []byte("late-other"), CreateOptions{}); err == nil || !strings.Contains(err.Error(), "deadline passed") {
+		t.Fatalf("a create past its deadline: %v, want it refused", err)
+	}
+	f.skew.Store(0)
+	if rec := f.record("ws-alice", created.ID); rec == nil || rec.Version != created.Version || string(rec.Value) != "late-first" {
+		t.Fatalf("the record after a refused late update: %+v, want version %d unchanged", rec, created.Version)
+	}
+	list, err := alice.List(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range list {
+		if s.Name == "LATE2" {
+			t.Fatal("a create past its deadline made the secret")
+		}
+	}
+	// In time, the same update goes through.
+	info, err := alice.Update(ctxT(t), "LATE", []byte("late-second"))
+	if err != nil || info.Version != created.Version+1 {
+		t.Fatalf("an update in time: %+v, %v", info, err)
+	}
+}
