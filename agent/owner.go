@@ -52,8 +52,6 @@ func (ks *kernels) ownerLocked(id string, now time.Time) *owner {
 	}
 	o := ks.owners[id]
 	if o == nil {
-		o = &owner{id: id}
-		ks.owners[id] = o
 		for k, old := range ks.owners { // prune kernels long gone
 			old.mu.Lock()
 			stale := now.Sub(old.touched) > ownerTTL
@@ -62,6 +60,8 @@ func (ks *kernels) ownerLocked(id string, now time.Time) *owner {
 				delete(ks.owners, k)
 			}
 		}
+		o = &owner{id: id}
+		ks.owners[id] = o
 	}
 	o.mu.Lock()
 	o.touched = now

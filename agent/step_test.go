@@ -295,3 +295,33 @@ func TestOwnerGenerations(t *testing.T) {
 		t.Fatalf("history lost across generations: %+v", r)
 	}
 }
+
+// TestOwnerPerKernelID: one owner per kernel id, kept while it is new or
+// served, pruned once no worker serves it and it was not touched for
+// ownerTTL.
+func TestOwnerPerKernelID(t *testing.T) {
+	ks := &kernels{workers: map[string]*worker{}}
+	now := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
+	ks.mu.Lock()
+	a := ks.ownerLocked("a", now)
+	served := ks.ownerLocked("served", now)
+	ks.workers["/run/kernel-served.json"] = &worker{}
+	ks.mu.Unlock()
+	ks.started("/run/kernel-a.json", genOf(1, map[string]uint64{"A": 1}))
+	if at, held := a.startInfo(); at.IsZero() || held == nil {
+		t.Fatalf("the injector's start went to another owner than the kernel's")
+	}
+	ks.mu.Lock()
+	defer ks.mu.Unlock()
+	if got := ks.ownerLocked("a", now.Add(time.Minute)); got != a {
+		t.Fatalf("a second owner for one kernel id")
+	}
+	later := now.Add(time.Minute + ownerTTL + time.Second)
+	ks.ownerLocked("b", later)
+	if ks.owners["a"] != nil {
+		t.Errorf("an owner unserved and untouched for %v was kept", ownerTTL)
+	}
+	if ks.owners["served"] != served || ks.owners["b"] == nil {
+		t.Errorf("owners after pruning: %v", ks.owners)
+	}
+}
