@@ -110,6 +110,8 @@ type doer interface {
 	restart(ctx context.Context) error
 	// close lets go of the kernel's sockets.
 	close() error
+	// String names the restart mechanism in logs.
+	String() string
 }
 
 // kernelDoer is the doer of a worker's session and the agent's restarter.
@@ -181,7 +183,7 @@ func (ks *kernels) restartKernel(ctx context.Context, w *worker, sess session, d
 			log.Warn("kernel still busy after the busy wait; restarting anyway", "busy_wait", pol.BusyWait)
 		}
 	}
-	mech := fmt.Sprint(do)
+	mech := do.String()
 	log.Info("restarting kernel", "mechanism", mech)
 	began := time.Now()
 	// Bounded by the agent's life, not the worker's: the restarted kernel

@@ -183,6 +183,7 @@ type recordingDoer struct {
 
 func (r *recordingDoer) reseed(context.Context, Plan, string) error { return errors.New("not used") }
 func (r *recordingDoer) close() error                               { return nil }
+func (r *recordingDoer) String() string                             { return "recording" }
 func (r *recordingDoer) restart(context.Context) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
