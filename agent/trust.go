@@ -29,8 +29,14 @@ var errUntrusted = errors.New("connection file refused")
 //
 //   - the directory holding the file (a runtime dir, or an announced
 //     file's directory) must be owned by the agent's uid and writable by
-//     nobody else (Jupyter makes its runtime dirs 0700): in a dir others
-//     can write (mode 1777, say), anyone could plant a kernel-*.json;
+//     nobody else (Jupyter makes its runtime dirs 0700), or be a sticky
+//     directory owned by root or the agent's uid, such as /tmp: in a
+//     directory others can write without the sticky bit, another user can
+//     rename the kernel's file away; in a sticky one only its owner can,
+//     and Jupyter's own tools write connection files there
+//     (jupyter_kernel_test's kernels live in /tmp/tmpXXXX.json), so
+//     refusing it would refuse real kernels. What anyone can plant in such
+//     a directory fails the next check: the file must be the agent's uid's;
 //   - the file must be a regular file (not a symlink, FIFO or device: a
 //     FIFO named kernel-x.json used to block discovery for good), owned by
 //     the agent's uid, with no group or other permission bits (Jupyter
@@ -57,7 +63,8 @@ type kernelTrust struct {
 func (kernelTrust) uid() uint32 { return uint32(os.Geteuid()) }
 
 // checkDir refuses a directory that is not owned by the agent's uid or that
-// group or others can write.
+// group or others can write, except a sticky one (such as /tmp) owned by
+// root or the agent's uid.
 func (kt kernelTrust) checkDir(dir string) error {
 	fi, err := os.Stat(dir)
 	if err != nil {
@@ -69,6 +76,11 @@ func (kt kernelTrust) checkDir(dir string) error {
 		return fmt.Errorf("%w: %s is not a directory", errUntrusted, dir)
 	case !ok:
 		return fmt.Errorf("%w: directory %s: no owner information", errUntrusted, dir)
+	}
+	sticky := fi.Mode()&os.ModeSticky != 0
+	switch {
+	case sticky && (st.Uid == 0 || st.Uid == kt.uid()):
+		return nil // /tmp: others may add files, not replace the agent's
 	case st.Uid != kt.uid():
 		return fmt.Errorf("%w: directory %s is owned by uid %d, not the agent's %d", errUntrusted, dir, st.Uid, kt.uid())
 	case fi.Mode().Perm()&0o022 != 0:

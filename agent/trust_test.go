@@ -70,7 +70,11 @@ func TestKernelTrustRefusesConnectionFiles(t *testing.T) {
 		t.Fatal(err)
 	}
 	open := t.TempDir()
-	if err := os.Chmod(open, 0o1777); err != nil {
+	if err := os.Chmod(open, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	sticky := t.TempDir()
+	if err := os.Chmod(sticky, 0o777|os.ModeSticky); err != nil {
 		t.Fatal(err)
 	}
 	group := t.TempDir()
@@ -95,6 +99,10 @@ func TestKernelTrustRefusesConnectionFiles(t *testing.T) {
 			strings.Replace(goodConn(filepath.Join(dir, "kernel-x-ipc")), `"tcp"`, `"ipc"`, 1), 0o600), "", false},
 		{"too large", writeFile(t, filepath.Join(dir, "kernel-big.json"), strings.Repeat(" ", maxConnFileSize+1), 0o600), "more than", false},
 		{"in a dir everyone can write", writeFile(t, filepath.Join(open, "kernel-x.json"), goodConn("127.0.0.1"), 0o600), "writable by group or others", false},
+		// /tmp's shape, where jupyter_kernel_test's kernels live: others may
+		// add files but not replace this one, and theirs are refused as
+		// another uid's (TestKernelTrustRefusesAnotherUsersFiles).
+		{"in a sticky dir everyone can write", writeFile(t, filepath.Join(sticky, "tmpab12cd.json"), goodConn("127.0.0.1"), 0o600), "", false},
 		{"in a dir the group can write", writeFile(t, filepath.Join(group, "kernel-x.json"), goodConn("127.0.0.1"), 0o600), "writable by group or others", false},
 	} {
 		done := make(chan error, 1)
@@ -134,6 +142,28 @@ func TestKernelTrustRefusesAnotherUsersFiles(t *testing.T) {
 	if _, err := (kernelTrust{}).read(g); !errors.Is(err, errUntrusted) || !strings.Contains(err.Error(), fmt.Sprintf("is owned by uid %d", uid)) {
 		t.Errorf("a file in another user's dir: %v", err)
 	}
+	// Another user's file planted in a sticky dir everyone can write (/tmp).
+	sticky := t.TempDir()
+	if err := os.Chmod(sticky, 0o777|os.ModeSticky); err != nil {
+		t.Fatal(err)
+	}
+	h := writeFile(t, filepath.Join(sticky, "kernel-planted.json"), goodConn("127.0.0.1"), 0o600)
+	if err := os.Chown(h, int(uid), int(uid)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := (kernelTrust{}).read(h); !errors.Is(err, errUntrusted) || !strings.Contains(err.Error(), fmt.Sprintf("owned by uid %d", uid)) {
+		t.Errorf("another user's file in a sticky dir: %v", err)
+	}
+	// And a sticky dir of another user is still theirs.
+	if err := os.Chown(sticky, int(uid), int(uid)); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(h, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := (kernelTrust{}).read(h); !errors.Is(err, errUntrusted) || !strings.Contains(err.Error(), fmt.Sprintf("is owned by uid %d", uid)) {
+		t.Errorf("a file in another user's sticky dir: %v", err)
+	}
 }
 
 // dialLog is a fake dialer that records which connection files it was
@@ -171,7 +201,7 @@ func TestAgentServesOnlyTrustedConnectionFiles(t *testing.T) {
 	st := newStore(aliceWS)
 	st.publish(time.Now())
 	dir, open := t.TempDir(), t.TempDir()
-	if err := os.Chmod(open, 0o1777); err != nil {
+	if err := os.Chmod(open, 0o777); err != nil {
 		t.Fatal(err)
 	}
 	if err := syscall.Mkfifo(filepath.Join(dir, "kernel-fifo.json"), 0o600); err != nil {

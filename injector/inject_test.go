@@ -28,6 +28,8 @@ const (
 	helperEnv       = "NBSECRETS_INJECTOR_TEST_HELPER"
 	helperSocketEnv = "NBSECRETS_INJECTOR_TEST_SOCKET"
 	helperConnEnv   = "NBSECRETS_INJECTOR_TEST_CONN"
+	// helperTimeoutEnv, when set, is the helper injector's Options.Timeout.
+	helperTimeoutEnv = "NBSECRETS_INJECTOR_TEST_TIMEOUT"
 )
 
 func TestMain(m *testing.M) {
@@ -47,7 +49,9 @@ func TestMain(m *testing.M) {
 func helperInject() {
 	environ := slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, helperEnv+"=") })
 	environ = append(environ, helperEnv+"=kernel")
+	timeout, _ := time.ParseDuration(os.Getenv(helperTimeoutEnv)) // unset: 0, the default
 	err := Exec(context.Background(), Options{
+		Timeout: timeout,
 		Socket:  os.Getenv(helperSocketEnv),
 		Argv:    []string{os.Args[0], "-f", os.Getenv(helperConnEnv)},
 		Environ: environ,
@@ -645,7 +649,10 @@ func TestExecTooLargeStartsWithoutSecrets(t *testing.T) {
 	cmd := exec.CommandContext(ctx, os.Args[0])
 	cmd.Env = append(slices.DeleteFunc(os.Environ(), func(kv string) bool {
 		return strings.HasPrefix(kv, "DB-PASSWORD=") || strings.HasPrefix(kv, localapi.ManagedVar+"=")
-	}), helperEnv+"=inject", helperSocketEnv+"="+a.socket, helperConnEnv+"="+conn, "HOME=/home/kept")
+	}), helperEnv+"=inject", helperSocketEnv+"="+a.socket, helperConnEnv+"="+conn, "HOME=/home/kept",
+		// 6 MiB of JSON under the race detector on a loaded machine can
+		// outlast the 2s default; this test is about execve, not the agent.
+		helperTimeoutEnv+"=1m")
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	cmd.WaitDelay = 5 * time.Second

@@ -73,7 +73,7 @@ type fanoutWorkspace struct {
 type fanoutRound struct {
 	Version      uint64  `json:"version"`
 	WrittenS     float64 `json:"written_s"` // Update call to its reply: every record written and acknowledged
-	AppliedS     float64 `json:"applied_s"` // Update call to the last agent opening its record
+	AppliedS     float64 `json:"applied_s"` // Update call to the last agent opening its record; -1: some never did
 	FirstS       float64 `json:"first_s"`   // Update call to the first agent opening its record
 	Applied      int     `json:"applied"`   // agents that opened the new version within -timeout
 	CPUUsPerWS   float64 `json:"cpu_us_per_workspace"`
@@ -282,7 +282,7 @@ func runFanout(ctx context.Context, cfg *fanoutConfig) (err error) {
 			round.FirstS = res.first.Sub(t0).Seconds()
 		}
 		if res.count < cfg.n {
-			round.AppliedS = math.Inf(1)
+			round.AppliedS = -1 // not every agent: see applied
 		}
 		rep.Rounds = append(rep.Rounds, round)
 		progress(fmt.Sprintf("version %d: written %.2f s, applied %d/%d, last %.2f s, service CPU %.1f µs/workspace",
@@ -305,7 +305,12 @@ func printFanout(w io.Writer, cfg *fanoutConfig, rep *fanoutReport) error {
 		return v[(len(v)-1)/2] // the lower median: a measured round
 	}
 	sum.WrittenS = round2(med(func(r fanoutRound) float64 { return r.WrittenS }))
-	sum.AppliedS = round2(med(func(r fanoutRound) float64 { return r.AppliedS }))
+	sum.AppliedS = round2(med(func(r fanoutRound) float64 {
+		if r.AppliedS < 0 {
+			return math.Inf(1) // never: slower than any
+		}
+		return r.AppliedS
+	}))
 	sum.CPUUsPerWS = round2(med(func(r fanoutRound) float64 { return r.CPUUsPerWS }))
 	sum.Applied = rep.Workspaces
 	for _, r := range rep.Rounds {

@@ -3,7 +3,8 @@ package main
 import (
 	"bytes"
 	"encoding/json"
-	"math"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -16,10 +17,11 @@ func TestFanoutSummaryLine(t *testing.T) {
 	rep := &fanoutReport{Workspaces: 3, Nodes: 1, Rounds: []fanoutRound{
 		{Version: 2, WrittenS: 0.3, AppliedS: 0.9, Applied: 3, CPUUsPerWS: 50},
 		{Version: 3, WrittenS: 0.1, AppliedS: 0.5, Applied: 3, CPUUsPerWS: 70},
-		{Version: 4, WrittenS: 0.2, AppliedS: math.Inf(1), Applied: 2, CPUUsPerWS: 60},
+		{Version: 4, WrittenS: 0.2, AppliedS: -1, Applied: 2, CPUUsPerWS: 60},
 	}}
 	var out bytes.Buffer
-	if err := printFanout(&out, &fanoutConfig{}, rep); err != nil {
+	file := filepath.Join(t.TempDir(), "fanout.json")
+	if err := printFanout(&out, &fanoutConfig{out: file}, rep); err != nil {
 		t.Fatal(err)
 	}
 	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
@@ -32,6 +34,12 @@ func TestFanoutSummaryLine(t *testing.T) {
 		if got, ok := sum[k]; !ok || got != v {
 			t.Errorf("%s = %v (present %v), want %v", k, got, ok, v)
 		}
+	}
+	var full struct {
+		Rounds []fanoutRound `json:"rounds"`
+	}
+	if b, err := os.ReadFile(file); err != nil || json.Unmarshal(b, &full) != nil || len(full.Rounds) != 3 || full.Rounds[2].AppliedS != -1 {
+		t.Errorf("the JSON report: %v, %+v", err, full.Rounds)
 	}
 	if !strings.Contains(out.String(), "NOT MET") {
 		t.Error("a round where an agent never applied must not meet the targets")

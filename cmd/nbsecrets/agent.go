@@ -46,6 +46,7 @@ func runAgent(ctx context.Context, env *cliEnv, args []string) error {
 	metricsAddr, metricsAnyAddr := metricsFlag(fs), metricsNonLoopbackFlag(fs)
 	remoteKernels := allowRemoteKernelsFlag(fs)
 	logLevel, logJSON := logFlags(fs)
+	_ = fs.Bool("exec", false, "on a JupyterHub: nbsecrets agent --exec -- jupyterhub-singleuser ... makes its keys, registers with $NBSECRETS_SERVICE_URL using $JUPYTERHUB_API_TOKEN and runs the server as its child (see deploy/jupyterhub)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}

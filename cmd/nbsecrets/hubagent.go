@@ -54,6 +54,9 @@ func runAgentExec(ctx context.Context, env *cliEnv, flags, argv []string) error 
 	fs := newFlags(env, "agent", "--exec -- ARGV...")
 	svcURL := fs.String("service-url", envOr("NBSECRETS_SERVICE_URL", ""), "the secrets service's URL, as the server reaches it (http://127.0.0.1:PORT/services/nbsecrets/) ($NBSECRETS_SERVICE_URL)")
 	logLevel, logJSON := logFlags(fs)
+	if len(argv) > 0 && (argv[0] == "--help" || argv[0] == "-h") {
+		flags = append(flags, argv[0]) // `agent --exec --help`: this mode's usage
+	}
 	if err := parseFlags(fs, flags); err != nil {
 		return err
 	}

@@ -86,8 +86,10 @@ func TestHubNATSWorkspaceAccounts(t *testing.T) {
 	consume := func(ws string) error {
 		ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 		defer cancel()
-		_, err := js.OrderedConsumer(ctx, protocol.StreamName(), jetstream.OrderedConsumerConfig{
-			FilterSubjects: []string{"$KV." + protocol.Bucket + "." + ws + ".>"}, DeliverPolicy: jetstream.DeliverLastPerSubjectPolicy})
+		// As the agent creates its consumer (agent/sync.go).
+		_, err := js.CreateConsumer(ctx, protocol.StreamName(), jetstream.ConsumerConfig{
+			Name: protocol.ConsumerName(ws), FilterSubject: protocol.WorkspaceFilter(ws),
+			DeliverPolicy: jetstream.DeliverLastPerSubjectPolicy, AckPolicy: jetstream.AckNonePolicy, MemoryStorage: true})
 		return err
 	}
 	if err := consume("alice"); err != nil {

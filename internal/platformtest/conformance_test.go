@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -33,7 +34,12 @@ func TestConformance(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, kerneltest.PythonPath, "testdata/conformance.py")
-	cmd.Env = append(d.Env(), "NBSECRETS="+d.Bin, "NBSECRETS_STATE_DIR="+d.State,
+	// The suite starts its kernel with jupyter_client's start_new_kernel,
+	// which writes the connection file with tempfile.mkstemp: in /tmp, a
+	// sticky directory everyone can write. The agent must serve it there
+	// (agent/trust.go), as nbclient's and papermill's kernels live there too.
+	cmd.Env = slices.DeleteFunc(d.Env(), func(kv string) bool { return strings.HasPrefix(kv, "TMPDIR=") })
+	cmd.Env = append(cmd.Env, "NBSECRETS="+d.Bin, "NBSECRETS_STATE_DIR="+d.State,
 		"NBSECRETS_TEST_SECRET="+secretName, "NBSECRETS_SERVED_FILE="+served)
 	var out testutil.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out

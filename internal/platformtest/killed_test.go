@@ -3,12 +3,15 @@ package platformtest
 import (
 	"context"
 	"fmt"
+	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/nbsecrets/nbsecrets/internal/kerneltest"
 	"github.com/nbsecrets/nbsecrets/internal/testutil"
 	"github.com/nbsecrets/nbsecrets/protocol/jupyter"
 )
@@ -155,5 +158,59 @@ func TestJupyterServerKernelKilled(t *testing.T) {
 	}
 	if out := d.Output(); strings.Contains(out, v1) || strings.Contains(out, v2) {
 		t.Error("a secret value appears in the output of nbsecrets dev")
+	}
+}
+
+// TestNewPortsServedQuietly kills a kernel started through the injector
+// and starts it again on new ports under the same connection file, removed
+// and written anew as jupyter_client does. The agent must serve the new
+// process over the quiet channel on its new ports: a change reaches it with
+// no iopub message, in one nbsecrets thread. (agent/ports_integration_test.go
+// covers the re-seed itself and the in-place rewrite with a new key.)
+func TestNewPortsServedQuietly(t *testing.T) {
+	if testing.Short() {
+		t.Skip("real kernels")
+	}
+	d := StartDev(t, Build(t))
+	v1 := "platform-" + RandHex(t)
+	d.Set(t, secretName, v1)
+	env := d.Env()[len(os.Environ()):]
+	k := kerneltest.Start(t, kerneltest.Options{Dir: d.Runtime, Env: env,
+		Prefix: []string{d.Bin, "inject", "--socket", d.Socket(t), "--"}})
+	d.WaitQuiet(t, k.ID, secretName, 60*time.Second)
+	old := *k.Info
+	pid1 := k.PID()
+
+	k.RestartNewPorts(t, kerneltest.NewPorts{Remove: true})
+	for _, p := range ports(k.Info) {
+		if slices.Contains(ports(&old), p) {
+			t.Fatalf("port %d kept: %v -> %v", p, ports(&old), ports(k.Info))
+		}
+	}
+	// A change after the restart: held by the agent only once it serves
+	// the new process (the old one is gone).
+	v2 := "platform-" + RandHex(t)
+	d.Set(t, secretName, v2)
+	d.WaitQuiet(t, k.ID, secretName, 60*time.Second)
+	w := Watch(t, k.ConnFile, true)
+	got := check(t, w.Client)
+	if got.pid == pid1 || got.pid != k.PID() || got.digest != digest(v2) || got.threads != 1 {
+		t.Fatalf("after the restart on new ports: %+v; want pid %d with the new value and one nbsecrets thread", got, k.PID())
+	}
+	from := time.Now()
+	v3 := "platform-" + RandHex(t)
+	d.Set(t, secretName, v3)
+	d.WaitQuiet(t, k.ID, secretName, 30*time.Second)
+	if f := w.Foreign(from, time.Time{}); len(f) > 0 {
+		t.Errorf("a change after the restart caused %d iopub messages:%s", len(f), Describe(f, from))
+	}
+	if got := check(t, w.Client); got.digest != digest(v3) || got.origin != "live" || got.threads != 1 {
+		t.Errorf("after a change on the new ports: %+v; want the value set live, one nbsecrets thread", got)
+	}
+	out := d.Output()
+	for _, v := range []string{v1, v2, v3} {
+		if strings.Contains(out, v) {
+			t.Fatal("a secret value appears in the output of nbsecrets dev")
+		}
 	}
 }

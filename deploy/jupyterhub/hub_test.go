@@ -1,8 +1,13 @@
-package main
+// Package jupyterhub_test runs nbsecrets on a real JupyterHub with the
+// config fragment of this directory (nbsecrets_config.py), end to end.
+package jupyterhub_test
 
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -23,8 +28,40 @@ import (
 
 	"github.com/nbsecrets/nbsecrets/internal/browsertest"
 	"github.com/nbsecrets/nbsecrets/internal/kerneltest"
+	"github.com/nbsecrets/nbsecrets/internal/testutil"
 	"github.com/nbsecrets/nbsecrets/protocol/jupyter"
 )
+
+type lockedBuffer = testutil.Buffer
+
+// buildBinary builds cmd/nbsecrets into dir.
+func buildBinary(t *testing.T, dir string) string {
+	t.Helper()
+	bin := filepath.Join(dir, "nbsecrets")
+	if out, err := exec.Command("go", "build", "-o", bin, "../../cmd/nbsecrets").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+func randHex(t *testing.T) string {
+	b := make([]byte, 8)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(b)
+}
+
+func digest(v string) string {
+	s := sha256.Sum256([]byte(v))
+	return hex.EncodeToString(s[:])
+}
+
+// kernelDigest is the sha256 of os.environ[name] in the kernel, or "unset".
+func kernelDigest(t *testing.T, c *jupyter.Client, name, _ string) string {
+	t.Helper()
+	return kernelRun(t, c, fmt.Sprintf("import os as _o, hashlib as _h\n_v = _o.environ.get(%q)\nprint('unset' if _v is None else _h.sha256(_v.encode()).hexdigest())\ndel _o, _h, _v", name))
+}
 
 // requireHubEnv turns a missing JupyterHub (or not being root) from a skip
 // into a failure; CI sets it.
@@ -137,8 +174,8 @@ func startHub(t *testing.T, bin, spawner string, users []string, groups map[stri
 	if err != nil {
 		t.Fatal(err)
 	}
-	fragment := filepath.Join(wd, "..", "..", "deploy", "jupyterhub", "nbsecrets_config.py")
-	pyAPI := filepath.Join(wd, "..", "..", "deploy", "python")
+	fragment := filepath.Join(wd, "nbsecrets_config.py")
+	pyAPI := filepath.Join(wd, "..", "python")
 	h := &hubRun{t: t, tmp: tmp, token: "tester-" + randHex(t) + randHex(t), log: &lockedBuffer{}, done: make(chan error, 1), servers: map[string]int{}}
 	port, proxyAPI, hubPort := freePort(t), freePort(t), freePort(t)
 	h.url = fmt.Sprintf("http://127.0.0.1:%d", port)
