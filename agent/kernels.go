@@ -73,7 +73,8 @@ type worker struct {
 	sum    [32]byte // connection file content it was started for
 	cancel context.CancelFunc
 	done   chan struct{}
-	owed   *owedRestart // a restart decided and not done; the worker's goroutine only
+	own    *owner // the kernel id's owner: history and decision state
+	gen    uint64 // this worker's generation of the owner's decision state
 
 	mu     sync.Mutex
 	status KernelStatus
@@ -117,8 +118,8 @@ type kernels struct {
 	mu      sync.Mutex
 	ctx     context.Context // set by run; workers' parent
 	workers map[string]*worker
-	history map[string]*kernelHistory // kernel id → restarts and starts, across workers
-	refused map[string]string         // connection file → why it is refused (logged once)
+	owners  map[string]*owner // kernel id → its owner, across workers
+	refused map[string]string // connection file → why it is refused (logged once)
 	wg      sync.WaitGroup
 }
 
@@ -149,7 +150,8 @@ func (ks *kernels) add(file string) {
 		w.cancel()
 	}
 	ctx, cancel := context.WithCancel(ks.ctx)
-	w := &worker{file: file, sum: sum, cancel: cancel, done: make(chan struct{}),
+	own := ks.ownerLocked(kernelID(file), time.Now())
+	w := &worker{file: file, sum: sum, cancel: cancel, done: make(chan struct{}), own: own, gen: own.newGeneration(),
 		status: KernelStatus{ID: kernelID(file), ConnectionFile: file, State: StateConnecting}}
 	ks.workers[file] = w
 	ks.wg.Add(1)
@@ -196,7 +198,7 @@ func (ks *kernels) statuses() []KernelStatus {
 		// the state to restarting before it is counted, so a status that
 		// counts it never shows the kernel as it was before.
 		r := KernelStatus{ID: w.status.ID}
-		ks.restartStatus(&r)
+		w.own.restartStatus(&r)
 		s := w.snapshot()
 		s.Restarts, s.LastRestart, s.LastRestartReason = r.Restarts, r.LastRestart, r.LastRestartReason
 		out = append(out, s)
@@ -239,14 +241,15 @@ func (ks *kernels) serve(ctx context.Context, w *worker) {
 		w.mu.Unlock()
 		log.Info("kernel connected", "language", desc.Language, "mode", desc.Mode)
 		reseeds := w.snapshot().Reseeds
-		err = ks.follow(ctx, w, sess, wake, log)
+		do := ks.doerFor(w, sess)
+		err = ks.follow(ctx, w, sess, do, wake, log)
 		if w.snapshot().Reseeds != reseeds {
 			rb.reset()
 		}
 		w.mu.Lock()
 		w.busy, w.desc = nil, nil
 		w.mu.Unlock()
-		_ = sess.Close()
+		_ = do.close()
 		if err == nil {
 			return
 		}
@@ -278,10 +281,10 @@ func (ks *kernels) serve(ctx context.Context, w *worker) {
 }
 
 // follow keeps one connected kernel at the desired environment, re-seeding
-// or restarting it as the policy decides (decide, in policy.go). It returns
-// nil when ctx ends, errRestarted once it restarted the kernel, and another
-// error when the kernel stops answering.
-func (ks *kernels) follow(ctx context.Context, w *worker, sess session, wake <-chan struct{}, log hclog.Logger) error {
+// or restarting it as step decides (step.go); what it decides is applied
+// through a doer. It returns nil when ctx ends, errRestarted once it
+// restarted the kernel, and another error when the kernel stops answering.
+func (ks *kernels) follow(ctx context.Context, w *worker, sess session, do doer, wake <-chan struct{}, log hclog.Logger) error {
 	pol := ks.policy
 	mode := sess.Describe().Mode
 	live := mode != ModeNone
@@ -305,90 +308,82 @@ func (ks *kernels) follow(ctx context.Context, w *worker, sess session, wake <-c
 	due.Stop()
 	defer due.Stop()
 
-	if o := w.owed; o != nil {
-		if at, _ := ks.startInfo(w.status.ID); at.After(o.decided) {
+	// The owed restart and the change given up for survive a reconnect to
+	// the same process; what it holds is unknown again.
+	own := w.own
+	st := own.state(w.gen)
+	if o := st.owed; o != nil {
+		if at, _ := own.startInfo(); at.After(o.decided) {
 			log.Info("kernel started again through the injector since a restart was decided; no restart needed", "reason", o.reason)
-			w.owed = nil
+			st.owed = nil
 		}
 	}
-	// What the kernel holds; nil: unknown until the first (full) re-seed.
-	// Right after a restart by the agent it holds what the injector gave it,
-	// so a change made since is a change (restarted for, under a restart
-	// policy) rather than a first contact.
-	held := ks.restartedHolds(w.status.ID)
-	if held != nil && live {
-		w.update(func(s *KernelStatus) { s.State, s.Holds = StateLive, held })
+	// Right after a restart by the agent the kernel holds what the
+	// injector gave it, so a change made since is a change (restarted for,
+	// under a restart policy) rather than a first contact.
+	st.held = own.restartedHolds()
+	if st.held != nil && live {
+		w.update(func(s *KernelStatus) { s.State, s.Holds = StateLive, st.held })
 	}
 	if !live {
 		// A start-only kernel holds what the injector gave it.
-		_, held = ks.startInfo(w.status.ID)
-		if held == nil {
+		_, st.held = own.startInfo()
+		if st.held == nil {
 			d, _ := ks.st.snapshot()
-			held = holdings(d)
+			st.held = holdings(d)
 			log.Debug("start-only kernel started without this agent's injector; taking it to hold the current values")
 		}
-		w.update(func(s *KernelStatus) { s.State, s.Holds = StateStartOnly, held })
+		w.update(func(s *KernelStatus) { s.State, s.Holds = StateStartOnly, st.held })
 	}
-	var gaveUp uint64 // the generation of the change a restart was given up for
+	own.setState(w.gen, st)
 	for {
 		d, _ := ks.st.snapshot()
-		p := plan(held, d)
-		if o := w.owed; o != nil && o.base != nil && plan(o.base, d).Empty() {
-			log.Info("restart no longer needed: the values are back to what the kernel holds", "reason", o.reason)
-			w.owed = nil
-		}
-		if w.owed == nil && d.Gen != gaveUp {
-			if dec := decide(pol, mode, p); dec.do == doRestart {
-				w.owed = ks.owe(w, dec, p, held)
-				log.Info("restart decided", "reason", dec.reason, "set", w.owed.set, "unset", w.owed.unset,
-					"in", time.Until(w.owed.due).Round(time.Millisecond))
+		a := ks.stepOn(w, &st, event{kind: evLook, d: d, mode: mode, splay: splay(pol.Splay)}, log)
+		switch a.kind {
+		case actWait:
+			if !a.due.IsZero() {
+				due.Reset(time.Until(a.due))
 			}
-		}
-		w.update(func(s *KernelStatus) { s.PendingRestart = w.owed.status() })
-		if o := w.owed; o != nil {
-			if wait := time.Until(o.due); wait > 0 {
-				due.Reset(wait)
-			} else {
-				err := ks.restartKernel(ctx, w, sess, o, log)
-				switch {
-				case errors.Is(err, errRestarted):
-					w.owed = nil
-					return err
-				case ctx.Err() != nil:
-					return nil
-				case errors.Is(err, errGaveUp), errors.Is(err, errRestartFailed):
-					// Not for this change; a live kernel is re-seeded instead.
-					w.owed, gaveUp = nil, d.Gen
-					w.update(func(s *KernelStatus) { s.PendingRestart, s.LastError = nil, err.Error() })
-					continue
-				default: // the session was lost: reconnect, the restart still owed
-					return err
-				}
+		case actRestart:
+			err := ks.restartKernel(ctx, w, sess, do, &st, d, mode, log)
+			switch {
+			case errors.Is(err, errRestarted):
+				return err
+			case ctx.Err() != nil:
+				return nil
+			case errors.Is(err, errGaveUp), errors.Is(err, errRestartFailed):
+				// Not for this change; a live kernel is re-seeded instead.
+				w.update(func(s *KernelStatus) { s.PendingRestart, s.LastError = nil, err.Error() })
+				continue
+			default: // the session was lost: reconnect, the restart still owed
+				return err
 			}
-		}
-		if live && w.owed == nil && !p.Empty() {
+		case actReseed:
+			p := a.plan
 			actx, cancel := context.WithTimeout(ctx, ks.applyTimeout)
-			err := sess.Apply(actx, p, managedList(d))
+			err := do.reseed(actx, p, managedList(d))
 			cancel()
 			if ctx.Err() != nil {
 				return nil
 			}
 			if err != nil {
 				ks.metrics.reseedFailed()
-				if dec := afterReseedError(pol, mode, p, sess.Busy()); dec.do == doRestart && d.Gen != gaveUp {
+				if b := ks.stepOn(w, &st, event{kind: evReseedFailed, d: d, mode: mode, plan: p, busy: sess.Busy(), splay: splay(pol.Splay)}, log); b.kind == actLook {
 					log.Warn("re-seed failed; the kernel will be restarted", "error", err)
-					w.owed = ks.owe(w, dec, p, held)
 					continue
 				}
 				return fmt.Errorf("%w: %w", errReseedFailed, err)
 			}
 			ks.metrics.reseeded(p.Full, d.ChangedAt)
-			held = holdings(d)
+			ks.stepOn(w, &st, event{kind: evReseeded, d: d, mode: mode, plan: p}, log)
 			log.Info("re-seeded", "gen", d.Gen, "full", p.Full, "set", sortedKeys(p.Set), "unset", p.Unset)
+			held := st.held
 			w.update(func(s *KernelStatus) {
 				s.State, s.Holds, s.LastReseed, s.LastError = StateLive, held, time.Now(), ""
 				s.Reseeds++
 			})
+		case actLook:
+			continue
 		}
 		select {
 		case <-ctx.Done():
@@ -409,6 +404,27 @@ func (ks *kernels) follow(ctx context.Context, w *worker, sess session, wake <-c
 			}
 		}
 	}
+}
+
+// stepOn runs step on ev for w's kernel at the current time, stores the
+// state it returns in the kernel's owner, logs what was decided (names and
+// reasons, never a value) and shows the pending restart in status.
+func (ks *kernels) stepOn(w *worker, st *ownerState, ev event, log hclog.Logger) action {
+	now := time.Now()
+	st.lastRestart = w.own.lastRestartAt()
+	a, next := step(ks.policy, *st, ev, now)
+	*st = next
+	w.own.setState(w.gen, next)
+	if o := a.undone; o != nil {
+		log.Info("restart no longer needed: the values are back to what the kernel holds", "reason", o.reason)
+	}
+	if o := a.decided; o != nil {
+		log.Info("restart decided", "reason", o.reason, "set", o.set, "unset", o.unset,
+			"in", o.due.Sub(now).Round(time.Millisecond))
+	}
+	pending := next.owed.status()
+	w.update(func(s *KernelStatus) { s.PendingRestart = pending })
+	return a
 }
 
 func sortedKeys[V any](m map[string]V) []string {

@@ -80,7 +80,8 @@ var errGaveUp = errors.New("agent: kernel still busy; restart given up")
 var errRestartFailed = errors.New("agent: restart failed")
 
 // owedRestart is a restart decided for a kernel and not done yet. It lives
-// on the worker, so it survives a reconnect to the same kernel process.
+// in the kernel's owner (ownerState), so it survives a reconnect to the
+// same kernel process.
 type owedRestart struct {
 	reason     string
 	set, unset []string        // names that changed, for the log
@@ -88,148 +89,6 @@ type owedRestart struct {
 	decided    time.Time       // when it was decided
 	due        time.Time       // not before (window, splay)
 	waitIdle   bool            // waiting for the kernel to become idle
-}
-
-// kernelHistory is what the agent remembers of one kernel across workers:
-// a kernel restarted with new ports gets a new worker, and the window
-// between restarts must still hold.
-type kernelHistory struct {
-	restarts    uint64
-	lastRestart time.Time // when the agent's last restart of it began
-	lastReason  string
-	fresh       bool      // a restart began and the kernel was not connected to since
-	began       time.Time // when the last restart that did not fail began (it may still run)
-	// started and startHeld: when the injector last fetched this kernel's
-	// environment, and what it was given.
-	started   time.Time
-	startHeld map[string]Held
-	touched   time.Time
-}
-
-// historyTTL is how long an idle kernel's history is kept once no worker
-// serves the kernel.
-const historyTTL = time.Hour
-
-// history returns the kernel's record, creating it; ks.mu must be held.
-func (ks *kernels) historyLocked(id string, now time.Time) *kernelHistory {
-	if ks.history == nil {
-		ks.history = map[string]*kernelHistory{}
-	}
-	h := ks.history[id]
-	if h == nil {
-		h = &kernelHistory{}
-		ks.history[id] = h
-		for k, o := range ks.history { // prune kernels long gone
-			if now.Sub(o.touched) > historyTTL && !ks.servesLocked(k) {
-				delete(ks.history, k)
-			}
-		}
-	}
-	h.touched = now
-	return h
-}
-
-func (ks *kernels) servesLocked(id string) bool {
-	for f := range ks.workers {
-		if kernelID(f) == id {
-			return true
-		}
-	}
-	return false
-}
-
-// started records that the injector fetched the environment d for the
-// kernel of connFile: the kernel is (re)starting with these values.
-func (ks *kernels) started(connFile string, d *Desired) {
-	now := time.Now()
-	ks.mu.Lock()
-	defer ks.mu.Unlock()
-	h := ks.historyLocked(kernelID(connFile), now)
-	h.started, h.startHeld = now, holdings(d)
-}
-
-// startInfo returns when the kernel last started through the injector and
-// what it was given (nil if not known).
-func (ks *kernels) startInfo(id string) (time.Time, map[string]Held) {
-	ks.mu.Lock()
-	defer ks.mu.Unlock()
-	if h := ks.history[id]; h != nil {
-		return h.started, h.startHeld
-	}
-	return time.Time{}, nil
-}
-
-// restartedHolds returns, on the first connection after the agent
-// restarted the kernel, what the new process was given by the injector, if
-// it asked since the restart began; else nil: unknown.
-func (ks *kernels) restartedHolds(id string) map[string]Held {
-	ks.mu.Lock()
-	defer ks.mu.Unlock()
-	h := ks.history[id]
-	if h == nil || !h.fresh {
-		return nil
-	}
-	h.fresh = false
-	if h.startHeld == nil || h.started.Before(h.began) {
-		return nil
-	}
-	return h.startHeld
-}
-
-// lastRestart returns when the agent's last restart of the kernel began,
-// counting one whose call is still running: a worker for a connection file
-// the restart rewrote can decide the next restart before the call returns,
-// and the window runs from the restart's beginning all the same.
-func (ks *kernels) lastRestart(id string) time.Time {
-	ks.mu.Lock()
-	defer ks.mu.Unlock()
-	h := ks.history[id]
-	if h == nil {
-		return time.Time{}
-	}
-	if h.began.After(h.lastRestart) {
-		return h.began
-	}
-	return h.lastRestart
-}
-
-// restartBegins marks the kernel as being restarted from at, before the
-// mechanism is called: a restart that rewrites the connection file (new
-// ports, or ipykernel writing it at start) has a new worker connect to the
-// new kernel while the call may still be running, and that worker must
-// take what the injector gave the kernel, not treat it as a first contact.
-func (ks *kernels) restartBegins(id string, at time.Time) {
-	ks.mu.Lock()
-	defer ks.mu.Unlock()
-	h := ks.historyLocked(id, at)
-	h.fresh, h.began = true, at
-}
-
-// restartFailed undoes restartBegins: a failed restart neither marks the
-// kernel fresh nor counts for the window.
-func (ks *kernels) restartFailed(id string) {
-	ks.mu.Lock()
-	defer ks.mu.Unlock()
-	if h := ks.history[id]; h != nil {
-		h.fresh, h.began = false, time.Time{}
-	}
-}
-
-func (ks *kernels) noteRestart(id, reason string, at time.Time) {
-	ks.mu.Lock()
-	defer ks.mu.Unlock()
-	h := ks.historyLocked(id, at)
-	h.restarts++
-	h.lastRestart, h.lastReason = at, reason
-}
-
-// restartStatus fills a kernel status's restart fields from its history.
-func (ks *kernels) restartStatus(s *KernelStatus) {
-	ks.mu.Lock()
-	defer ks.mu.Unlock()
-	if h := ks.history[s.ID]; h != nil {
-		s.Restarts, s.LastRestart, s.LastRestartReason = h.restarts, h.lastRestart, h.lastReason
-	}
 }
 
 // splay draws a random delay in [0, max).
@@ -240,23 +99,56 @@ func splay(max time.Duration) time.Duration {
 	return rand.N(max)
 }
 
-// owe decides a restart now: its due time follows the kernel's window and
-// a splay.
-func (ks *kernels) owe(w *worker, dec decision, p Plan, held map[string]Held) *owedRestart {
-	now := time.Now()
-	set, unset := changedNames(p)
-	return &owedRestart{reason: dec.reason, set: set, unset: unset, base: held, decided: now,
-		due: restartDue(ks.policy, now, ks.lastRestart(w.status.ID), splay(ks.policy.Splay))}
+// doer applies what step decides to one connected kernel: the small
+// interface between deciding (step) and doing, so that the decisions are
+// tested as a table and the doing against real kernels.
+type doer interface {
+	// reseed brings the kernel's environment to p; managed is the new
+	// value of ManagedVar.
+	reseed(ctx context.Context, p Plan, managed string) error
+	// restart restarts the kernel through the restart mechanism.
+	restart(ctx context.Context) error
+	// close lets go of the kernel's sockets.
+	close() error
+	// String names the restart mechanism in logs.
+	String() string
 }
 
-// restartKernel does an owed restart: it waits for a busy kernel to become
-// idle (up to BusyWait, then restarts anyway or gives up, per policy),
-// checks that the values still differ, and restarts the kernel through the
-// mechanism. It returns errRestarted once the kernel was restarted,
-// errGaveUp when the policy gave up on a busy kernel, another error when
-// the restart failed or the session was lost.
-func (ks *kernels) restartKernel(ctx context.Context, w *worker, sess session, o *owedRestart, log hclog.Logger) error {
+// kernelDoer is the doer of a worker's session and the agent's restarter.
+type kernelDoer struct {
+	sess session
+	r    restarter
+	ref  kernelRef
+}
+
+func (k kernelDoer) reseed(ctx context.Context, p Plan, managed string) error {
+	return k.sess.Apply(ctx, p, managed)
+}
+
+func (k kernelDoer) restart(ctx context.Context) error { return k.r.restart(ctx, k.ref, k.sess) }
+
+func (k kernelDoer) close() error { return k.sess.Close() }
+
+func (k kernelDoer) String() string { return k.r.String() }
+
+// doerFor is the doer of w's kernel over sess.
+func (ks *kernels) doerFor(w *worker, sess session) kernelDoer {
+	r := ks.restarter
+	if r == nil {
+		r = shutdownRestarter{}
+	}
+	return kernelDoer{sess: sess, r: r, ref: kernelRef{ID: w.status.ID, ConnectionFile: w.file}}
+}
+
+// restartKernel does the owed restart st.owed: it waits for a busy kernel
+// to become idle (up to BusyWait; then step decides between restarting
+// anyway and giving up, per policy) and restarts the kernel through do. It
+// returns errRestarted once the kernel was restarted, errGaveUp when the
+// policy gave up on a busy kernel, errRestartFailed when the mechanism
+// failed, and another error when the session was lost or ctx ended.
+func (ks *kernels) restartKernel(ctx context.Context, w *worker, sess session, do doer, st *ownerState, d *Desired, mode Mode, log hclog.Logger) error {
 	pol := ks.policy
+	o := st.owed
 	log = log.With("reason", o.reason, "set", o.set, "unset", o.unset)
 	if sess.Busy() {
 		o.waitIdle = true
@@ -282,20 +174,17 @@ func (ks *kernels) restartKernel(ctx context.Context, w *worker, sess session, o
 		if isClosed(sess.Done()) {
 			return errors.New("connection to the kernel lost while waiting for idle")
 		}
-		idle := err == nil
-		if !restartAfterBusyWait(pol, idle) {
+		a := ks.stepOn(w, st, event{kind: evBusyOver, d: d, mode: mode, idle: err == nil}, log)
+		if a.kind != actRestartNow {
 			log.Warn("kernel still busy after the busy wait; restart given up", "busy_wait", pol.BusyWait)
 			return errGaveUp
 		}
-		if !idle {
+		if a.forced {
 			log.Warn("kernel still busy after the busy wait; restarting anyway", "busy_wait", pol.BusyWait)
 		}
 	}
-	r := ks.restarter
-	if r == nil {
-		r = shutdownRestarter{}
-	}
-	log.Info("restarting kernel", "mechanism", r.String())
+	mech := do.String()
+	log.Info("restarting kernel", "mechanism", mech)
 	began := time.Now()
 	// Bounded by the agent's life, not the worker's: the restarted kernel
 	// rewrites its connection file (ipykernel does at start), which may
@@ -307,21 +196,23 @@ func (ks *kernels) restartKernel(ctx context.Context, w *worker, sess session, o
 	}
 	ks.mu.Unlock()
 	rctx, cancel := context.WithTimeout(parent, restartTimeout)
-	ks.restartBegins(w.status.ID, began)
-	err := r.restart(rctx, kernelRef{ID: w.status.ID, ConnectionFile: w.file}, sess)
+	w.own.restartBegins(began)
+	err := do.restart(rctx)
 	cancel()
 	if err != nil {
-		ks.restartFailed(w.status.ID)
+		w.own.restartFailed()
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		log.Error("restart failed", "mechanism", r.String(), "error", err)
-		return fmt.Errorf("%w: through %s: %w", errRestartFailed, r, err)
+		log.Error("restart failed", "mechanism", mech, "error", err)
+		ks.stepOn(w, st, event{kind: evRestartFailed, d: d, mode: mode}, log)
+		return fmt.Errorf("%w: through %s: %w", errRestartFailed, mech, err)
 	}
 	w.update(func(s *KernelStatus) { s.State, s.LastError, s.PendingRestart = StateRestarting, "", nil })
-	ks.noteRestart(w.status.ID, o.reason, began)
+	w.own.noteRestart(o.reason, began)
 	ks.metrics.restarted(o.reason)
-	log.Info("kernel restarted; reconnecting", "mechanism", r.String())
+	ks.stepOn(w, st, event{kind: evRestarted, d: d, mode: mode}, log)
+	log.Info("kernel restarted; reconnecting", "mechanism", mech)
 	return errRestarted
 }
 
