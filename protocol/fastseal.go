@@ -107,3 +107,57 @@ func (f *fastKeys) sharedKey(recipient string) (*[32]byte, error) {
 	f.mu.Unlock()
 	return key, nil
 }
+
+// The fast path of an Opener: an agent opens every record from the one
+// pinned sealing key, so the box key between that key and the workspace's
+// curve key is computed once, when the Opener is made, instead of one
+// X25519 agreement per record in nkeys' Open (with a second scalar
+// multiplication for the public key crypto/ecdh derives): about half of
+// Open's time. The bytes accepted are exactly nkeys' Open's: "xkv1", a
+// 24-byte nonce, box.Open's input.
+
+// openerSharedKey precomputes the box key between curve and the sealer's
+// public key, or returns nil when curve will not give its seed (Open then
+// uses nkeys as it is).
+func openerSharedKey(curve nkeys.KeyPair, sealerKey string) *[32]byte {
+	s, err := curve.Seed()
+	if err != nil {
+		return nil
+	}
+	p, raw, err := nkeys.DecodeSeed(s)
+	if err != nil || p != nkeys.PrefixByteCurve || len(raw) != 32 {
+		return nil
+	}
+	var priv [32]byte
+	copy(priv[:], raw)
+	clear(raw)
+	defer clear(priv[:])
+	pubRaw, err := nkeys.Decode(nkeys.PrefixByteCurve, []byte(sealerKey))
+	if err != nil || len(pubRaw) != 32 {
+		return nil
+	}
+	var pub [32]byte
+	copy(pub[:], pubRaw)
+	key := new([32]byte)
+	box.Precompute(key, &pub, &priv)
+	return key
+}
+
+// openPrecomputed opens sealed as nkeys' Open(sealed, sender) would, with
+// the precomputed key of that sender.
+func openPrecomputed(sealed []byte, key *[32]byte) ([]byte, error) {
+	vlen := len(nkeys.XKeyVersionV1)
+	if len(sealed) <= vlen+xkeyNonceLen {
+		return nil, nkeys.ErrInvalidEncrypted
+	}
+	if string(sealed[:vlen]) != nkeys.XKeyVersionV1 {
+		return nil, nkeys.ErrInvalidEncVersion
+	}
+	var nonce [xkeyNonceLen]byte
+	copy(nonce[:], sealed[vlen:vlen+xkeyNonceLen])
+	plain, ok := box.OpenAfterPrecomputation(nil, sealed[vlen+xkeyNonceLen:], &nonce, key)
+	if !ok {
+		return nil, nkeys.ErrCouldNotDecrypt
+	}
+	return plain, nil
+}

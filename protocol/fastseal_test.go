@@ -148,3 +148,52 @@ func BenchmarkSealFanout(b *testing.B) {
 		}
 	})
 }
+
+// TestOpenPrecomputedIsNkeysOpen checks the Opener's precomputed box key
+// against nkeys' Open: it opens what nkeys seals, and refuses exactly what
+// nkeys refuses (a flipped byte anywhere, another version, a short box, a
+// box sealed by another key or for another workspace).
+func TestOpenPrecomputedIsNkeysOpen(t *testing.T) {
+	f := newFixture(t)
+	if f.openA.shared == nil {
+		t.Fatal("the fixture's workspace key gives its seed, but the Opener's fast path is off")
+	}
+	sealerPub := publicKey(t, f.sealCurve)
+	plain := []byte("a plaintext of some length")
+	box, err := f.sealCurve.Seal(plain, publicKey(t, f.curveA))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := openPrecomputed(box, f.openA.shared)
+	if err != nil || !bytes.Equal(got, plain) {
+		t.Fatalf("precomputed open of an nkeys box: %q, %v", got, err)
+	}
+	for i := range box {
+		bad := bytes.Clone(box)
+		bad[i] ^= 0x01
+		_, errFast := openPrecomputed(bad, f.openA.shared)
+		_, errRef := f.curveA.Open(bad, sealerPub)
+		if errFast == nil || errRef == nil {
+			t.Fatalf("byte %d flipped: precomputed %v, nkeys %v; both must refuse", i, errFast, errRef)
+		}
+	}
+	for _, short := range [][]byte{nil, box[:4], box[:4+xkeyNonceLen]} {
+		if _, err := openPrecomputed(short, f.openA.shared); err == nil {
+			t.Fatalf("a box of %d bytes opened", len(short))
+		}
+	}
+	other, err := detCurveKey(t, "another-sealer").Seal(plain, publicKey(t, f.curveA))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := openPrecomputed(other, f.openA.shared); err == nil {
+		t.Fatal("a box from another sealing key opened")
+	}
+	forB, err := f.sealCurve.Seal(plain, publicKey(t, f.curveB))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := openPrecomputed(forB, f.openA.shared); err == nil {
+		t.Fatal("a box for another workspace opened")
+	}
+}

@@ -446,6 +446,7 @@ type Opener struct {
 	signers   []nkeys.KeyPair
 	sealerKey string
 	curve     nkeys.KeyPair
+	shared    *[32]byte // box key of curve and sealerKey (fastseal.go); nil: nkeys' Open
 }
 
 // NewOpener returns an Opener for workspace that accepts records signed by
@@ -464,6 +465,7 @@ func NewOpener(workspace string, signers []string, sealerKey string, curve nkeys
 		return nil, fmt.Errorf("protocol: pinned sealing key is not a curve public nkey%s", seedHint(sealerKey))
 	}
 	o.sealerKey, o.curve = sealerKey, curve
+	o.shared = openerSharedKey(curve, sealerKey)
 	return o, nil
 }
 
@@ -577,7 +579,12 @@ func (o *Opener) Open(key string, data []byte) (*Secret, error) {
 	if r.Op == OpDelete {
 		return s, nil
 	}
-	plain, err := o.curve.Open(r.Sealed, o.sealerKey)
+	var plain []byte
+	if o.shared != nil {
+		plain, err = openPrecomputed(r.Sealed, o.shared)
+	} else {
+		plain, err = o.curve.Open(r.Sealed, o.sealerKey)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("record %s: %w", key, ErrCannotOpen)
 	}
