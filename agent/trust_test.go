@@ -1,13 +1,11 @@
 package agent
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"os/user"
 	"path/filepath"
 	"strconv"
@@ -266,48 +264,6 @@ func TestAgentServesOnlyTrustedConnectionFiles(t *testing.T) {
 	}
 }
 
-// listenAs starts a TCP listener on loopback running as uid that prints
-// its port, then, for each connection, the number of bytes it received.
-func listenAs(t *testing.T, uid uint32) (port int, received *bufio.Scanner) {
-	t.Helper()
-	const prog = `
-import socket
-s = socket.socket()
-s.bind(("127.0.0.1", 0))
-s.listen(8)
-print(s.getsockname()[1], flush=True)
-while True:
-    c, _ = s.accept()
-    n = 0
-    while True:
-        b = c.recv(65536)
-        if not b:
-            break
-        n += len(b)
-    print(n, flush=True)
-    c.close()
-`
-	cmd := exec.Command("/usr/bin/python3", "-c", prog)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
-	cmd.Dir = "/"
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("starting a listener as uid %d: %v", uid, err)
-	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	sc := bufio.NewScanner(out)
-	if !sc.Scan() {
-		t.Fatalf("the listener as uid %d printed no port: %v", uid, sc.Err())
-	}
-	if port, err = strconv.Atoi(sc.Text()); err != nil {
-		t.Fatal(err)
-	}
-	return port, sc
-}
-
 // The attack of issue 8: another user listens on the ports a connection
 // file in the agent's own runtime dir names (a stale file whose kernel is
 // gone, say) and plays a kernel. The agent's real dialler connects, finds
@@ -315,7 +271,7 @@ while True:
 // receives 0 bytes, and status shows why.
 func TestAgentSendsNothingToAnotherUsersListener(t *testing.T) {
 	uid := nobody(t)
-	port, received := listenAs(t, uid)
+	port, received := testutil.ListenAs(t, uid)
 	st := newStore(aliceWS)
 	if err := st.apply(put("s1", "API-KEY", 1, alice, secretValue("listener")), time.Time{}); err != nil {
 		t.Fatal(err)

@@ -4,8 +4,12 @@
 package testutil
 
 import (
+	"bufio"
 	"bytes"
+	"os/exec"
+	"strconv"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -51,4 +55,48 @@ func (b *Buffer) Len() int {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.b.Len()
+}
+
+// ListenAs starts a TCP listener on loopback running as uid (root only:
+// it sets the process's credentials), which prints its port, then, for
+// each connection, the number of bytes it received: a process of another
+// user playing a kernel. It is killed when the test ends.
+func ListenAs(t *testing.T, uid uint32) (port int, received *bufio.Scanner) {
+	t.Helper()
+	const prog = `
+import socket
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen(8)
+print(s.getsockname()[1], flush=True)
+while True:
+    c, _ = s.accept()
+    n = 0
+    while True:
+        b = c.recv(65536)
+        if not b:
+            break
+        n += len(b)
+    print(n, flush=True)
+    c.close()
+`
+	cmd := exec.Command("/usr/bin/python3", "-c", prog)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
+	cmd.Dir = "/"
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting a listener as uid %d: %v", uid, err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	sc := bufio.NewScanner(out)
+	if !sc.Scan() {
+		t.Fatalf("the listener as uid %d printed no port: %v", uid, sc.Err())
+	}
+	if port, err = strconv.Atoi(sc.Text()); err != nil {
+		t.Fatal(err)
+	}
+	return port, sc
 }

@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/nbsecrets/nbsecrets/internal/testutil"
 )
 
 func TestParseListeners(t *testing.T) {
@@ -94,49 +96,6 @@ func TestCheckEndpoints(t *testing.T) {
 	}
 }
 
-// listenAs starts a TCP listener on loopback running as uid, which prints
-// its port, then for each connection the number of bytes it received.
-func listenAs(t *testing.T, uid uint32) (port int, received *bufio.Scanner) {
-	t.Helper()
-	const prog = `
-import socket, sys
-s = socket.socket()
-s.bind(("127.0.0.1", 0))
-s.listen(8)
-print(s.getsockname()[1], flush=True)
-while True:
-    c, _ = s.accept()
-    n = 0
-    while True:
-        b = c.recv(65536)
-        if not b:
-            break
-        n += len(b)
-    print(n, flush=True)
-    c.close()
-`
-	cmd := exec.Command("/usr/bin/python3", "-c", prog)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
-	cmd.Dir = "/"
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("starting a listener as uid %d: %v", uid, err)
-	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	sc := bufio.NewScanner(out)
-	if !sc.Scan() {
-		t.Fatalf("listener as uid %d printed no port: %v", uid, sc.Err())
-	}
-	port, err = strconv.Atoi(sc.Text())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return port, sc
-}
-
 // otherUID returns the uid of nobody, to play a process of another user;
 // it needs root to start one.
 func otherUID(t *testing.T) uint32 {
@@ -162,7 +121,7 @@ func otherUID(t *testing.T) uint32 {
 // listener, is what keeps the bytes back.
 func TestDialRefusesAListenerOfAnotherUser(t *testing.T) {
 	uid := otherUID(t)
-	port, received := listenAs(t, uid)
+	port, received := testutil.ListenAs(t, uid)
 	info := &ConnectionInfo{IP: "127.0.0.1", ShellPort: port, ControlPort: port, IOPubPort: port, StdinPort: port, HBPort: port,
 		Key: "k", SignatureScheme: "hmac-sha256"}
 
