@@ -167,7 +167,7 @@ func (c *Caller) Profile() Profile {
 
 // ErrorCode is the stable code of an operation's error, as the NATS replies
 // carry it: "not_found", "exists", "unauthenticated", "forbidden",
-// "invalid", "ambiguous", "unavailable" or "internal".
+// "invalid", "ambiguous", "conflict", "unavailable" or "internal".
 func ErrorCode(err error) string {
 	switch {
 	case err == nil:

@@ -12,8 +12,11 @@ var (
 	ErrForbidden       = errors.New("controlplane: not allowed")
 	ErrInvalid         = errors.New("controlplane: invalid request")
 	ErrAmbiguous       = errors.New("controlplane: secret name is ambiguous")
-	ErrUnavailable     = errors.New("controlplane: secrets service unavailable")
-	ErrInternal        = errors.New("controlplane: service error")
+	// ErrConflict: the secret changed while the request was carried out
+	// (renamed, shared or unshared meanwhile); trying again may work.
+	ErrConflict    = errors.New("controlplane: secret changed meanwhile")
+	ErrUnavailable = errors.New("controlplane: secrets service unavailable")
+	ErrInternal    = errors.New("controlplane: service error")
 )
 
 // errorCodes pairs each sentinel with its code on the wire. ErrUnavailable
@@ -28,6 +31,7 @@ var errorCodes = []struct {
 	{ErrForbidden, "forbidden"},
 	{ErrInvalid, "invalid"},
 	{ErrAmbiguous, "ambiguous"},
+	{ErrConflict, "conflict"},
 	{ErrInternal, "internal"},
 }
 

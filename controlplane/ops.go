@@ -140,7 +140,7 @@ func (s *Service) update(ctx context.Context, req *requestBody, value []byte) (*
 		}
 		if rename {
 			if m.Name != found.Name || !slices.Equal(m.Shares, found.Shares) {
-				return fmt.Errorf("%w: %q was renamed, shared or unshared meanwhile; try again", ErrInvalid, found.Name)
+				return fmt.Errorf("%w: %q was renamed, shared or unshared meanwhile; try again", ErrConflict, found.Name)
 			}
 			m.Name = req.NewName
 		}
@@ -312,7 +312,7 @@ func (s *Service) share(ctx context.Context, req *requestBody) (*SecretInfo, err
 			return err
 		}
 		if m.Name != found.Name {
-			return fmt.Errorf("%w: %q was renamed meanwhile; try again", ErrInvalid, found.Name)
+			return fmt.Errorf("%w: %q was renamed meanwhile; try again", ErrConflict, found.Name)
 		}
 		if !slices.Contains(m.Shares, req.Community) {
 			m.Shares = append(m.Shares, req.Community)
