@@ -531,9 +531,7 @@ func TestBadRecordsRefused(t *testing.T) {
 	good3 := secretValue("good3")
 	h.put("s5", "AFTER", 1, good3)
 	waitEnv(t, c, "AFTER", good3)
-	logMu.Lock()
-	logs := logBuf.String()
-	logMu.Unlock()
+	logs := leaks.String()
 	for _, why := range []string{"bad signature", "another workspace", "malformed", "key mismatch"} {
 		if !strings.Contains(logs, "reason=\""+why+"\"") && !strings.Contains(logs, "reason="+why+" ") {
 			t.Errorf("no log line with reason %q", why)

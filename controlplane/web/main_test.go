@@ -1,35 +1,24 @@
 package web
 
 import (
-	"bytes"
-	"crypto/rand"
-	"encoding/hex"
-	"fmt"
 	"io"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/nbsecrets/nbsecrets/internal/testutil"
 )
 
 // Every log line and every HTTP reply body the tests of this package see go
-// to the sink; every value a test makes is registered. TestMain fails the
-// package if a value ever appears in either.
-var (
-	sinkMu  sync.Mutex
-	sinkBuf bytes.Buffer
-	values  []string
-)
+// to leaks (through sink); every value a test makes is registered there.
+// TestMain fails the package if a value ever appears in either.
+var leaks testutil.LeakCheck
 
 type sink struct{}
 
-func (sink) Write(p []byte) (int, error) {
-	sinkMu.Lock()
-	defer sinkMu.Unlock()
-	return sinkBuf.Write(p)
-}
+func (sink) Write(p []byte) (int, error) { return leaks.Write(p) }
 
 func testLogger(t testing.TB) hclog.Logger {
 	if _, ok := t.(*testing.B); ok { // a benchmark: to the leak check only, no per-line test log
@@ -46,29 +35,6 @@ func (w tWriter) Write(p []byte) (int, error) {
 }
 
 // secretValue makes a distinctive value and registers it for the leak check.
-func secretValue(label string) string {
-	b := make([]byte, 8)
-	_, _ = rand.Read(b)
-	v := label + "-" + hex.EncodeToString(b)
-	sinkMu.Lock()
-	values = append(values, v)
-	sinkMu.Unlock()
-	return v
-}
+func secretValue(label string) string { return leaks.Value(label) }
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	sinkMu.Lock()
-	seen := sinkBuf.String()
-	for _, v := range values {
-		if strings.Contains(seen, v) {
-			fmt.Fprintf(os.Stderr, "FAIL: a secret value made by the tests appears in a log line or an HTTP reply (%d bytes checked)\n", len(seen))
-			code = 1
-		}
-	}
-	if code == 0 {
-		fmt.Fprintf(os.Stderr, "leak check: %d values, %d bytes of logs and replies, none leaked\n", len(values), len(seen))
-	}
-	sinkMu.Unlock()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(leaks.Run(m, "logs and HTTP replies")) }

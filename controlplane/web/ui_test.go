@@ -231,9 +231,7 @@ func TestRolloutView(t *testing.T) {
 		bob.Kernels[1].Current || !strings.Contains(bob.Kernels[1].Waiting, "start-only") {
 		t.Fatalf("ws-bob: %+v", bob)
 	}
-	sinkMu.Lock()
-	logs := sinkBuf.String()
-	sinkMu.Unlock()
+	logs := leaks.String()
 	if !strings.Contains(logs, "agent status refused") || !strings.Contains(logs, "names workspace") {
 		t.Fatalf("misaddressed status not logged")
 	}

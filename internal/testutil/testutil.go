@@ -6,8 +6,13 @@ package testutil
 import (
 	"bufio"
 	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -99,4 +104,60 @@ while True:
 		t.Fatal(err)
 	}
 	return port, sc
+}
+
+// LeakCheck is a package's check that no secret value a test makes ever
+// reaches its logs (or whatever else the tests route to it, such as HTTP
+// replies): tests write their log output to it and make their values with
+// Value; Run, from TestMain, fails the package if one appears. It is safe
+// for concurrent use.
+type LeakCheck struct {
+	mu     sync.Mutex
+	buf    bytes.Buffer
+	values []string
+}
+
+// Write records p for the check.
+func (l *LeakCheck) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+// String returns everything recorded so far.
+func (l *LeakCheck) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
+
+// Value makes a distinctive value, label-<16 hex digits>, and registers it.
+func (l *LeakCheck) Value(label string) string {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	v := label + "-" + hex.EncodeToString(b)
+	l.mu.Lock()
+	l.values = append(l.values, v)
+	l.mu.Unlock()
+	return v
+}
+
+// Run runs the package's tests, then fails it if a registered value
+// appears in what was recorded (what names it, for the messages: "logs",
+// say); it returns the exit code for os.Exit.
+func (l *LeakCheck) Run(m *testing.M, what string) int {
+	code := m.Run()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	seen := l.buf.String()
+	for _, v := range l.values {
+		if strings.Contains(seen, v) {
+			fmt.Fprintf(os.Stderr, "FAIL: a secret value made by the tests appears in the %s (%d bytes checked)\n", what, len(seen))
+			code = 1
+		}
+	}
+	if code == 0 {
+		fmt.Fprintf(os.Stderr, "leak check: %d values, %d bytes of %s, none leaked\n", len(l.values), len(seen), what)
+	}
+	return code
 }
