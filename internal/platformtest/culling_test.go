@@ -49,6 +49,41 @@ func digestCell(sleep time.Duration) string {
 		"print(_h.sha256(_o.environ.get(%q, '').encode()).hexdigest())\ndel _t, _o, _h\n", sleep.Seconds(), secretName)
 }
 
+// runResult is how a digest cell ended: its output, or why it failed.
+type runResult struct {
+	stdout string
+	err    error
+}
+
+// startCell runs digestCell(cell) on kernel id through w's client in a
+// goroutine that ends when the cell returns or ctx ends, and waits until
+// the Jupyter Server (its /api/kernels, sampled since t0) has seen the
+// cell begin. The result arrives on the channel returned.
+func startCell(t *testing.T, ctx context.Context, w *Watcher, cell time.Duration, sampler *Sampler, id string, t0 time.Time) <-chan runResult {
+	t.Helper()
+	ran := make(chan runResult, 1)
+	go func() {
+		res, err := w.Client.Run(ctx, digestCell(cell))
+		if err == nil {
+			err = res.Reply.Err()
+		}
+		if err != nil {
+			ran <- runResult{err: err}
+			return
+		}
+		ran <- runResult{stdout: strings.TrimSpace(res.Stdout)}
+	}()
+	testutil.WaitFor(t, 30*time.Second, func() error {
+		for _, s := range sampler.Samples() {
+			if s.At.After(t0) && s.Kernels[id].ExecutionState == "busy" {
+				return nil
+			}
+		}
+		return fmt.Errorf("the Jupyter Server has not seen the cell begin")
+	})
+	return ran
+}
+
 // changer updates the secret every interval from a goroutine the test
 // owns, until stop; it returns the last value set.
 type changer struct {
@@ -137,6 +172,46 @@ func startServed(t *testing.T, j *Jupyter, d *Dev) string {
 	}
 }
 
+// startIdleOnServer starts a kernel the agent serves and waits until
+// /api/kernels says it is idle, returning its id and its last_activity
+// then: the first contact's last message. Jupyter Server learns a kernel's
+// state only from the iopub messages it sees after its own subscription
+// reaches the kernel; when the first contact's statuses came before that,
+// the server keeps the kernel "starting" and culls it 8 s later, as it
+// would any kernel nobody used. That kernel is replaced (three tries).
+func startIdleOnServer(t *testing.T, j *Jupyter, d *Dev) (string, time.Time) {
+	t.Helper()
+	for attempt := 1; ; attempt++ {
+		id := startServed(t, j, d)
+		var lastActivity time.Time
+		var gone bool
+		testutil.WaitFor(t, 30*time.Second, func() error {
+			ks, err := j.Kernels()
+			if err != nil {
+				return err
+			}
+			for _, k := range ks {
+				if k.ID == id {
+					if k.ExecutionState != "idle" {
+						return fmt.Errorf("kernel %s is %q", k.ID, k.ExecutionState)
+					}
+					lastActivity = k.LastActivity
+					return nil
+				}
+			}
+			if j.Culled(id) && attempt < 3 {
+				gone = true
+				return nil
+			}
+			return fmt.Errorf("kernel %s is gone", id)
+		})
+		if !gone {
+			return id, lastActivity
+		}
+		t.Logf("kernel %s was culled while the server still had it starting (it missed the first contact's statuses); starting another", id)
+	}
+}
+
 // TestJupyterServerCulling runs a real Jupyter Server with kernel culling
 // (idle 8 s, every 2 s, never a busy kernel) and two kernels started
 // through its REST API on the wrapped kernelspec, both served by the
@@ -166,59 +241,16 @@ func TestJupyterServerCulling(t *testing.T) {
 	// probe interval of the agent (15 s): a platform that took the agent's
 	// traffic for the end of the cell would cull it before its end.
 	const cell, changing = 26 * time.Second, 7 * time.Second
-	type runResult struct {
-		stdout string
-		err    error
-	}
-	ran := make(chan runResult, 1)
 	cellCtx, cancelCell := context.WithTimeout(context.Background(), cell+40*time.Second)
 	defer cancelCell()
 	t0 := time.Now()
-	go func() { // ends when the cell returns or cellCtx ends
-		res, err := busy.Client.Run(cellCtx, digestCell(cell))
-		if err == nil {
-			err = res.Reply.Err()
-		}
-		if err != nil {
-			ran <- runResult{err: err}
-			return
-		}
-		ran <- runResult{stdout: strings.TrimSpace(res.Stdout)}
-	}()
-	// The server has seen the cell begin.
-	testutil.WaitFor(t, 30*time.Second, func() error {
-		for _, s := range sampler.Samples() {
-			if s.At.After(t0) && s.Kernels[busyID].ExecutionState == "busy" {
-				return nil
-			}
-		}
-		return fmt.Errorf("the Jupyter Server has not seen the cell begin")
-	})
+	ran := startCell(t, cellCtx, busy, cell, sampler, busyID, t0)
 	busySeen := time.Now()
 
 	// The idle kernel, served, gets only a listener on iopub; the server
 	// must have seen the end of the agent's first contact.
-	idleID := startServed(t, j, d)
+	idleID, firstContact := startIdleOnServer(t, j, d)
 	idle := Watch(t, d.ConnectionFile(idleID), false)
-	// Its last_activity as the server has it once it says idle: the
-	// first contact's last message.
-	var firstContact time.Time
-	testutil.WaitFor(t, 30*time.Second, func() error {
-		ks, err := j.Kernels()
-		if err != nil {
-			return err
-		}
-		for _, k := range ks {
-			if k.ID == idleID {
-				if k.ExecutionState != "idle" {
-					return fmt.Errorf("kernel %s is %q", k.ID, k.ExecutionState)
-				}
-				firstContact = k.LastActivity
-				return nil
-			}
-		}
-		return fmt.Errorf("kernel %s is gone", idleID)
-	})
 	changesFrom := time.Now()
 	ch := startChanger(t, d, 1200*time.Millisecond)
 
@@ -384,31 +416,8 @@ func TestJupyterServerAgentRestartMidCell(t *testing.T) {
 	sampler := j.Sample(t, 200*time.Millisecond)
 	cellCtx, cancelCell := context.WithTimeout(context.Background(), cell+40*time.Second)
 	defer cancelCell()
-	type runResult struct {
-		stdout string
-		err    error
-	}
-	ran := make(chan runResult, 1)
 	t0 := time.Now()
-	go func() { // ends when the cell returns or cellCtx ends
-		res, err := w.Client.Run(cellCtx, digestCell(cell))
-		if err == nil {
-			err = res.Reply.Err()
-		}
-		if err != nil {
-			ran <- runResult{err: err}
-			return
-		}
-		ran <- runResult{stdout: strings.TrimSpace(res.Stdout)}
-	}()
-	testutil.WaitFor(t, 30*time.Second, func() error {
-		for _, s := range sampler.Samples() {
-			if s.At.After(t0) && s.Kernels[id].ExecutionState == "busy" {
-				return nil
-			}
-		}
-		return fmt.Errorf("the Jupyter Server has not seen the cell begin")
-	})
+	ran := startCell(t, cellCtx, w, cell, sampler, id, t0)
 	busySeen := time.Now()
 
 	var values []string
