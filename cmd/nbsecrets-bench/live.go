@@ -16,13 +16,17 @@ import (
 
 // packet is one UDP datagram from the kernel, stamped when it arrived.
 type packet struct {
-	kind byte // 'E' the poller saw a new value, 'P' putenv ran, 'B' the busy cell started
+	kind byte // 'E' an observer saw a new value, 'B' the busy cell started
 	n    int  // the sample number: the N of "bench-N"
 	at   time.Time
+	// putenv is when os.putenv set that value in the kernel, by the
+	// kernel's wall clock (the audit hook's time.time_ns()); zero if the
+	// packet did not say.
+	putenv time.Time
 }
 
 // listenUDP opens the bench's loopback UDP port and reads it until the
-// socket is closed. Each datagram is "E N", "P N" or "B".
+// socket is closed. Each datagram is "E N", "E N T" or "B".
 func listenUDP() (*net.UDPConn, <-chan packet, error) {
 	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
@@ -55,47 +59,72 @@ func listenUDP() (*net.UDPConn, <-chan packet, error) {
 	return conn, ch, nil
 }
 
+// parsePacket reads "B", "E N" or "E N T" (T: the putenv's time in
+// nanoseconds since the epoch, from the kernel's clock).
 func parsePacket(b []byte) (packet, bool) {
 	if len(b) == 1 && b[0] == 'B' {
 		return packet{kind: 'B'}, true
 	}
-	if len(b) < 3 || (b[0] != 'E' && b[0] != 'P') || b[1] != ' ' {
+	if len(b) < 3 || b[0] != 'E' || b[1] != ' ' {
 		return packet{}, false
 	}
-	n, err := strconv.Atoi(string(b[2:]))
+	f := strings.Fields(string(b[2:]))
+	if len(f) < 1 || len(f) > 2 {
+		return packet{}, false
+	}
+	n, err := strconv.Atoi(f[0])
 	if err != nil {
 		return packet{}, false
 	}
-	return packet{kind: b[0], n: n}, true
+	p := packet{kind: 'E', n: n}
+	if len(f) == 2 {
+		ns, err := strconv.ParseInt(f[1], 10, 64)
+		if err != nil || ns <= 0 {
+			return packet{}, false
+		}
+		p.putenv = time.Unix(0, ns)
+	}
+	return p, true
 }
 
-// setupCell installs, in the live kernel, the audit hook that reports each
-// putenv of the bench's variable ("P N", from the thread that runs the
-// re-seed, as it happens) and the daemon thread that polls os.environ every
-// 0.2 ms and reports each new value ("E N"). It prints the versions of
-// what runs the kernel as JSON.
+// setupCell installs, in the live kernel, the audit hook that notes when
+// os.putenv sets the bench's variable (time.time_ns(), kept with the value:
+// no system call, so the hook never lets go of the GIL in the middle of the
+// re-seed) and the daemon thread that polls os.environ every 0.2 ms and
+// reports each new value ("E N T", T the putenv's time). What the busy cell
+// needs of it lives in sys.modules['_nbsecrets_bench']: the putenv note,
+// and the poller's switch (poll, set while it polls; parked, set while it
+// waits for poll). It prints the versions of what runs the kernel as JSON.
 const setupCell = `
 def _nbsecrets_bench_setup(addr, name):
-    import os, socket, sys, threading, time
-    hook_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    import os, socket, sys, threading, time, types
+    b = types.ModuleType('_nbsecrets_bench')
+    b.put = (None, 0)  # (value, time.time_ns()) of the last putenv of name
+    b.poll, b.parked = threading.Event(), threading.Event()
+    b.poll.set()
+    sys.modules['_nbsecrets_bench'] = b
     bname = name.encode()
     def hook(event, args):
         if event == 'os.putenv' and args and args[0] in (name, bname):
             v = args[1]
             if isinstance(v, bytes):
                 v = v.decode('utf-8', 'replace')
-            if v.startswith('bench-'):
-                hook_sock.sendto(b'P ' + v[6:].encode(), addr)
+            b.put = (v, time.time_ns())
     sys.addaudithook(hook)
     def poll():
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         last = os.environ.get(name)
         while True:
+            if not b.poll.is_set():
+                b.parked.set()
+                b.poll.wait()
+                b.parked.clear()
             v = os.environ.get(name)
             if v != last:
                 last = v
                 if v is not None and v.startswith('bench-'):
-                    s.sendto(b'E ' + v[6:].encode(), addr)
+                    pv, pt = b.put
+                    s.sendto(('E %%s %%d' %% (v[6:], pt if pv == v else 0)).encode(), addr)
             time.sleep(0.0002)
     threading.Thread(target=poll, name='nbsecrets-bench-poll', daemon=True).start()
 _nbsecrets_bench_setup(('127.0.0.1', %d), %q)
@@ -105,10 +134,39 @@ print(_j.dumps({'python': _s.version.split()[0], 'ipykernel': _k.__version__, 'i
 del _j, _s, _I, _k, _c
 `
 
-// busyCell is a pure-Python CPU-bound loop: it holds the GIL but for the
-// interpreter's switch interval. It says "B" first so the bench knows it
-// runs.
-const busyCell = `import socket as _sk
+// busyCell is a pure-Python CPU-bound loop that is its own observer: each
+// iteration reads os.environ.get(NAME) (pure Python too: os.environ is a
+// Python mapping) and, when the value changes, sends "E N T". It parks the
+// set-up cell's poller first, so that the only threads that want the GIL
+// are the cell's and nbsecrets', as in a user's kernel; it lets the poller
+// go again when it ends (the interrupt). It says "B" once the poller is
+// parked, so the bench knows it runs.
+const busyCell = `import os as _o, socket as _sk, sys as _sy
+_b = _sy.modules['_nbsecrets_bench']
+_b.poll.clear()
+try:
+    if not _b.parked.wait(10):
+        raise RuntimeError('the poller did not park')
+    _u = _sk.socket(_sk.AF_INET, _sk.SOCK_DGRAM)
+    _u.sendto(b'B', ('127.0.0.1', %d))
+    _last = _o.environ.get(%q)
+    while True:
+        _v = _o.environ.get(%q)
+        if _v != _last:
+            _last = _v
+            if _v is not None and _v.startswith('bench-'):
+                _pv, _pt = _b.put
+                _u.sendto(('E %%s %%d' %% (_v[6:], _pt if _pv == _v else 0)).encode(), ('127.0.0.1', %d))
+finally:
+    _b.poll.set()
+`
+
+// busyPolledCell is the same loop without looking: a pure-Python loop that
+// holds the GIL but for the interpreter's switch interval, the value seen by
+// the set-up cell's poller, a third thread that competes for the GIL with
+// the cell and nbsecrets' thread. Reported without a target: it measures
+// what a second thread of the user's would see. It says "B" first.
+const busyPolledCell = `import socket as _sk
 _sk.socket(_sk.AF_INET, _sk.SOCK_DGRAM).sendto(b'B', ('127.0.0.1', %d))
 x = 0
 while True:
@@ -135,10 +193,10 @@ type versions struct {
 // liveSample is one live re-seed, all times from the moment Update
 // returned.
 type liveSample struct {
-	Latency time.Duration // to the poller's packet: the measurement
-	Putenv  time.Duration // to the putenv packet; may be negative
+	Latency time.Duration // to the observer's packet: the measurement
+	Putenv  time.Duration // to the putenv in the kernel (its wall clock); may be negative
 	Update  time.Duration // the Update call itself, request to reply
-	GotPut  bool          // the putenv packet arrived
+	GotPut  bool          // the observer's packet said when putenv ran
 	// Published is when the record message for the workspace reached a
 	// plain subscriber of its subject; negative: before Update returned.
 	Published time.Duration
@@ -178,7 +236,7 @@ type liveBench struct {
 
 // measure takes warmup unrecorded and n recorded samples: for each, update
 // the secret to "bench-<seq>", start the clock when Update returns, stop it
-// when the poller's packet for seq arrives; then wait cfg.pause.
+// when the observer's packet for seq arrives; then wait cfg.pause.
 func (lb *liveBench) measure(ctx context.Context, name string, n int) (*liveRow, error) {
 	row := &liveRow{}
 	consecutiveLost := 0
@@ -223,8 +281,8 @@ func (lb *liveBench) measure(ctx context.Context, name string, n int) (*liveRow,
 	return row, nil
 }
 
-// wait waits for the packets of sample s: it returns at the poller's
-// packet, or with ok false after cfg.timeout.
+// wait waits for the observer's packet of sample s, or returns with ok
+// false after cfg.timeout.
 func (lb *liveBench) wait(ctx context.Context, s int, start time.Time) (liveSample, bool, error) {
 	var smp liveSample
 	timer := time.NewTimer(lb.cfg.timeout)
@@ -242,13 +300,16 @@ func (lb *liveBench) wait(ctx context.Context, s int, start time.Time) (liveSamp
 			if p.n != s {
 				continue // a late packet of an earlier sample
 			}
-			switch p.kind {
-			case 'P':
-				smp.Putenv, smp.GotPut = p.at.Sub(start), true
-			case 'E':
-				smp.Latency = p.at.Sub(start)
-				return smp, true, nil
+			if p.kind != 'E' {
+				continue
 			}
+			smp.Latency = p.at.Sub(start)
+			if !p.putenv.IsZero() {
+				// The kernel's wall clock against the bench's (start
+				// has both readings; p.putenv only the wall one).
+				smp.Putenv, smp.GotPut = p.putenv.Sub(start), true
+			}
+			return smp, true, nil
 		}
 	}
 }
@@ -314,15 +375,15 @@ func setUpLiveKernel(ctx context.Context, lb *liveBench, version uint64, cl *cle
 	return &v, nil
 }
 
-// measureBusy runs the busy cell on shell without waiting for it, takes the
-// samples while it runs, then interrupts it (SIGINT to the kernel process,
-// as jupyter_client does) and checks that the kernel is idle again.
-func (lb *liveBench) measureBusy(ctx context.Context, n int, cell, label string) (*liveRow, error) {
+// measureBusy runs a cell (source src) on shell without waiting for it,
+// takes the samples while it runs, then interrupts it (SIGINT to the kernel
+// process, as jupyter_client does) and checks that the kernel is idle again.
+func (lb *liveBench) measureBusy(ctx context.Context, n int, src, label string) (*liveRow, error) {
 	cellCtx, cancelCell := context.WithCancel(ctx)
 	defer cancelCell()
 	done := make(chan execResult, 1)
 	go func() { // ends when the cell ends or cellCtx is cancelled
-		r, err := lb.c.Execute(cellCtx, jupyter.Shell, fmt.Sprintf(cell, lb.port), jupyter.ExecuteOptions{})
+		r, err := lb.c.Execute(cellCtx, jupyter.Shell, src, jupyter.ExecuteOptions{})
 		done <- execResult{r, err}
 	}()
 	if err := lb.waitBusy(ctx, done); err != nil {
@@ -364,6 +425,14 @@ func (lb *liveBench) measureBusy(ctx context.Context, n int, cell, label string)
 	}
 	return row, nil
 }
+
+// waitingSource, busySource and busyPolledSource are the cells with the
+// bench's port (and the variable's name) filled in.
+func (lb *liveBench) waitingSource() string { return fmt.Sprintf(waitingCell, lb.port) }
+func (lb *liveBench) busySource() string {
+	return fmt.Sprintf(busyCell, lb.port, secretName, secretName, lb.port)
+}
+func (lb *liveBench) busyPolledSource() string { return fmt.Sprintf(busyPolledCell, lb.port) }
 
 // waitBusy waits for the busy cell's "B" packet.
 func (lb *liveBench) waitBusy(ctx context.Context, done <-chan execResult) error {

@@ -136,13 +136,13 @@ func distOf(d []time.Duration) distribution {
 }
 
 // liveDetail splits a live sample: the Update call, Update return to
-// putenv in the kernel, putenv to the poller's packet.
+// putenv in the kernel, putenv to the observer's packet.
 type liveDetail struct {
 	UpdateCall   distribution `json:"update_call"`
 	Published    distribution `json:"update_return_to_record_published"`
 	ToPutenv     distribution `json:"update_return_to_putenv"`
-	PutenvToPoll distribution `json:"putenv_to_poller"`
-	NoPutenv     int          `json:"samples_without_putenv_packet,omitempty"`
+	PutenvToPoll distribution `json:"putenv_to_observer"`
+	NoPutenv     int          `json:"samples_without_putenv_time,omitempty"`
 }
 
 // restartDetail splits a restart sample, each step from Update's return.
@@ -172,6 +172,7 @@ type detailReport struct {
 	LiveIdle        liveDetail    `json:"live_idle"`
 	LiveWaiting     liveDetail    `json:"live_waiting"`
 	LiveBusy        liveDetail    `json:"live_busy"`
+	LiveBusyPolled  liveDetail    `json:"live_busy_polled"`
 	RestartBaseline restartDetail `json:"restart_baseline"`
 	RestartInjector restartDetail `json:"restart_injector"`
 	RestartPolicy   restartDetail `json:"restart_policy"`
@@ -181,7 +182,8 @@ type detailReport struct {
 // measurements are the raw results of a run.
 type measurements struct {
 	idle, waiting      *liveRow
-	busy               *liveRow
+	busy               *liveRow // the GIL-holding cell observing the value itself
+	busyPolled         *liveRow // the same loop, a second thread polling: no target
 	baseline, injector *restartRow
 	// policy is the restart-by-policy row, by the agent of policyPID run
 	// with policyFlags.
@@ -210,6 +212,7 @@ const (
 	rowIdle       = "live, idle kernel"
 	rowWaiting    = "live, cell waiting"
 	rowBusy       = "live, cell computing"
+	rowBusyPolled = "live, cell computing, seen by a second thread"
 	rowBaseline   = "restart (baseline)"
 	rowInjector   = "restart via injector"
 	rowPolicy     = "restart by agent policy"
@@ -235,6 +238,7 @@ func build(cfg *config, m *measurements, started time.Time) *report {
 	idle := liveRowReport(rowIdle, m.idle)
 	waiting := liveRowReport(rowWaiting, m.waiting)
 	busy := liveRowReport(rowBusy, m.busy)
+	busyPolled := liveRowReport(rowBusyPolled, m.busyPolled)
 	base := restartRowReport(rowBaseline, m.baseline)
 	inj := restartRowReport(rowInjector, m.injector)
 	pol := restartRowReport(rowPolicy, m.policy)
@@ -243,8 +247,8 @@ func build(cfg *config, m *measurements, started time.Time) *report {
 	fill(&execDirect, m.execDirect)
 	execInject := rowReport{Name: rowExecInject, Samples: []float64{}}
 	fill(&execInject, m.execInject)
-	r.Rows = []rowReport{idle, waiting, busy, base, inj, pol, jup, execDirect, execInject}
-	r.Detail = detailReport{LiveIdle: liveDetailOf(m.idle), LiveWaiting: liveDetailOf(m.waiting), LiveBusy: liveDetailOf(m.busy),
+	r.Rows = []rowReport{idle, waiting, busy, busyPolled, base, inj, pol, jup, execDirect, execInject}
+	r.Detail = detailReport{LiveIdle: liveDetailOf(m.idle), LiveWaiting: liveDetailOf(m.waiting), LiveBusy: liveDetailOf(m.busy), LiveBusyPolled: liveDetailOf(m.busyPolled),
 		RestartBaseline: restartDetailOf(m.baseline), RestartInjector: restartDetailOf(m.injector),
 		RestartPolicy: restartDetailOf(m.policy), RestartJupyter: restartDetailOf(m.jupyter)}
 	if m.policy != nil {
@@ -501,15 +505,16 @@ func (r *report) writeTable(w io.Writer) {
 	}
 	fmt.Fprintln(w, "\nwhere the time goes (p50 / p99 ms):")
 	ld := func(name string, d liveDetail) {
-		fmt.Fprintf(w, "  %s: Update call %.2f / %.2f; from Update return: record published %.2f / %.2f, putenv in kernel %.2f / %.2f; putenv -> poller %.2f / %.2f\n",
+		fmt.Fprintf(w, "  %s: Update call %.2f / %.2f; from Update return: record published %.2f / %.2f, putenv in kernel %.2f / %.2f; putenv -> seen %.2f / %.2f\n",
 			name, d.UpdateCall.P50, d.UpdateCall.P99, d.Published.P50, d.Published.P99, d.ToPutenv.P50, d.ToPutenv.P99, d.PutenvToPoll.P50, d.PutenvToPoll.P99)
 		if d.NoPutenv > 0 {
-			fmt.Fprintf(w, "    (%d samples without a putenv packet)\n", d.NoPutenv)
+			fmt.Fprintf(w, "    (%d samples without the putenv's time)\n", d.NoPutenv)
 		}
 	}
 	ld("live idle", r.Detail.LiveIdle)
 	ld("live waiting", r.Detail.LiveWaiting)
-	ld("live busy", r.Detail.LiveBusy)
+	ld("live busy (the cell sees it)", r.Detail.LiveBusy)
+	ld("live busy (a second thread sees it)", r.Detail.LiveBusyPolled)
 	rd := func(name string, d restartDetail, n int) {
 		if n == 0 {
 			return
