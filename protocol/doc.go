@@ -26,10 +26,13 @@
 //
 // The signature covers the domain-separation string "nbsecrets-record-v1\n"
 // followed by the exact record bytes, so no canonical JSON form is needed.
-// Readers take the envelope, the record and the sealed plaintext strictly:
-// member names exactly as written, each once, none null, nothing after the
-// object, and base64 only as written (no padding, no padding bits, no line
-// breaks), so that a record has one encoding and one meaning.
+// Readers take the envelope, the record and the sealed plaintext only in the
+// form the Sealer writes them, encoding/json's: members in the struct's
+// order, each once, none null, names exactly as written, no spaces, nothing
+// after the object, and base64 only as written (the envelope's strings
+// unpadded base64url, a []byte padded standard base64; no padding bits, no
+// line breaks), so that a record has one encoding and one meaning. A
+// refused record's error names the layer and the fault (parse.go).
 //
 // A record stays valid once signed, so whoever can write to the bucket can
 // put an older record back under its key: an agent applies a record only

@@ -1,6 +1,7 @@
 package protocol
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"strings"
@@ -87,10 +88,8 @@ func ValidateValue(v []byte) error {
 	if len(v) > MaxValueSize {
 		return fmt.Errorf("%w: %d bytes, limit %d", ErrValueTooLarge, len(v), MaxValueSize)
 	}
-	for i, c := range v {
-		if c == 0 {
-			return fmt.Errorf("%w at offset %d", ErrNULInValue, i)
-		}
+	if i := bytes.IndexByte(v, 0); i >= 0 {
+		return fmt.Errorf("%w at offset %d", ErrNULInValue, i)
 	}
 	if !utf8.Valid(v) {
 		return ErrInvalidValue

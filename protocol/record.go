@@ -398,10 +398,7 @@ func (s *Sealer) sign1(r *Record) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("protocol: signing record: %w", err)
 	}
-	out, err := json.Marshal(envelope{V: FormatVersion, Rec: b64.EncodeToString(rec), Sig: b64.EncodeToString(sig)})
-	if err != nil {
-		return nil, fmt.Errorf("protocol: encoding envelope: %w", err)
-	}
+	out := appendEnvelope(nil, FormatVersion, rec, sig)
 	if len(out) > MaxRecordSize {
 		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, len(out), MaxRecordSize)
 	}
@@ -528,11 +525,10 @@ func (o *Opener) Verify(key string, data []byte) (*Record, error) {
 	if len(data) > MaxRecordSize {
 		return nil, fmt.Errorf("record %s: %w: %d bytes, limit %d", printable(key), ErrTooLarge, len(data), MaxRecordSize)
 	}
-	env, rec, sig, err := decodeEnvelope(data)
+	v, signed, sig, err := readEnvelope(data)
 	if err != nil {
 		return nil, fmt.Errorf("record %s: %w", printable(key), err)
 	}
-	signed := append([]byte(signingDomain), rec...)
 	ok := false
 	for _, kp := range o.signers {
 		if kp.Verify(signed, sig) == nil {
@@ -543,12 +539,12 @@ func (o *Opener) Verify(key string, data []byte) (*Record, error) {
 	if !ok {
 		return nil, fmt.Errorf("record %s: %w", printable(key), ErrBadSignature)
 	}
-	r, err := decodeRecord(rec)
+	r, err := readRecord(signed[len(signingDomain):])
 	if err != nil {
 		return nil, fmt.Errorf("record %s: %w", printable(key), err)
 	}
-	if r.Format != env.V {
-		return nil, fmt.Errorf("record %s: %w: envelope says %d, record %d", printable(key), ErrUnknownFormat, env.V, r.Format)
+	if r.Format != v {
+		return nil, fmt.Errorf("record %s: %w: envelope says %d, record %d", printable(key), ErrUnknownFormat, v, r.Format)
 	}
 	if r.Workspace != o.workspace {
 		return nil, fmt.Errorf("record %s: %w: for %q, this is %q", printable(key), ErrWrongWorkspace, printable(r.Workspace), o.workspace)
@@ -588,7 +584,7 @@ func (o *Opener) Open(key string, data []byte) (*Secret, error) {
 	if err != nil {
 		return nil, fmt.Errorf("record %s: %w", key, ErrCannotOpen)
 	}
-	p, err := decodeSealed(plain)
+	p, err := readSealed(plain)
 	clear(plain)
 	if err != nil {
 		return nil, fmt.Errorf("record %s: %w", key, err)
