@@ -213,8 +213,10 @@ type CalloutOptions struct {
 	// closed another way, OnAuthorized's client id).
 	Expiry time.Duration
 	// OnAuthorized, when set, is told of every authorised connection: its
-	// workspace, the server's id and the client's id on that server.
-	OnAuthorized func(workspace, serverID string, clientID uint64)
+	// workspace and key, the server's id and the client's id on that
+	// server (what closes it: Server.DisconnectClientByID, or the system
+	// account's $SYS.REQ.SERVER.<id>.KICK).
+	OnAuthorized func(workspace, nkey, serverID string, clientID uint64)
 	// Logger logs refusals (key and reason); nil discards.
 	Logger hclog.Logger
 }
@@ -314,7 +316,7 @@ func (c *Callout) handle(m *nats.Msg) {
 	if reason == "" {
 		c.log.Debug("agent connection authorised", "workspace", ws, "client", req.ClientInformation.ID)
 		if c.opts.OnAuthorized != nil {
-			c.opts.OnAuthorized(ws, req.Server.ID, req.ClientInformation.ID)
+			c.opts.OnAuthorized(ws, req.ConnectOptions.Nkey, req.Server.ID, req.ClientInformation.ID)
 		}
 	}
 }
