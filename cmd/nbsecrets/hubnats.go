@@ -71,18 +71,18 @@ func hubNATSKeys(stateDir string) (string, nkeys.KeyPair, error) {
 
 // hubCalloutConfig is the NATS configuration of stateDir's service keys:
 // what the embedded server runs with and what `nats-config --hub` prints.
-func hubCalloutConfig(stateDir string, workspaces int) ([]byte, error) {
+func hubCalloutConfig(stateDir string, workspaces int) (natsauth.CalloutConfig, error) {
 	svcPath, issuer, err := hubNATSKeys(stateDir)
 	if err != nil {
-		return nil, err
+		return natsauth.CalloutConfig{}, err
 	}
-	kp, _, err := keyfile.LoadOrCreate(svcPath, false, nkeys.PrefixByteUser)
+	kp, err := keyfile.Load(svcPath)
 	if err != nil {
-		return nil, err
+		return natsauth.CalloutConfig{}, err
 	}
 	svcPub, _ := kp.PublicKey()
 	issuerPub, _ := issuer.PublicKey()
-	return natsauth.GenerateCallout(natsauth.CalloutConfig{ServiceKeys: []string{svcPub}, Issuer: issuerPub, Workspaces: workspaces})
+	return natsauth.CalloutConfig{ServiceKeys: []string{svcPub}, Issuer: issuerPub, Workspaces: workspaces}, nil
 }
 
 // newHubNATS is the agents' credentials on an existing NATS server: the
@@ -118,7 +118,11 @@ func startHubNATS(stateDir, listen string, log hclog.Logger) (*hubNATS, nats.Opt
 	if strings.ContainsAny(store+host, "\"\\\n\r") {
 		return nil, nil, fmt.Errorf("the state dir %q holds a quote, a backslash or a line break, which the NATS configuration cannot hold", stateDir)
 	}
-	auth, err := hubCalloutConfig(stateDir, 0)
+	cfg, err := hubCalloutConfig(stateDir, 0)
+	if err != nil {
+		return nil, nil, err
+	}
+	auth, err := natsauth.GenerateCallout(cfg)
 	if err != nil {
 		return nil, nil, err
 	}
