@@ -40,7 +40,7 @@ func runHubService(ctx context.Context, env *cliEnv, args []string) error {
 	natsURL := fs.String("nats", envOr("NBSECRETS_NATS_URL", ""), "an existing NATS server with JetStream; empty runs an embedded one on loopback ($NBSECRETS_NATS_URL)")
 	auth := addNATSAuthFlags(fs)
 	natsListen := fs.String("nats-listen", envOr("NBSECRETS_NATS_LISTEN", "127.0.0.1:0"), "the embedded NATS server's address; port 0 picks one (agents learn it when they register) ($NBSECRETS_NATS_LISTEN)")
-	agentExpiry := fs.Duration("agent-nats-expiry", defaultAgentExpiry, "how long an agent's NATS credentials last on an existing NATS server (--nats), where a stopped server's agent is cut off only when they expire; the embedded server closes its connection at once")
+	agentExpiry := fs.Duration("agent-nats-expiry", envDuration("NBSECRETS_AGENT_NATS_EXPIRY", defaultAgentExpiry), "how long an agent's NATS credentials last on an existing NATS server (--nats), where a stopped server's agent is cut off only when they expire; the embedded server closes its connection at once ($NBSECRETS_AGENT_NATS_EXPIRY)")
 	agentNATS := fs.String("agent-nats-url", envOr("NBSECRETS_AGENT_NATS_URL", ""), "the NATS URL agents are told (default: the one the service uses) ($NBSECRETS_AGENT_NATS_URL)")
 	prefix := fs.String("group-prefix", envOr("NBSECRETS_GROUP_PREFIX", ""), "only hub groups starting with this are projects; empty: every group ($NBSECRETS_GROUP_PREFIX)")
 	comms := fs.String("communities", envOr("NBSECRETS_COMMUNITIES_FILE", ""), "the communities file: {\"communities\":[{\"id\",\"admins\",\"projects\"}]} ($NBSECRETS_COMMUNITIES_FILE)")
