@@ -173,9 +173,10 @@ func startHubAgent(log hclog.Logger, svcURL, tmp string, setEnv func(k, v string
 	}
 	// The service authorises the key by auth callout into the agents'
 	// shared account, where the agent may subscribe under its own inbox
-	// prefix only (natsauth/callout.go).
+	// prefix only (natsauth/callout.go). A refusal is not final: a
+	// restarted service knows the key again at the next registration.
 	nc, err := agent.Connect(rep.NATSURL, log, nats.Name("nbsecrets-agent-"+rep.Workspace), nats.Nkey(natsPub, natsKP.Sign),
-		nats.CustomInboxPrefix(natsauth.AgentInboxPrefix(rep.Workspace)))
+		nats.CustomInboxPrefix(natsauth.AgentInboxPrefix(rep.Workspace)), nats.IgnoreAuthErrorAbort())
 	if err != nil {
 		return nil, nil, err
 	}

@@ -56,7 +56,7 @@ func (h *hubAgent) curvePub() string {
 // ends.
 func (h *hubAgent) run(t *testing.T, url string, sign, curve nkeys.KeyPair, log hclog.Logger) {
 	t.Helper()
-	nc, err := agent.Connect(url, log, nats.Nkey(h.natsPub(), h.natsKP.Sign), nats.CustomInboxPrefix(natsauth.AgentInboxPrefix(h.ws)),
+	nc, err := agent.Connect(url, log, nats.Nkey(h.natsPub(), h.natsKP.Sign), nats.CustomInboxPrefix(natsauth.AgentInboxPrefix(h.ws)), nats.IgnoreAuthErrorAbort(),
 		nats.DisconnectErrHandler(func(*nats.Conn, error) { h.disconnects.Add(1) }),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
 			select {
@@ -105,7 +105,8 @@ func (h *hubAgent) holds() map[string]uint64 {
 // follows an update; agent 2 gets its records and cannot read agent 1's
 // or create its consumer; an unregistered key is refused; when agent 1's
 // workspace leaves the directory its connection is closed at once and its
-// reconnection refused, while agent 2 stays.
+// reconnection refused, while agent 2 stays; when it is back, agent 1
+// reconnects.
 func TestHubNATSRegistrationKeepsConnections(t *testing.T) {
 	dir := t.TempDir()
 	logs := &testutil.Buffer{}
@@ -267,6 +268,23 @@ func TestHubNATSRegistrationKeepsConnections(t *testing.T) {
 	if n := a2.disconnects.Load(); n != 0 || !a2.nc.IsConnected() {
 		t.Fatalf("agent 2 was disconnected %d times when agent 1's workspace left", n)
 	}
+	// A refusal is not final (the agent ignores the auth error abort): when
+	// the workspace is back (its agent registers again, as after a service
+	// restart), the agent reconnects and follows changes.
+	register(a1, dirWith(a1, a2))
+	info, err = alice.Update(ctx, controlplane.Args{Name: "ALICE_TOKEN"}, []byte("third value"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, 30*time.Second, func() error {
+		if !a1.nc.IsConnected() {
+			return errors.New("agent 1 not reconnected")
+		}
+		if v := a1.holds()["ALICE_TOKEN"]; v != info.Version {
+			return fmt.Errorf("agent 1 holds version %d, want %d", v, info.Version)
+		}
+		return nil
+	})
 	for _, want := range []string{"agent connection closed", "no registered agent has this key"} {
 		if !strings.Contains(logs.String(), want) {
 			t.Errorf("no log line with %q:\n%s", want, logs.String())

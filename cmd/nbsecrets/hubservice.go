@@ -34,6 +34,11 @@ import (
 // JUPYTERHUB_SERVICE_URL (where to listen), JUPYTERHUB_SERVICE_PREFIX,
 // JUPYTERHUB_CLIENT_ID (default service-$JUPYTERHUB_SERVICE_NAME),
 // JUPYTERHUB_BASE_URL (for the login redirect).
+//
+// Agents connect to NATS with the key they registered and are authorised
+// by the service itself (auth callout, hubnats.go), on the embedded server
+// or on an existing one ($NBSECRETS_NATS_URL) configured with `nbsecrets
+// nats-config --hub`.
 func runHubService(ctx context.Context, env *cliEnv, args []string) error {
 	fs := newFlags(env, "hub-service", "[flags]")
 	stateDir := fs.String("state-dir", envOr("NBSECRETS_STATE_DIR", "/var/lib/nbsecrets"), "service state: keys and the embedded NATS server's JetStream store ($NBSECRETS_STATE_DIR)")
@@ -159,8 +164,9 @@ func runHubService(ctx context.Context, env *cliEnv, args []string) error {
 		return fmt.Errorf("starting the secrets service: %w", err)
 	}
 	defer svc.Stop()
-	// A directory from the hub reaches the NATS accounts first (an agent
-	// that registered can connect), then the service (its records).
+	// A directory from the hub reaches the agents' NATS authorisation
+	// first (an agent that registered can connect), then the service (its
+	// records).
 	apply := func(d *controlplane.Directory) error {
 		if err := agentsNATS.apply(d); err != nil {
 			return err
