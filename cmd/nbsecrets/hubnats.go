@@ -36,6 +36,7 @@ import (
 type hubNATS struct {
 	ns     *server.Server // the embedded server; nil with an existing one
 	issuer nkeys.KeyPair  // the callout issuer (an account key)
+	xkey   nkeys.KeyPair  // the curve key callout requests are sealed to
 	expiry time.Duration  // of an agent's user JWT; 0: none
 	log    hclog.Logger
 
@@ -55,24 +56,31 @@ const hubNATSConf, hubNATSAuthConf = "nats.conf", "nats-auth.conf"
 const defaultAgentExpiry = 10 * time.Minute
 
 // hubNATSKeys loads or creates, under stateDir/keys/nats, the service's
-// NATS user key (service.nk) and the callout issuer's account key
-// (callout.nk), and returns the service key's path and the issuer.
-func hubNATSKeys(stateDir string) (string, nkeys.KeyPair, error) {
-	svcPath := filepath.Join(stateDir, "keys", "nats", "service.nk")
+// NATS user key (service.nk), the callout issuer's account key
+// (callout.nk) and the curve key callout requests are sealed to
+// (callout.xk), and returns the service key's path, the issuer and the
+// curve key.
+func hubNATSKeys(stateDir string) (string, nkeys.KeyPair, nkeys.KeyPair, error) {
+	dir := filepath.Join(stateDir, "keys", "nats")
+	svcPath := filepath.Join(dir, "service.nk")
 	if _, _, err := keyfile.LoadOrCreate(svcPath, false, nkeys.PrefixByteUser); err != nil {
-		return "", nil, err
+		return "", nil, nil, err
 	}
-	issuer, _, err := keyfile.LoadOrCreate(filepath.Join(stateDir, "keys", "nats", "callout.nk"), false, nkeys.PrefixByteAccount)
+	issuer, _, err := keyfile.LoadOrCreate(filepath.Join(dir, "callout.nk"), false, nkeys.PrefixByteAccount)
 	if err != nil {
-		return "", nil, err
+		return "", nil, nil, err
 	}
-	return svcPath, issuer, nil
+	xkey, _, err := keyfile.LoadOrCreate(filepath.Join(dir, "callout.xk"), true, nkeys.PrefixByteCurve)
+	if err != nil {
+		return "", nil, nil, err
+	}
+	return svcPath, issuer, xkey, nil
 }
 
 // hubCalloutConfig is the NATS configuration of stateDir's service keys:
 // what the embedded server runs with and what `nats-config --hub` prints.
 func hubCalloutConfig(stateDir string, workspaces int) (natsauth.CalloutConfig, error) {
-	svcPath, issuer, err := hubNATSKeys(stateDir)
+	svcPath, issuer, xkey, err := hubNATSKeys(stateDir)
 	if err != nil {
 		return natsauth.CalloutConfig{}, err
 	}
@@ -82,13 +90,14 @@ func hubCalloutConfig(stateDir string, workspaces int) (natsauth.CalloutConfig, 
 	}
 	svcPub, _ := kp.PublicKey()
 	issuerPub, _ := issuer.PublicKey()
-	return natsauth.CalloutConfig{ServiceKeys: []string{svcPub}, Issuer: issuerPub, Workspaces: workspaces}, nil
+	xkeyPub, _ := xkey.PublicKey()
+	return natsauth.CalloutConfig{ServiceKeys: []string{svcPub}, Issuer: issuerPub, XKey: xkeyPub, Workspaces: workspaces}, nil
 }
 
 // newHubNATS is the agents' credentials on an existing NATS server: the
 // service's key and the issuer from stateDir.
 func newHubNATS(stateDir string, expiry time.Duration, log hclog.Logger) (*hubNATS, nats.Option, error) {
-	svcPath, issuer, err := hubNATSKeys(stateDir)
+	svcPath, issuer, xkey, err := hubNATSKeys(stateDir)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -99,7 +108,7 @@ func newHubNATS(stateDir string, expiry time.Duration, log hclog.Logger) (*hubNA
 	if log == nil {
 		log = hclog.NewNullLogger()
 	}
-	return &hubNATS{issuer: issuer, expiry: expiry, log: log.Named("nats"), keys: map[string]string{}, present: map[string]bool{}, conns: map[string][]uint64{}}, o, nil
+	return &hubNATS{issuer: issuer, xkey: xkey, expiry: expiry, log: log.Named("nats"), keys: map[string]string{}, present: map[string]bool{}, conns: map[string][]uint64{}}, o, nil
 }
 
 // startHubNATS starts the embedded server on listen (host:port, port 0:
@@ -163,7 +172,7 @@ include "%s"
 // startCallout answers the server's callout requests on nc, the service's
 // connection.
 func (h *hubNATS) startCallout(nc *nats.Conn) error {
-	co, err := natsauth.StartCallout(nc, natsauth.CalloutOptions{Issuer: h.issuer, Lookup: h.lookup, Expiry: h.expiry,
+	co, err := natsauth.StartCallout(nc, natsauth.CalloutOptions{Issuer: h.issuer, XKey: h.xkey, Lookup: h.lookup, Expiry: h.expiry,
 		OnAuthorized: h.authorized, Logger: h.log})
 	if err != nil {
 		return err

@@ -59,9 +59,13 @@ package natsauth
 //     id), on an existing server the user JWT's expiry ends it, and the
 //     agent's reconnection is then refused.
 //
-// The callout requests carry the connecting agent's public nkey and its
-// signature over a nonce, nothing secret; they are delivered in the
-// service's account only.
+// The callout requests of agents carry their public nkey and a signature
+// over a nonce, nothing secret, but any client that fails its own
+// authentication on the server is asked about too, and its connect options
+// can hold a password: with an xkey (hub-service always sets one) the
+// server seals each request to the service and the service its response,
+// and the requests are delivered in the service's account only. The
+// service logs a refusal with the key and host, never the options.
 
 import (
 	"encoding/base64"
@@ -87,6 +91,9 @@ const AgentsAccount = "nbsecrets-agents"
 // AuthCalloutSubject is where nats-server sends the authorisation requests.
 const AuthCalloutSubject = "$SYS.REQ.USER.AUTH"
 
+// xkeyHeader carries the server's public curve key on a sealed request.
+const xkeyHeader = "Nats-Server-Xkey"
+
 // AgentInboxPrefix is the inbox prefix (nats.CustomInboxPrefix) of
 // workspace ws's agent in the agents' shared account: it may subscribe
 // under it only.
@@ -110,6 +117,12 @@ type CalloutConfig struct {
 	// Issuer is the public account nkey (A...) whose seed the service signs
 	// its callout responses with. Required.
 	Issuer string
+	// XKey, when set, is the public curve key (X...) the server seals its
+	// callout requests to and the service seals its responses with: a
+	// request carries the connecting client's connect options, which for
+	// a client of another account that failed its own authentication can
+	// hold a password.
+	XKey string
 	// Workspaces is how many workspaces the limits are sized for; 0 means
 	// 1000.
 	Workspaces int
@@ -157,6 +170,9 @@ func GenerateCalloutParts(cfg CalloutConfig) (accounts, authz []byte, err error)
 	}
 	if !nkeys.IsValidPublicAccountKey(cfg.Issuer) {
 		return nil, nil, fmt.Errorf("%w: the callout issuer is not a public account nkey (A...)", ErrInvalid)
+	}
+	if cfg.XKey != "" && !nkeys.IsValidPublicCurveKey(cfg.XKey) {
+		return nil, nil, fmt.Errorf("%w: the callout xkey is not a public curve key (X...)", ErrInvalid)
 	}
 	services := slices.Clone(cfg.ServiceKeys)
 	sort.Strings(services)
@@ -214,6 +230,9 @@ func GenerateCalloutParts(cfg CalloutConfig) (accounts, authz []byte, err error)
 	fmt.Fprintf(&a, "    account: %s\n", q(ServiceAccount))
 	fmt.Fprintf(&a, "    auth_users: %s\n", list(services))
 	fmt.Fprintf(&a, "    allowed_accounts: %s\n", acc)
+	if cfg.XKey != "" {
+		fmt.Fprintf(&a, "    xkey: %s\n", q(cfg.XKey))
+	}
 	a.WriteString("  }\n")
 	return []byte(b.String()), []byte(a.String()), nil
 }
@@ -223,6 +242,9 @@ type CalloutOptions struct {
 	// Issuer signs the responses and the user JWTs; its public key is the
 	// configuration's auth_callout issuer. Required.
 	Issuer nkeys.KeyPair
+	// XKey, when set, opens the server's sealed requests and seals the
+	// responses (the configuration's auth_callout xkey is its public key).
+	XKey nkeys.KeyPair
 	// Lookup returns the workspace whose agent registered the public user
 	// nkey, and false for a key no agent registered. Required; called
 	// concurrently.
@@ -306,7 +328,20 @@ func (c *Callout) handle(m *nats.Msg) {
 		c.log.Warn("auth callout request refused", "reason", fmt.Sprintf("request of %d bytes, limit %d", len(m.Data), maxRequest))
 		return
 	}
-	req, err := jwt.DecodeAuthorizationRequestClaims(string(m.Data))
+	data, serverXKey := m.Data, m.Header.Get(xkeyHeader)
+	switch {
+	case c.opts.XKey != nil && serverXKey == "":
+		c.log.Warn("auth callout request refused", "reason", "not sealed, and the service expects sealed requests (xkey)")
+		return
+	case c.opts.XKey != nil:
+		opened, err := c.opts.XKey.Open(data, serverXKey)
+		if err != nil {
+			c.log.Warn("auth callout request refused", "reason", "cannot open the sealed request: "+err.Error())
+			return
+		}
+		data = opened
+	}
+	req, err := jwt.DecodeAuthorizationRequestClaims(string(data))
 	if err != nil {
 		c.log.Warn("auth callout request refused", "reason", "malformed request: "+err.Error())
 		return
@@ -329,7 +364,14 @@ func (c *Callout) handle(m *nats.Msg) {
 		c.log.Error("encoding the auth callout response", "error", err)
 		return
 	}
-	if err := m.Respond([]byte(tok)); err != nil {
+	out := []byte(tok)
+	if c.opts.XKey != nil {
+		if out, err = c.opts.XKey.Seal(out, serverXKey); err != nil {
+			c.log.Error("sealing the auth callout response", "error", err)
+			return
+		}
+	}
+	if err := m.Respond(out); err != nil {
 		c.log.Warn("answering the auth callout", "error", err)
 		return
 	}

@@ -56,11 +56,15 @@ type calloutSetup struct {
 	logs    *testutil.Buffer
 }
 
-func newCalloutSetup(t *testing.T, expiry time.Duration) *calloutSetup {
+func newCalloutSetup(t *testing.T, expiry time.Duration, xkey nkeys.KeyPair) *calloutSetup {
 	t.Helper()
 	d := newDeployment(t) // its keys and directory; its account-per-agent configuration is not used
 	issuer := must(nkeys.CreateAccount())
-	conf, err := natsauth.GenerateCallout(natsauth.CalloutConfig{ServiceKeys: []string{pub(d.svcNATS)}, Issuer: pub(issuer)})
+	cfg := natsauth.CalloutConfig{ServiceKeys: []string{pub(d.svcNATS)}, Issuer: pub(issuer)}
+	if xkey != nil {
+		cfg.XKey = pub(xkey)
+	}
+	conf, err := natsauth.GenerateCallout(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,7 +72,7 @@ func newCalloutSetup(t *testing.T, expiry time.Duration) *calloutSetup {
 	s.url = startEmbedded(t, writeServerConfig(t, t.TempDir(), conf))
 	s.svcConn = connect(t, s.url, d.svcNATS)
 	log := hclog.New(&hclog.LoggerOptions{Level: hclog.Debug, Output: s.logs})
-	co, err := natsauth.StartCallout(s.svcConn.Conn, natsauth.CalloutOptions{Issuer: issuer, Lookup: s.reg.lookup, Expiry: expiry, Logger: log})
+	co, err := natsauth.StartCallout(s.svcConn.Conn, natsauth.CalloutOptions{Issuer: issuer, XKey: xkey, Lookup: s.reg.lookup, Expiry: expiry, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,7 +122,7 @@ func (s *calloutSetup) create(t *testing.T, user, name, value string) *controlpl
 // registered key whose nonce signature is forged are all refused, and the
 // refusal is logged with the reason.
 func TestCalloutRefusesUnregistered(t *testing.T) {
-	s := newCalloutSetup(t, 0)
+	s := newCalloutSetup(t, 0, must(nkeys.CreateCurveKeys()))
 	stranger := must(nkeys.CreateUser())
 	if nc, err := nats.Connect(s.url, nats.NoReconnect()); err == nil {
 		nc.Close()
@@ -151,7 +155,7 @@ func TestCalloutRefusesUnregistered(t *testing.T) {
 // TestCalloutAgentConfinement performs natsauth_test.go's attacks on an
 // agent authorised by the callout into the shared agents' account.
 func TestCalloutAgentConfinement(t *testing.T) {
-	s := newCalloutSetup(t, 0)
+	s := newCalloutSetup(t, 0, nil)
 	d := s.d
 	ids := map[string]string{}
 	for u, ws := range map[string]string{"alice": "wsa", "bob": "wsb"} {
@@ -321,7 +325,7 @@ func TestCalloutAgentConfinement(t *testing.T) {
 // expires; the server then closes it and the reconnection is refused. A
 // still registered agent reconnects and reads again.
 func TestCalloutExpiry(t *testing.T) {
-	s := newCalloutSetup(t, 2*time.Second)
+	s := newCalloutSetup(t, 2*time.Second, must(nkeys.CreateCurveKeys()))
 	s.create(t, "alice", "ALICE_TOKEN", "value of alice")
 	reconnected := make(chan struct{}, 16)
 	opts := []nats.Option{nats.MaxReconnects(-1), nats.ReconnectWait(100 * time.Millisecond),
@@ -359,4 +363,42 @@ func errString(err error) string {
 		return "none"
 	}
 	return err.Error()
+}
+
+// TestCalloutSealsRequests: a client of the server that fails its own
+// authentication is asked about too, and its connect options hold its
+// password. With the xkey the request is sealed: whoever else reads the
+// service account's callout subject sees no password, and the service
+// still refuses the client.
+func TestCalloutSealsRequests(t *testing.T) {
+	s := newCalloutSetup(t, 0, must(nkeys.CreateCurveKeys()))
+	spy := connect(t, s.url, s.d.svcNATS) // another connection of the service's user
+	sub := must(spy.SubscribeSync(natsauth.AuthCalloutSubject))
+	if err := spy.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	const password = "platform-password-0123456789"
+	if nc, err := nats.Connect(s.url, nats.UserInfo("platform-app", password), nats.NoReconnect()); err == nil {
+		nc.Close()
+		t.Fatal("an unknown user connected")
+	}
+	m, err := sub.NextMsg(10 * time.Second)
+	if err != nil {
+		t.Fatalf("no callout request seen: %v", err)
+	}
+	if strings.Contains(string(m.Data), password) || strings.HasPrefix(string(m.Data), "eyJ") {
+		t.Fatalf("the callout request is readable: %.80s...", m.Data)
+	}
+	if m.Header.Get("Nats-Server-Xkey") == "" {
+		t.Fatal("the sealed request has no server xkey header")
+	}
+	if strings.Contains(s.logs.String(), password) {
+		t.Fatal("the service logged the password")
+	}
+	testutil.WaitFor(t, 10*time.Second, func() error {
+		if !strings.Contains(s.logs.String(), "no nkey signature") {
+			return errors.New("the refusal is not logged")
+		}
+		return nil
+	})
 }
