@@ -2,19 +2,23 @@ package natsauth_test
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nkeys"
 
 	"github.com/nbsecrets/nbsecrets/controlplane"
 	"github.com/nbsecrets/nbsecrets/controlplane/natsauth"
+	"github.com/nbsecrets/nbsecrets/internal/natstest"
 	"github.com/nbsecrets/nbsecrets/internal/testutil"
 	"github.com/nbsecrets/nbsecrets/protocol"
 )
@@ -401,4 +405,133 @@ func TestCalloutSealsRequests(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestGenerateCalloutRefuses: a configuration that nats-server would
+// refuse or that would let the wrong party in is an error naming what is
+// wrong; the same input gives the same bytes.
+func TestGenerateCalloutRefuses(t *testing.T) {
+	good := func() natsauth.CalloutConfig {
+		return natsauth.CalloutConfig{ServiceKeys: []string{pub(must(nkeys.CreateUser()))}, Issuer: pub(must(nkeys.CreateAccount())),
+			XKey: pub(must(nkeys.CreateCurveKeys()))}
+	}
+	cfg := good()
+	a, err := natsauth.GenerateCallout(cfg)
+	if err != nil {
+		t.Fatalf("good configuration refused: %v", err)
+	}
+	if b, _ := natsauth.GenerateCallout(cfg); string(a) != string(b) {
+		t.Fatal("the same input gave different output")
+	}
+	for _, want := range []string{cfg.ServiceKeys[0], cfg.Issuer, cfg.XKey, `allowed_accounts: ["` + natsauth.AgentsAccount + `"]`, natsauth.AuthCalloutSubject} {
+		if !strings.Contains(string(a), want) {
+			t.Errorf("output lacks %s:\n%s", want, a)
+		}
+	}
+	user := pub(must(nkeys.CreateUser()))
+	cases := map[string]struct {
+		mut  func(*natsauth.CalloutConfig)
+		want string
+	}{
+		"no service key":       {func(c *natsauth.CalloutConfig) { c.ServiceKeys = nil }, "no NATS key for the secrets service"},
+		"service key not user": {func(c *natsauth.CalloutConfig) { c.ServiceKeys = []string{c.Issuer} }, "not a public user nkey"},
+		"service key twice":    {func(c *natsauth.CalloutConfig) { c.ServiceKeys = []string{user, user} }, "listed twice"},
+		"issuer not account":   {func(c *natsauth.CalloutConfig) { c.Issuer = user }, "issuer is not a public account nkey"},
+		"xkey not curve":       {func(c *natsauth.CalloutConfig) { c.XKey = user }, "xkey is not a public curve key"},
+	}
+	for name, tc := range cases {
+		c := good()
+		tc.mut(&c)
+		_, err := natsauth.GenerateCallout(c)
+		if !errors.Is(err, natsauth.ErrInvalid) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want ErrInvalid naming %q", name, err, tc.want)
+		}
+	}
+}
+
+// TestCalloutBadRequests sends the responder what the server never would
+// (a plain server, where anyone may publish on the callout subject):
+// oversized, malformed, unsealed when it expects sealed, sealed to another
+// key, and a well-formed request whose nonce signature is forged. Each is
+// refused and logged by reason, and a good request after them is
+// answered with a user JWT of the workspace's permissions.
+func TestCalloutBadRequests(t *testing.T) {
+	ns := natstest.Start(t)
+	nc := must(nats.Connect(ns.ClientURL()))
+	defer nc.Close()
+	issuer, xkey, serverXKey := must(nkeys.CreateAccount()), must(nkeys.CreateCurveKeys()), must(nkeys.CreateCurveKeys())
+	agentKP := must(nkeys.CreateUser())
+	logs := &testutil.Buffer{}
+	co, err := natsauth.StartCallout(nc, natsauth.CalloutOptions{Issuer: issuer, XKey: xkey,
+		Lookup: func(k string) (string, bool) { return "wsa", k == pub(agentKP) },
+		Logger: hclog.New(&hclog.LoggerOptions{Output: logs})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer co.Stop()
+	serverKP := must(nkeys.CreateServer())
+	request := func(signer nkeys.KeyPair) []byte {
+		rc := jwt.NewAuthorizationRequestClaims(pub(serverKP))
+		rc.UserNkey = pub(must(nkeys.CreateUser()))
+		rc.Server = jwt.ServerID{ID: pub(serverKP), Name: "test"}
+		rc.ClientInformation.Nonce = "nonce-0123456789"
+		rc.ConnectOptions.Nkey = pub(agentKP)
+		rc.ConnectOptions.SignedNonce = base64.RawURLEncoding.EncodeToString(must(signer.Sign([]byte("nonce-0123456789"))))
+		return []byte(must(rc.Encode(serverKP)))
+	}
+	send := func(data []byte, sealTo nkeys.KeyPair) *nats.Msg {
+		m := nats.NewMsg(natsauth.AuthCalloutSubject)
+		m.Data = data
+		if sealTo != nil {
+			m.Data = must(serverXKey.Seal(data, pub(sealTo)))
+			m.Header.Set("Nats-Server-Xkey", pub(serverXKey))
+		}
+		resp, err := nc.RequestMsg(m, 2*time.Second)
+		if err != nil {
+			return nil
+		}
+		return resp
+	}
+	open := func(resp *nats.Msg) *jwt.AuthorizationResponseClaims {
+		t.Helper()
+		data := must(serverXKey.Open(resp.Data, pub(xkey)))
+		return must(jwt.DecodeAuthorizationResponseClaims(string(data)))
+	}
+	for name, tc := range map[string]struct {
+		data   []byte
+		sealTo nkeys.KeyPair
+		reason string
+	}{
+		"oversized":       {make([]byte, 100<<10), nil, "limit"},
+		"unsealed":        {request(agentKP), nil, "expects sealed requests"},
+		"sealed to other": {request(agentKP), must(nkeys.CreateCurveKeys()), "cannot open the sealed request"},
+		"malformed":       {[]byte("eyJnot-a-jwt"), xkey, "malformed request"},
+	} {
+		if resp := send(tc.data, tc.sealTo); resp != nil {
+			t.Errorf("%s: answered %q", name, resp.Data)
+		}
+		if !strings.Contains(logs.String(), tc.reason) {
+			t.Errorf("%s: no log line with %q:\n%s", name, tc.reason, logs.String())
+		}
+	}
+	resp := send(request(must(nkeys.CreateUser())), xkey) // signed by someone else
+	if resp == nil {
+		t.Fatal("no answer to a forged signature")
+	}
+	if rc := open(resp); rc.Error == "" || rc.Jwt != "" {
+		t.Fatalf("a forged nonce signature was authorised: %+v", rc.AuthorizationResponse)
+	}
+	resp = send(request(agentKP), xkey)
+	if resp == nil {
+		t.Fatal("no answer to a good request")
+	}
+	rc := open(resp)
+	if rc.Error != "" || rc.Issuer != pub(issuer) || rc.Audience != pub(serverKP) {
+		t.Fatalf("good request: %+v (issuer %s, audience %s)", rc.AuthorizationResponse, rc.Issuer, rc.Audience)
+	}
+	uc := must(jwt.DecodeUserClaims(rc.Jwt))
+	want := natsauth.CalloutAgentPermissions("wsa")
+	if uc.Audience != natsauth.AgentsAccount || !slices.Equal([]string(uc.Pub.Allow), want.Publish) || !slices.Equal([]string(uc.Sub.Allow), want.Subscribe) {
+		t.Fatalf("user JWT: account %s, publish %v, subscribe %v; want %s, %v, %v", uc.Audience, uc.Pub.Allow, uc.Sub.Allow, natsauth.AgentsAccount, want.Publish, want.Subscribe)
+	}
 }
