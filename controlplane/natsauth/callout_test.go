@@ -28,7 +28,6 @@ import (
 type registry struct {
 	mu   sync.Mutex
 	keys map[string]string // nkey -> workspace
-	cids map[string][]uint64
 }
 
 func (r *registry) lookup(k string) (string, bool) {
