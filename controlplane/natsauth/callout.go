@@ -53,6 +53,12 @@ package natsauth
 //     when it names the workspace of its subject (protocol.DecodeStatus),
 //     which neither a record nor an API response does, and an agent opens
 //     only records signed for its workspace;
+//   - as with an account per agent, the agent's consumer lives in the
+//     service's account, so a push consumer it creates under its own name
+//     delivers its own records onto a subject of its choosing there: the
+//     server refuses a deliver subject its stream stores ("forms a
+//     cycle"), the messages keep their record subjects, and the service
+//     refuses them as API requests or status;
 //   - a workspace removed while its agent is connected keeps the
 //     permissions it was given until the connection ends: the embedded
 //     server's connections are closed at once (hub-service kicks them by

@@ -3,6 +3,7 @@ package natsauth_test
 import (
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"slices"
 	"strings"
@@ -225,6 +226,77 @@ func TestCalloutAgentConfinement(t *testing.T) {
 		expectDenied(t, agentA, "Publish", "$JS.API.CONSUMER.DELETE.KV_nbsecrets."+other, func(ctx context.Context) error {
 			return jsA.DeleteConsumer(ctx, protocol.StreamName(), other)
 		})
+	})
+	t.Run("server holds the consumer to the subject's filter", func(t *testing.T) {
+		own := protocol.ConsumerName("wsa")
+		subj := "$JS.API.CONSUMER.CREATE.KV_nbsecrets." + own + ".$KV.nbsecrets.wsa.>"
+		for name, cfg := range map[string]string{
+			"other filter": `"filter_subject":"$KV.nbsecrets.wsb.>"`,
+			"multi filter": `"filter_subject":"$KV.nbsecrets.wsa.>","filter_subjects":["$KV.nbsecrets.wsa.>","$KV.nbsecrets.wsb.>"]`,
+		} {
+			if err := jsA.DeleteConsumer(ctxT(t, 10*time.Second), protocol.StreamName(), own); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+				t.Fatal(err)
+			}
+			body := `{"stream_name":"KV_nbsecrets","config":{"name":"` + own + `","deliver_policy":"all","ack_policy":"none","inactive_threshold":60000000000,` + cfg + `}}`
+			msg, err := agentA.RequestWithContext(ctxT(t, 10*time.Second), subj, []byte(body))
+			if err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			var resp struct {
+				Error *struct{ Description string } `json:"error"`
+			}
+			if err := json.Unmarshal(msg.Data, &resp); err != nil {
+				t.Fatal(err)
+			}
+			if resp.Error == nil {
+				t.Fatalf("%s: server accepted a consumer beyond the subject's filter: %s", name, msg.Data)
+			}
+			t.Logf("%s: refused: %s", name, resp.Error.Description)
+		}
+	})
+	t.Run("a push consumer under its own name stores nothing", func(t *testing.T) {
+		// The consumer lives in the service's account, so its deliveries
+		// land there: no stream may store them, and what lands on a status
+		// subject (A's own records) must not pass for wsb's status.
+		statuses := must(s.svcConn.SubscribeSync(protocol.StatusSubject("wsb")))
+		defer statuses.Unsubscribe()
+		svcJS := must(jetstream.New(s.svcConn.Conn))
+		before := map[string]uint64{}
+		for _, st := range []string{protocol.StreamName(), "KV_" + controlplane.ServiceBucket, "KV_" + controlplane.NonceBucket} {
+			before[st] = must(must(svcJS.Stream(ctxT(t, 10*time.Second), st)).Info(ctxT(t, 10*time.Second))).State.LastSeq
+		}
+		own := protocol.ConsumerName("wsa")
+		for _, deliver := range []string{"nbsecrets.api.v1.create", "$KV." + protocol.Bucket + ".wsb.forged", "$KV." + controlplane.ServiceBucket + ".secrets.forged", protocol.StatusSubject("wsb")} {
+			_ = jsA.DeleteConsumer(ctxT(t, 10*time.Second), protocol.StreamName(), own)
+			body := `{"stream_name":"KV_nbsecrets","config":{"name":"` + own + `","deliver_subject":"` + deliver + `","deliver_policy":"all","ack_policy":"none","filter_subject":"$KV.nbsecrets.wsa.>"}}`
+			msg, err := agentA.RequestWithContext(ctxT(t, 10*time.Second), "$JS.API.CONSUMER.CREATE.KV_nbsecrets."+own+".$KV.nbsecrets.wsa.>", []byte(body))
+			if err != nil {
+				t.Fatalf("push consumer to %s: %v", deliver, err)
+			}
+			t.Logf("push consumer delivering to %s: %s", deliver, msg.Data)
+		}
+		// A push consumer delivers on its own schedule: watch the streams
+		// for a while (an absence cannot be awaited otherwise).
+		for end := time.Now().Add(3 * time.Second); time.Now().Before(end); {
+			for st, seq := range before {
+				if after := must(must(svcJS.Stream(ctxT(t, 10*time.Second), st)).Info(ctxT(t, 10*time.Second))).State.LastSeq; after != seq {
+					t.Fatalf("stream %s went from %d to %d: a delivery was stored", st, seq, after)
+				}
+			}
+			time.Sleep(50 * time.Millisecond) // the poll interval
+		}
+		_ = jsA.DeleteConsumer(ctxT(t, 10*time.Second), protocol.StreamName(), own)
+		for {
+			m, err := statuses.NextMsg(0)
+			if err != nil {
+				break
+			}
+			if st, err := protocol.DecodeStatus(m.Subject, m.Data); err == nil {
+				t.Fatalf("a delivery passed for wsb's status: %+v", st)
+			} else {
+				t.Logf("a delivery on wsb's status subject, refused: %v", err)
+			}
+		}
 	})
 	t.Run("agent cannot read another workspace's keys", func(t *testing.T) {
 		expectDenied(t, agentA, "Publish", "$JS.API.STREAM.INFO.KV_nbsecrets", func(ctx context.Context) error {
