@@ -57,8 +57,9 @@ package natsauth
 //     service's account, so a push consumer it creates under its own name
 //     delivers its own records onto a subject of its choosing there: the
 //     server refuses a deliver subject its stream stores ("forms a
-//     cycle"), the messages keep their record subjects, and the service
-//     refuses them as API requests or status;
+//     cycle"), and the messages keep their record subjects: the status
+//     receiver refuses them (tested), and to the API they are a record
+//     of the service's, not a request a user signed;
 //   - a workspace removed while its agent is connected keeps the
 //     permissions it was given until the connection ends: the embedded
 //     server's connections are closed at once (hub-service kicks them by
