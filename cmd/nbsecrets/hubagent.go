@@ -25,6 +25,7 @@ import (
 	"github.com/nbsecrets/nbsecrets/agent"
 	"github.com/nbsecrets/nbsecrets/controlplane"
 	"github.com/nbsecrets/nbsecrets/controlplane/hub"
+	"github.com/nbsecrets/nbsecrets/controlplane/natsauth"
 	"github.com/nbsecrets/nbsecrets/injector"
 	"github.com/nbsecrets/nbsecrets/protocol"
 )
@@ -170,7 +171,12 @@ func startHubAgent(log hclog.Logger, svcURL, tmp string, setEnv func(k, v string
 	if err != nil {
 		return nil, nil, err
 	}
-	nc, err := agent.Connect(rep.NATSURL, log, nats.Name("nbsecrets-agent-"+rep.Workspace), nats.Nkey(natsPub, natsKP.Sign))
+	// The service authorises the key by auth callout into the agents'
+	// shared account, where the agent may subscribe under its own inbox
+	// prefix only (natsauth/callout.go). A refusal is not final: a
+	// restarted service knows the key again at the next registration.
+	nc, err := agent.Connect(rep.NATSURL, log, nats.Name("nbsecrets-agent-"+rep.Workspace), nats.Nkey(natsPub, natsKP.Sign),
+		nats.CustomInboxPrefix(natsauth.AgentInboxPrefix(rep.Workspace)), nats.IgnoreAuthErrorAbort())
 	if err != nil {
 		return nil, nil, err
 	}

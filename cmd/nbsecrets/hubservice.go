@@ -34,12 +34,18 @@ import (
 // JUPYTERHUB_SERVICE_URL (where to listen), JUPYTERHUB_SERVICE_PREFIX,
 // JUPYTERHUB_CLIENT_ID (default service-$JUPYTERHUB_SERVICE_NAME),
 // JUPYTERHUB_BASE_URL (for the login redirect).
+//
+// Agents connect to NATS with the key they registered and are authorised
+// by the service itself (auth callout, hubnats.go), on the embedded server
+// or on an existing one ($NBSECRETS_NATS_URL) configured with `nbsecrets
+// nats-config --hub`.
 func runHubService(ctx context.Context, env *cliEnv, args []string) error {
 	fs := newFlags(env, "hub-service", "[flags]")
 	stateDir := fs.String("state-dir", envOr("NBSECRETS_STATE_DIR", "/var/lib/nbsecrets"), "service state: keys and the embedded NATS server's JetStream store ($NBSECRETS_STATE_DIR)")
 	natsURL := fs.String("nats", envOr("NBSECRETS_NATS_URL", ""), "an existing NATS server with JetStream; empty runs an embedded one on loopback ($NBSECRETS_NATS_URL)")
 	auth := addNATSAuthFlags(fs)
 	natsListen := fs.String("nats-listen", envOr("NBSECRETS_NATS_LISTEN", "127.0.0.1:0"), "the embedded NATS server's address; port 0 picks one (agents learn it when they register) ($NBSECRETS_NATS_LISTEN)")
+	agentExpiry := fs.Duration("agent-nats-expiry", envDuration("NBSECRETS_AGENT_NATS_EXPIRY", defaultAgentExpiry), "how long an agent's NATS credentials last on an existing NATS server (--nats), where a stopped server's agent is cut off only when they expire; the embedded server closes its connection at once ($NBSECRETS_AGENT_NATS_EXPIRY)")
 	agentNATS := fs.String("agent-nats-url", envOr("NBSECRETS_AGENT_NATS_URL", ""), "the NATS URL agents are told (default: the one the service uses) ($NBSECRETS_AGENT_NATS_URL)")
 	prefix := fs.String("group-prefix", envOr("NBSECRETS_GROUP_PREFIX", ""), "only hub groups starting with this are projects; empty: every group ($NBSECRETS_GROUP_PREFIX)")
 	comms := fs.String("communities", envOr("NBSECRETS_COMMUNITIES_FILE", ""), "the communities file: {\"communities\":[{\"id\",\"admins\",\"projects\"}]} ($NBSECRETS_COMMUNITIES_FILE)")
@@ -93,33 +99,39 @@ func runHubService(ctx context.Context, env *cliEnv, args []string) error {
 	signPub, _ := signKP.PublicKey()
 	curvePub, _ := curveKP.PublicKey()
 
+	// Agents get NATS credentials of their workspace by auth callout
+	// (hubnats.go), from the embedded server or an existing one configured
+	// with `nbsecrets nats-config --hub --state-dir DIR`.
 	var natsOpts []nats.Option
-	var embedded *hubNATS
+	var agentsNATS *hubNATS
 	if *natsURL == "" {
 		var o nats.Option
-		if embedded, o, err = startHubNATS(dir, *natsListen); err != nil {
+		if agentsNATS, o, err = startHubNATS(dir, *natsListen, log); err != nil {
 			return err
 		}
-		defer embedded.stop()
 		natsOpts = []nats.Option{o}
-		*natsURL = embedded.ns.ClientURL()
-	} else if natsOpts, err = auth.options(); err != nil {
-		return err
+		*natsURL = agentsNATS.ns.ClientURL()
+	} else {
+		var o nats.Option
+		if agentsNATS, o, err = newHubNATS(dir, *agentExpiry, log); err != nil {
+			return err
+		}
+		if natsOpts, err = auth.options(); err != nil {
+			return err
+		}
+		if *auth.creds == "" && *auth.nkey == "" {
+			natsOpts = append(natsOpts, o) // the key nats-config --hub printed
+		}
 	}
-	// The embedded server restarts when an agent registers (hubnats.go):
-	// the service reconnects at once, since a registration waits for it.
-	wait := 250 * time.Millisecond
-	if embedded != nil {
-		wait = 20 * time.Millisecond
-	}
+	defer agentsNATS.stop()
 	nc, err := nats.Connect(*natsURL, append([]nats.Option{nats.Name("nbsecrets-service"), nats.MaxReconnects(-1),
-		nats.ReconnectWait(wait)}, natsOpts...)...)
+		nats.ReconnectWait(250 * time.Millisecond)}, natsOpts...)...)
 	if err != nil {
 		return fmt.Errorf("connecting to NATS at %s: %w", *natsURL, err)
 	}
 	defer nc.Close()
-	if embedded != nil {
-		embedded.conn = nc
+	if err := agentsNATS.startCallout(nc); err != nil {
+		return err
 	}
 
 	client := &hub.Client{APIURL: apiURL, Token: token}
@@ -141,10 +153,8 @@ func runHubService(ctx context.Context, env *cliEnv, args []string) error {
 		case <-time.After(time.Second):
 		}
 	}
-	if embedded != nil {
-		if err := embedded.apply(first); err != nil {
-			return err
-		}
+	if err := agentsNATS.apply(first); err != nil {
+		return err
 	}
 	svc, err := controlplane.New(controlplane.Options{Conn: nc, SignKey: signKP, CurveKey: curveKP, Directory: first, Logger: log.Named("service")})
 	if err != nil {
@@ -154,13 +164,12 @@ func runHubService(ctx context.Context, env *cliEnv, args []string) error {
 		return fmt.Errorf("starting the secrets service: %w", err)
 	}
 	defer svc.Stop()
-	// A directory from the hub reaches the NATS accounts first (an agent
-	// that registered can connect), then the service (its records).
+	// A directory from the hub reaches the agents' NATS authorisation
+	// first (an agent that registered can connect), then the service (its
+	// records).
 	apply := func(d *controlplane.Directory) error {
-		if embedded != nil {
-			if err := embedded.apply(d); err != nil {
-				return err
-			}
+		if err := agentsNATS.apply(d); err != nil {
+			return err
 		}
 		return svc.SetDirectory(d)
 	}
@@ -188,9 +197,7 @@ func runHubService(ctx context.Context, env *cliEnv, args []string) error {
 	}
 	reg := &hub.Registrar{Source: src, Client: client, Logger: log.Named("register"),
 		Reply: hub.RegisterReply{NATSURL: cmp.Or(*agentNATS, *natsURL), ServiceKeys: []string{signPub}, ServiceCurveKey: curvePub}}
-	if embedded != nil {
-		reg.AddNATSUser = embedded.setAgentKey
-	}
+	reg.AddNATSUser = agentsNATS.setAgentKey
 	mux := http.NewServeMux()
 	mux.Handle(strings.TrimSuffix(svcPrefix, "/")+"/"+hub.RegisterPath, reg)
 	mux.Handle("/", oauth.Wrap(ui))

@@ -13,6 +13,7 @@ import (
 )
 
 const natsConfigUsage = `Usage: nbsecrets nats-config --directory FILE [--out FILE] [--keys DIR]
+       nbsecrets nats-config --hub [--state-dir DIR] [--out FILE]
 
 Writes the nats-server authorisation of a deployment: an accounts block to
 include in the server's own configuration, which sets listen, TLS and
@@ -62,6 +63,13 @@ an agent cannot flood the server with consumers.
 Keep the server's monitoring port private (it lists consumer names), and use
 TLS for every NATS connection from another host.
 
+With --hub it prints the configuration of hub-service on an existing NATS
+server instead ($NBSECRETS_NATS_URL): run it where the service runs, with
+its state dir, and include the output in the server's configuration (see
+"On a JupyterHub" in the README). Agents are then authorised by the service
+itself (NATS auth callout, nats-server 2.10 or later), each with its own
+workspace's permissions, without a change on the server.
+
 The output depends only on the directory and the keys. The server
 configuration is written with mode 0600 (to standard output without --out);
 reload the server (nats-server --signal reload) after writing it.
@@ -79,8 +87,16 @@ func runNatsConfig(_ context.Context, env *cliEnv, args []string) error {
 	dirFile := fs.String("directory", "", "directory file: users, projects, communities, workspaces (required)")
 	out := fs.String("out", "", "write the server configuration to this file, mode 0600 (default: standard output)")
 	keysDir := fs.String("keys", "nats-keys", "directory of the NATS nkey seeds; missing ones are created")
+	hubMode := fs.Bool("hub", false, "print hub-service's configuration for an existing NATS server instead: its accounts and the auth callout that gives every registering agent its workspace's credentials")
+	hubState := fs.String("state-dir", envOr("NBSECRETS_STATE_DIR", "/var/lib/nbsecrets"), "with --hub: hub-service's state dir, where its NATS keys are (created when missing) ($NBSECRETS_STATE_DIR)")
+	hubWorkspaces := fs.Int("workspaces", 1000, "with --hub: how many workspaces the service account's JetStream limits are sized for")
+	hubAccountsOut := fs.String("accounts-out", "", "with --hub, for a server with accounts of its own: write the account entries to this file, to include inside its accounts block (needs --authorization-out)")
+	hubAuthzOut := fs.String("authorization-out", "", "with --hub: write the auth_callout entry to this file, to include inside the server's authorization block (needs --accounts-out)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
+	}
+	if *hubMode {
+		return runNatsConfigHub(env, fs, hubConfigArgs{stateDir: *hubState, out: *out, accountsOut: *hubAccountsOut, authzOut: *hubAuthzOut, workspaces: *hubWorkspaces})
 	}
 	if *dirFile == "" || fs.NArg() > 0 {
 		fmt.Fprintln(env.stderr, "nbsecrets nats-config: --directory is required and there are no arguments")

@@ -50,6 +50,15 @@
 // one name can cost. The records are sealed to their workspace anyway: the
 // permissions are the second wall, the sealing the first.
 //
+// # Agents that register at run time
+//
+// hub-service's agents make their NATS key when they start, so no
+// configuration can list them in advance. For them [GenerateCallout]
+// renders a fixed configuration (the service's account and one shared
+// agents' account) and [Callout] answers the server's auth callout with
+// each agent's workspace permissions; callout.go says what that model
+// guarantees and what an account per agent guarantees beyond it.
+//
 // # Keys
 //
 // A user's NATS nkey must not be the key that signs the user's requests

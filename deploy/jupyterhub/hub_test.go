@@ -101,6 +101,9 @@ func TestJupyterHub(t *testing.T) {
 	browser := browsertest.Require(t)
 	t.Run("SimpleLocalProcessSpawner", func(t *testing.T) { testHub(t, browser, "simple") })
 	t.Run("LocalProcessSpawner", func(t *testing.T) { testHub(t, browser, "localprocess") })
+	// $NBSECRETS_NATS_URL: a NATS server of the platform's, configured
+	// with nats-config --hub (agents authorised by auth callout).
+	t.Run("ExistingNATS", func(t *testing.T) { testHub(t, browser, "simple+nats") })
 }
 
 // systemUsers makes the system users LocalProcessSpawner runs servers as,
@@ -166,6 +169,7 @@ func freePort(t *testing.T) int {
 func startHub(t *testing.T, bin, spawner string, users []string, groups map[string][]string) *hubRun {
 	t.Helper()
 	tmp := t.TempDir()
+	spawner, natsMode, _ := strings.Cut(spawner, "+") // "+nats": an existing NATS server
 	var ids map[string][2]int
 	if spawner == "localprocess" {
 		ids = systemUsers(t, tmp, users)
@@ -229,6 +233,9 @@ load_subconfig(%q)
 	h.cmd.Dir = tmp
 	h.cmd.Env = append(os.Environ(), "NODE_PATH=/usr/share/nodejs", "NBSECRETS="+bin,
 		"NBSECRETS_STATE_DIR="+filepath.Join(tmp, "state"), "NBSECRETS_LOG_LEVEL=debug")
+	if natsMode == "nats" {
+		h.cmd.Env = append(h.cmd.Env, "NBSECRETS_NATS_URL="+startExistingNATS(t, bin, filepath.Join(tmp, "state")))
+	}
 	h.cmd.Stdout, h.cmd.Stderr = h.log, h.log
 	h.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := h.cmd.Start(); err != nil {
@@ -480,6 +487,11 @@ func testHub(t *testing.T, browser *browsertest.Browser, spawner string) {
 	}
 	for _, m := range agentReady.FindAllStringSubmatch(h.log.String(), -1) {
 		t.Logf("measured: agent of %s registered in %s ms, ready (records loaded) in %s ms after it started", m[1], m[2], m[3])
+	}
+	// A registration changes nothing on the NATS server (auth callout): no
+	// agent lost its connection while the others registered.
+	if n := strings.Count(h.log.String(), "NATS disconnected"); n != 0 {
+		t.Errorf("agents were disconnected from NATS %d times while servers started", n)
 	}
 	kernels, ids := map[string]*jupyter.Client{}, map[string]string{}
 	for _, u := range users {

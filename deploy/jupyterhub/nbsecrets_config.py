@@ -11,9 +11,14 @@ SimpleLocalProcessSpawner). Environment variables read here:
 
     NBSECRETS              the nbsecrets binary (default: `nbsecrets` on PATH)
     NBSECRETS_STATE_DIR    the service's keys and JetStream store (/var/lib/nbsecrets)
-    NBSECRETS_NATS_URL     an existing NATS server with JetStream instead of the
-                           embedded one; NBSECRETS_NATS_CREDS / NBSECRETS_NATS_NKEY
-                           its credentials for the service
+    NBSECRETS_NATS_URL     an existing NATS server (2.10+, JetStream) instead of the
+                           embedded one, configured with what
+                           `nbsecrets nats-config --hub --state-dir $NBSECRETS_STATE_DIR`
+                           prints (the service connects with that key and
+                           authorises every agent by auth callout)
+    NBSECRETS_AGENT_NATS_EXPIRY  with NBSECRETS_NATS_URL: how long an agent's
+                           NATS credentials last (10m); a stopped server's
+                           agent is cut off when they expire
     NBSECRETS_PORT         the service's loopback port (default: a free one)
     NBSECRETS_GROUP_PREFIX only hub groups starting with it are projects
     NBSECRETS_COMMUNITIES_FILE  the communities file (see README)
@@ -54,6 +59,7 @@ for _name in (
     "NBSECRETS_NATS_URL",
     "NBSECRETS_NATS_CREDS",
     "NBSECRETS_NATS_NKEY",
+    "NBSECRETS_AGENT_NATS_EXPIRY",
     "NBSECRETS_GROUP_PREFIX",
     "NBSECRETS_COMMUNITIES_FILE",
     "NBSECRETS_LOG_LEVEL",
