@@ -44,6 +44,7 @@ func runHubService(ctx context.Context, env *cliEnv, args []string) error {
 	prefix := fs.String("group-prefix", envOr("NBSECRETS_GROUP_PREFIX", ""), "only hub groups starting with this are projects; empty: every group ($NBSECRETS_GROUP_PREFIX)")
 	comms := fs.String("communities", envOr("NBSECRETS_COMMUNITIES_FILE", ""), "the communities file: {\"communities\":[{\"id\",\"admins\",\"projects\"}]} ($NBSECRETS_COMMUNITIES_FILE)")
 	poll := fs.Duration("poll", hub.DefaultInterval, "how often the hub is asked for changes")
+	proofKey := fs.String("server-proof-key", envOr("NBSECRETS_SERVER_PROOF_KEY_FILE", ""), "the key of the hub's server proofs, which tell a user's servers apart on JupyterHub 3 (nbsecrets_config.py makes it) ($NBSECRETS_SERVER_PROOF_KEY_FILE)")
 	listen := fs.String("listen", "", "address to serve HTTP on (default: the host and port of $JUPYTERHUB_SERVICE_URL)")
 	logLevel, logJSON := logFlags(fs)
 	if err := parseFlags(fs, args); err != nil {
@@ -73,6 +74,14 @@ func runHubService(ctx context.Context, env *cliEnv, args []string) error {
 	communities, err := hub.LoadCommunities(*comms)
 	if err != nil {
 		return err
+	}
+	var serverProofKey []byte
+	if *proofKey != "" {
+		if serverProofKey, err = hub.LoadProofKey(*proofKey); err != nil {
+			return err
+		}
+	} else {
+		log.Warn("no server proof key: on a hub whose server tokens do not name their server (JupyterHub 3), agents cannot register")
 	}
 	dir, err := filepath.Abs(*stateDir)
 	if err != nil {
@@ -186,7 +195,7 @@ func runHubService(ctx context.Context, env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	reg := &hub.Registrar{Source: src, Client: client, Logger: log.Named("register"),
+	reg := &hub.Registrar{Source: src, Client: client, Logger: log.Named("register"), ProofKey: serverProofKey,
 		Reply: hub.RegisterReply{NATSURL: cmp.Or(*agentNATS, *natsURL), ServiceKeys: []string{signPub}, ServiceCurveKey: curvePub}}
 	if embedded != nil {
 		reg.AddNATSUser = embedded.setAgentKey

@@ -31,25 +31,27 @@ type fakeHub struct {
 	mu         sync.Mutex
 	users      []User
 	groups     []Group
-	tokens     map[string]string // token -> user
-	codes      map[string]string // code -> user
-	challenges map[string]string // code -> S256 challenge
+	tokens     map[string]string   // token -> user
+	scopes     map[string][]string // token -> the scopes /user reports
+	codes      map[string]string   // code -> user
+	challenges map[string]string   // code -> S256 challenge
 }
 
 func newFakeHub(t *testing.T) *fakeHub {
-	h := &fakeHub{t: t, svcToken: "service-token", tokens: map[string]string{}, codes: map[string]string{}, challenges: map[string]string{}}
+	h := &fakeHub{t: t, svcToken: "service-token", tokens: map[string]string{}, scopes: map[string][]string{}, codes: map[string]string{}, challenges: map[string]string{}}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /hub/api/users", h.asService(func() any { return h.users }))
 	mux.HandleFunc("GET /hub/api/groups", h.asService(func() any { return h.groups }))
 	mux.HandleFunc("GET /hub/api/user", func(w http.ResponseWriter, r *http.Request) {
 		h.mu.Lock()
 		defer h.mu.Unlock()
-		name, ok := h.tokens[strings.TrimPrefix(r.Header.Get("Authorization"), "token ")]
+		tok := strings.TrimPrefix(r.Header.Get("Authorization"), "token ")
+		name, ok := h.tokens[tok]
 		if !ok {
 			http.Error(w, `{"status":403}`, http.StatusForbidden)
 			return
 		}
-		_ = json.NewEncoder(w).Encode(User{Name: name, Kind: "user"})
+		_ = json.NewEncoder(w).Encode(User{Name: name, Kind: "user", Scopes: h.scopes[tok]})
 	})
 	mux.HandleFunc("POST /hub/api/oauth2/token", func(w http.ResponseWriter, r *http.Request) {
 		h.mu.Lock()
@@ -278,6 +280,7 @@ func TestRegistrarRefuses(t *testing.T) {
 	h := newFakeHub(t)
 	h.set([]User{{Name: "alice"}, {Name: "bob"}}, nil)
 	h.tokens["alice-server-token"] = "alice"
+	h.scopes["alice-server-token"] = []string{"access:servers!server=alice/", "users:activity!user=alice"}
 	h.tokens["bob-server-token"] = "bob"
 	src, _ := NewSource(SourceOptions{Client: h.client()})
 	src.apply = func(*controlplane.Directory) error { return nil }

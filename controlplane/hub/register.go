@@ -23,6 +23,10 @@ type RegisterRequest struct {
 	// NATSKey is the NATS user nkey the agent made at start, when the
 	// service hands out per-workspace NATS credentials.
 	NATSKey string `json:"nats_key,omitempty"`
+	// ServerProof is $NBSECRETS_SERVER_PROOF, the hub's proof that the
+	// token is the one it gave this server (see ServerProof): needed
+	// where the hub's token scopes do not name the server (JupyterHub 3).
+	ServerProof string `json:"server_proof,omitempty"`
 }
 
 // RegisterReply is the service's answer: where to read records and what
@@ -38,7 +42,8 @@ type RegisterReply struct {
 }
 
 // Registrar serves RegisterPath: it checks the agent's token with the hub,
-// requires it to be the token of the user the agent claims to serve, adds
+// requires it to be the token of the user and the server the agent claims
+// to serve (the token's server scopes, else the server proof), adds
 // the workspace with its curve key to the directory and applies it, and
 // only then answers. An agent registers again periodically; the reply
 // carries its access as it is then.
@@ -51,7 +56,11 @@ type Registrar struct {
 	// AddNATSUser, when set, gives the workspace's agent a NATS user for
 	// its key (per-workspace credentials) before the reply is sent.
 	AddNATSUser func(workspace, nkey string) error
-	Logger      hclog.Logger
+	// ProofKey checks server proofs (LoadProofKey). Nil: only a hub that
+	// binds server tokens to their server (JupyterHub 4+) can register
+	// agents.
+	ProofKey []byte
+	Logger   hclog.Logger
 }
 
 func (g *Registrar) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -100,6 +109,10 @@ func (g *Registrar) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ws, err := WorkspaceID(req.User, req.Server)
 	if err != nil {
 		fail(http.StatusBadRequest, "invalid", err.Error())
+		return
+	}
+	if err := proveServer(g.ProofKey, u.Name, req.Server, token, u.Scopes, req.ServerProof); err != nil {
+		fail(http.StatusForbidden, "forbidden", err.Error())
 		return
 	}
 	if g.AddNATSUser != nil {
