@@ -3,6 +3,7 @@ package hub
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -24,8 +25,23 @@ import (
 // "<group>-admins".
 const AdminsSuffix = "-admins"
 
-// DefaultInterval is how often a Source asks the hub for changes.
+// DefaultInterval is how often a Source asks the hub for its groups, and
+// so how soon a change of group membership takes effect.
 const DefaultInterval = 2 * time.Second
+
+// DefaultUsersInterval is how often a Source reads the hub's whole user
+// list (who exists, hub admins, running servers). A user a group names
+// or an agent registers for, whom the last list lacks, has it read at
+// once.
+const DefaultUsersInterval = 30 * time.Second
+
+// DefaultMaxBackoff bounds the wait between polls of a hub that fails or
+// is slow.
+const DefaultMaxBackoff = time.Minute
+
+// slowFactor keeps the service's share of a slow hub's time small: after a
+// poll that took d, the next one waits at least slowFactor*d.
+const slowFactor = 4
 
 // startGrace is how long a registered workspace stays while the hub does
 // not list its server yet (a server still starting).
@@ -40,8 +56,15 @@ type SourceOptions struct {
 	GroupPrefix string
 	// Communities are the service's own communities (LoadCommunities).
 	Communities []controlplane.Community
-	// Interval is how often the hub is polled. Zero: DefaultInterval.
+	// Interval is how often the hub's groups are polled. Zero:
+	// DefaultInterval.
 	Interval time.Duration
+	// UsersInterval is how often the whole user list is read. Zero:
+	// DefaultUsersInterval.
+	UsersInterval time.Duration
+	// MaxBackoff bounds the wait after failed or slow polls. Zero:
+	// DefaultMaxBackoff.
+	MaxBackoff time.Duration
 	// Logger receives key/value logs. Nil discards.
 	Logger hclog.Logger
 	// Now is the clock. Nil: time.Now.
@@ -72,11 +95,39 @@ type Source struct {
 	users  []User  // the hub's answer at the last poll
 	groups []Group // (a registration is applied with them, without asking again)
 	polled bool
+	// What the source knows changes with: the hub's answers (hashes of
+	// what the source reads of them) and the registrations.
+	usersAt             time.Time // when the users were read
+	usersSum, groupsSum [32]byte
+	regsGen             uint64
+	built               inputs // those of dir
+	pending             bool   // a registered server the hub does not list yet: build at every refresh
 
 	refreshMu sync.Mutex // one refresh at a time
 }
 
 var _ controlplane.DirectorySource = (*Source)(nil)
+
+// inputs are what a directory was built from.
+type inputs struct {
+	users, groups [32]byte
+	regs          uint64
+}
+
+// pollMode says what a refresh asks the hub.
+type pollMode int
+
+const (
+	pollNone   pollMode = iota // nothing: the last answer (asks everything if there is none)
+	pollGroups                 // the groups; the users when due or when a group names a user the last list lacks
+	pollUsers                  // the groups and the users
+)
+
+// sum hashes v's JSON: what the source reads of a hub answer.
+func sum(v any) [32]byte {
+	data, _ := json.Marshal(v)
+	return sha256.Sum256(data)
+}
 
 // NewSource returns a Source; call Watch to follow the hub.
 func NewSource(opts SourceOptions) (*Source, error) {
@@ -85,6 +136,12 @@ func NewSource(opts SourceOptions) (*Source, error) {
 	}
 	if opts.Interval <= 0 {
 		opts.Interval = DefaultInterval
+	}
+	if opts.UsersInterval <= 0 {
+		opts.UsersInterval = DefaultUsersInterval
+	}
+	if opts.MaxBackoff <= 0 {
+		opts.MaxBackoff = DefaultMaxBackoff
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
@@ -111,28 +168,69 @@ func WorkspaceID(user, server string) (string, error) {
 
 // Directory asks the hub and returns the directory it implies now.
 func (s *Source) Directory(ctx context.Context) (*controlplane.Directory, error) {
-	return s.directory(ctx, true)
-}
-
-// directory builds the directory from the hub's answer, asking the hub
-// again when poll is set or it has not been asked yet.
-func (s *Source) directory(ctx context.Context, poll bool) (*controlplane.Directory, error) {
-	s.mu.Lock()
-	users, groups, polled := s.users, s.groups, s.polled
-	s.mu.Unlock()
-	if poll || !polled {
-		var err error
-		if users, err = s.opts.Client.Users(ctx); err != nil {
-			return nil, err
-		}
-		if groups, err = s.opts.Client.Groups(ctx); err != nil {
-			return nil, err
-		}
+	if err := s.fetch(ctx, pollUsers); err != nil {
+		return nil, err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.users, s.groups, s.polled = users, groups, true
-	return s.build(users, groups), nil
+	return s.build(s.users, s.groups), nil
+}
+
+// fetch asks the hub what mode says and keeps the answers.
+func (s *Source) fetch(ctx context.Context, mode pollMode) error {
+	s.mu.Lock()
+	polled := s.polled
+	s.mu.Unlock()
+	if mode == pollNone {
+		if polled {
+			return nil
+		}
+		mode = pollUsers
+	}
+	groups, err := s.opts.Client.Groups(ctx)
+	if err != nil {
+		return err
+	}
+	now := s.opts.Now()
+	s.mu.Lock()
+	usersDue := mode == pollUsers || !s.polled || now.Sub(s.usersAt) >= s.opts.UsersInterval ||
+		(now.Sub(s.usersAt) >= s.opts.Interval && s.lacksMember(groups))
+	s.mu.Unlock()
+	var users []User
+	if usersDue {
+		if users, err = s.opts.Client.Users(ctx); err != nil {
+			return err
+		}
+	}
+	gsum := sum(groups)
+	var usum [32]byte
+	if usersDue {
+		usum = sum(users)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.groups, s.groupsSum, s.polled = groups, gsum, true
+	if usersDue {
+		s.users, s.usersSum, s.usersAt = users, usum, now
+	}
+	return nil
+}
+
+// lacksMember says whether a group names a user the last user list lacks
+// (a user created since). s.mu is held.
+func (s *Source) lacksMember(groups []Group) bool {
+	known := make(map[string]bool, len(s.users))
+	for _, u := range s.users {
+		known[u.Name] = true
+	}
+	for _, g := range groups {
+		for _, u := range g.Users {
+			if !known[u] {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // build makes the directory of the hub's users and groups and the
@@ -221,18 +319,23 @@ func (s *Source) build(users []User, groups []Group) *controlplane.Directory {
 		d.Communities = append(d.Communities, c)
 	}
 	now := s.opts.Now()
+	s.pending = false
 	for id, r := range s.regs {
 		u, ok := known[r.User]
 		if !ok {
 			s.log.Info("workspace dropped: its user left the hub", "workspace", id, "user", r.User)
 			delete(s.regs, id)
+			s.regsGen++
 			continue
 		}
 		if u.Servers != nil {
 			if _, running := u.Servers[r.Server]; !running && now.Sub(r.At) > startGrace {
 				s.log.Info("workspace dropped: the hub no longer lists its server", "workspace", id, "user", r.User, "server", r.Server)
 				delete(s.regs, id)
+				s.regsGen++
 				continue
+			} else if !running {
+				s.pending = true
 			}
 		}
 		projects := slices.Clone(memberOf[r.User])
@@ -246,10 +349,12 @@ func (s *Source) build(users []User, groups []Group) *controlplane.Directory {
 	return d
 }
 
-// Watch polls the hub every interval until ctx ends and calls apply with
-// each directory that differs from the last one applied (first the
-// current one). A failed poll or apply is logged and tried again at the
-// next tick.
+// Watch polls the hub until ctx ends and calls apply with each directory
+// that differs from the last one applied (first the current one): the
+// groups every Interval, the whole user list every UsersInterval. A failed
+// poll or apply is logged and tried again, after a wait that doubles with
+// each failure up to MaxBackoff; after a slow poll the next waits at least
+// slowFactor times as long.
 func (s *Source) Watch(ctx context.Context, apply func(*controlplane.Directory) error) {
 	s.mu.Lock()
 	s.apply = apply
@@ -259,39 +364,83 @@ func (s *Source) Watch(ctx context.Context, apply func(*controlplane.Directory) 
 		s.apply = nil
 		s.mu.Unlock()
 	}()
-	t := time.NewTicker(s.opts.Interval)
-	defer t.Stop()
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	failures := 0
 	for {
-		if _, err := s.Refresh(ctx); err != nil && ctx.Err() == nil {
-			s.log.Warn("following the hub", "error", err)
-		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-timer.C:
 		}
+		start := time.Now()
+		_, err := s.refresh(ctx, pollGroups)
+		took := time.Since(start)
+		if err != nil && ctx.Err() == nil {
+			failures++
+		} else {
+			failures = 0
+		}
+		wait := nextWait(s.opts.Interval, s.opts.MaxBackoff, failures, took)
+		switch {
+		case err != nil && ctx.Err() == nil:
+			s.log.Warn("following the hub", "error", err, "failures", failures, "next_poll", wait)
+		case wait > s.opts.Interval:
+			s.log.Debug("the hub is slow: polling it less often", "poll_took", took, "next_poll", wait)
+		}
+		timer.Reset(wait)
 	}
 }
 
-// Refresh asks the hub now and applies the directory if it changed. It
-// returns the directory in force.
-func (s *Source) Refresh(ctx context.Context) (*controlplane.Directory, error) {
-	return s.refresh(ctx, true)
+// nextWait is the wait before the next poll: interval, doubled for each
+// failure in a row, or slowFactor times the last poll's duration if that
+// is longer; never more than maxWait.
+func nextWait(interval, maxWait time.Duration, failures int, took time.Duration) time.Duration {
+	wait := interval
+	if failures > 0 {
+		wait = interval << min(failures, 16)
+	}
+	if slow := slowFactor * took; slow > wait {
+		wait = slow
+	}
+	return min(wait, max(maxWait, interval))
 }
 
-func (s *Source) refresh(ctx context.Context, poll bool) (*controlplane.Directory, error) {
+// Refresh asks the hub now (groups and users) and applies the directory if
+// it changed. It returns the directory in force.
+func (s *Source) Refresh(ctx context.Context) (*controlplane.Directory, error) {
+	return s.refresh(ctx, pollUsers)
+}
+
+// refresh asks the hub what mode says, and builds and applies the
+// directory unless nothing it is built from has changed.
+func (s *Source) refresh(ctx context.Context, mode pollMode) (*controlplane.Directory, error) {
 	s.refreshMu.Lock()
 	defer s.refreshMu.Unlock()
-	d, err := s.directory(ctx, poll)
-	if err != nil {
+	if err := s.fetch(ctx, mode); err != nil {
 		return nil, err
 	}
+	s.mu.Lock()
+	in := inputs{users: s.usersSum, groups: s.groupsSum, regs: s.regsGen}
+	if s.dir != nil && s.built == in && !s.pending {
+		d := s.dir
+		s.mu.Unlock()
+		return d, nil // the hub's answer and the registrations are those of the directory in force
+	}
+	d := s.build(s.users, s.groups)
+	in.regs = s.regsGen // build drops workspaces
+	same, apply := false, s.apply
+	s.mu.Unlock()
 	data, err := json.Marshal(d)
 	if err != nil {
 		return nil, fmt.Errorf("hub: %w", err)
 	}
 	s.mu.Lock()
-	same, apply := bytes.Equal(data, s.last), s.apply
+	same = bytes.Equal(data, s.last)
+	if same {
+		s.built = in
+		d = s.dir
+	}
 	s.mu.Unlock()
 	if same {
 		return d, nil
@@ -303,7 +452,7 @@ func (s *Source) refresh(ctx context.Context, poll bool) (*controlplane.Director
 		return nil, fmt.Errorf("hub: applying the hub's directory: %w", err)
 	}
 	s.mu.Lock()
-	s.last, s.dir = data, d
+	s.last, s.dir, s.built = data, d, in
 	s.mu.Unlock()
 	s.log.Info("directory from the hub", "users", len(d.Users), "projects", len(d.Projects), "workspaces", len(d.Workspaces))
 	return d, nil
@@ -312,7 +461,9 @@ func (s *Source) refresh(ctx context.Context, poll bool) (*controlplane.Director
 // Register adds or updates a workspace and applies the resulting
 // directory (with the hub's answer of the last poll) before returning it,
 // so that the workspace's records are written when its agent starts
-// reading.
+// reading. A registration the directory in force already has (an agent's
+// periodic one) changes nothing and returns that directory; one for a
+// user the last user list lacks has the list read first.
 func (s *Source) Register(ctx context.Context, r Registration) (*controlplane.Directory, error) {
 	if !nkeys.IsValidPublicCurveKey(r.CurveKey) {
 		return nil, errors.New("curve_key: not a curve public key (X...)")
@@ -322,11 +473,24 @@ func (s *Source) Register(ctx context.Context, r Registration) (*controlplane.Di
 	if r.At.IsZero() {
 		r.At = s.opts.Now()
 	}
+	if had && s.dir != nil && old.User == r.User && old.Server == r.Server && old.CurveKey == r.CurveKey {
+		if _, ok := s.dir.AccessOf(r.Workspace); ok {
+			s.regs[r.Workspace] = r // a sign of life: the start grace counts from here
+			d := s.dir
+			s.mu.Unlock()
+			return d, nil
+		}
+	}
+	mode := pollNone
+	if !slices.ContainsFunc(s.users, func(u User) bool { return u.Name == r.User }) {
+		mode = pollUsers
+	}
 	s.regs[r.Workspace] = r
+	s.regsGen++
 	s.mu.Unlock()
 	// The hub's last answer is at most one poll old, and the registrar
 	// asked the hub about the agent's token just now.
-	d, err := s.refresh(ctx, false)
+	d, err := s.refresh(ctx, mode)
 	if err != nil {
 		s.mu.Lock()
 		if had {
@@ -334,6 +498,7 @@ func (s *Source) Register(ctx context.Context, r Registration) (*controlplane.Di
 		} else {
 			delete(s.regs, r.Workspace)
 		}
+		s.regsGen++
 		s.mu.Unlock()
 		return nil, err
 	}

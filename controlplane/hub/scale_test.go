@@ -1,0 +1,142 @@
+package hub
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/nbsecrets/nbsecrets/controlplane"
+)
+
+// bigHub fills h with users users and groups groups, every user in two
+// groups, one in ten with a running server, like a JupyterHub 3.0 model
+// (roles, times, the server's fields).
+func bigHub(h *fakeHub, users, groups int) {
+	us := make([]User, users)
+	gs := make([]Group, groups)
+	for i := range gs {
+		gs[i] = Group{Name: fmt.Sprintf("group%04d", i)}
+	}
+	for i := range us {
+		name := fmt.Sprintf("user%05d", i)
+		a, b := i%groups, (i*7+3)%groups
+		us[i] = User{Name: name, Kind: "user", Groups: []string{gs[a].Name, gs[b].Name}, Servers: map[string]Server{}}
+		if i%10 == 0 {
+			us[i].Servers[""] = Server{Name: "", Ready: true, URL: "/user/" + name + "/"}
+		}
+		gs[a].Users = append(gs[a].Users, name)
+		gs[b].Users = append(gs[b].Users, name)
+	}
+	h.set(us, gs)
+}
+
+type cost struct {
+	requests, bytes int64
+	took            time.Duration
+	alloc           uint64
+}
+
+func (c cost) String() string {
+	return fmt.Sprintf("%d requests, %d KiB from the hub, %v, %d MiB allocated", c.requests, c.bytes>>10, c.took.Round(100*time.Microsecond), c.alloc>>20)
+}
+
+func measure(h *fakeHub, f func()) cost {
+	var m0, m1 runtime.MemStats
+	runtime.ReadMemStats(&m0)
+	r0, b0 := h.count.requests.Load(), h.count.bytes.Load()
+	start := time.Now()
+	f()
+	took := time.Since(start)
+	runtime.ReadMemStats(&m1)
+	return cost{h.count.requests.Load() - r0, h.count.bytes.Load() - b0, took, m1.TotalAlloc - m0.TotalAlloc}
+}
+
+// TestRefreshCost measures what following a hub of 5,000 users and 500
+// groups costs: the first refresh, a refresh when nothing changed (what
+// every poll costs on a quiet hub), and an agent's periodic
+// re-registration.
+func TestRefreshCost(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a measurement")
+	}
+	h := newFakeHub(t)
+	bigHub(h, 5000, 500)
+	src, _ := NewSource(SourceOptions{Client: h.client()})
+	var applied int
+	src.apply = func(*controlplane.Directory) error { applied++; return nil }
+	ctx := context.Background()
+	var d *controlplane.Directory
+	var err error
+	first := measure(h, func() { d, err = src.Refresh(ctx) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(d.Users) != 5000 || len(d.Projects) != 500 {
+		t.Fatalf("the directory has %d users and %d projects, want 5000 and 500", len(d.Users), len(d.Projects))
+	}
+	// 500 agents registered (put in directly: each registration through
+	// Register would build a directory).
+	src.mu.Lock()
+	for i := 0; i < 500; i++ {
+		name := fmt.Sprintf("user%05d", i*10)
+		src.regs[name] = Registration{Workspace: name, User: name, CurveKey: curveKey(t), At: time.Now()}
+	}
+	src.regsGen++
+	src.mu.Unlock()
+	withServers := measure(h, func() { d, err = src.Refresh(ctx) })
+	if err != nil || len(d.Workspaces) != 500 {
+		t.Fatalf("%v, %d workspaces", err, len(d.Workspaces))
+	}
+	applied = 0
+	const n = 5
+	// What the service does every Interval on a quiet hub.
+	quiet := measure(h, func() {
+		for range n {
+			if _, err := src.refresh(ctx, pollGroups); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+	// What it does every UsersInterval on a quiet hub.
+	quietUsers := measure(h, func() {
+		for range n {
+			if _, err := src.Refresh(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+	if applied != 0 {
+		t.Errorf("%d unchanged refreshes applied a directory", applied)
+	}
+	// A group change: read, built, applied.
+	h.mu.Lock()
+	h.groups[7].Users = h.groups[7].Users[1:]
+	h.mu.Unlock()
+	change := measure(h, func() {
+		if _, err := src.refresh(ctx, pollGroups); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if applied != 1 {
+		t.Errorf("a group change applied %d directories, want 1", applied)
+	}
+	again := measure(h, func() {
+		for i := range n {
+			name := fmt.Sprintf("user%05d", i*10)
+			src.mu.Lock()
+			key := src.regs[name].CurveKey
+			src.mu.Unlock()
+			if _, err := src.Register(ctx, Registration{Workspace: name, User: name, CurveKey: key}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+	t.Logf("measured, 5000 users, 500 groups, 500 servers: first refresh: %v", first)
+	t.Logf("measured: the refresh with 500 registered servers: %v", withServers)
+	t.Logf("measured: one poll (every %v) when nothing changed: %v", DefaultInterval, cost{quiet.requests / n, quiet.bytes / n, quiet.took / n, quiet.alloc / n})
+	t.Logf("measured: one poll with the users (every %v) when nothing changed: %v", DefaultUsersInterval, cost{quietUsers.requests / n, quietUsers.bytes / n, quietUsers.took / n, quietUsers.alloc / n})
+	t.Logf("measured: one poll that finds a group changed: %v", change)
+	t.Logf("measured: one unchanged re-registration: %v", cost{again.requests / n, again.bytes / n, again.took / n, again.alloc / n})
+}
