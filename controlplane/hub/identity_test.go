@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nbsecrets/nbsecrets/controlplane"
 )
@@ -179,5 +180,60 @@ func TestLoadProofKey(t *testing.T) {
 	}
 	if _, err := LoadProofKey(filepath.Join(dir, "missing")); err == nil {
 		t.Error("a missing key file loaded")
+	}
+}
+
+// TestRegistrarReverifies: an agent's periodic registration, unchanged,
+// is served on the hub's word of less than reverifyAfter ago; anything
+// changed, or an older word, asks the hub again, so a token the hub no
+// longer accepts is refused then.
+func TestRegistrarReverifies(t *testing.T) {
+	h := newFakeHub(t)
+	h.set([]User{{Name: "alice"}}, nil)
+	h.tokens["tok"], h.scopes["tok"] = "alice", hub4Scopes("alice", "")
+	src, _ := NewSource(SourceOptions{Client: h.client()})
+	src.apply = func(*controlplane.Directory) error { return nil }
+	now := time.Now()
+	reg := &Registrar{Source: src, Client: h.client(), Now: func() time.Time { return now }}
+	post := func(req RegisterRequest) int {
+		b, _ := json.Marshal(req)
+		r := httptest.NewRequest("POST", "/x", bytes.NewReader(b))
+		r.Header.Set("Authorization", "token tok")
+		w := httptest.NewRecorder()
+		reg.ServeHTTP(w, r)
+		return w.Code
+	}
+	userCalls := func() int64 { return h.count.requests.Load() }
+	req := RegisterRequest{User: "alice", CurveKey: curveKey(t)}
+	if code := post(req); code != http.StatusOK {
+		t.Fatalf("first registration: %d", code)
+	}
+	base := userCalls()
+	for range 3 {
+		now = now.Add(5 * time.Second)
+		if code := post(req); code != http.StatusOK {
+			t.Fatalf("re-registration: %d", code)
+		}
+	}
+	if n := userCalls() - base; n != 0 {
+		t.Errorf("unchanged re-registrations within %v asked the hub %d times", reverifyAfter, n)
+	}
+	changed := req
+	changed.CurveKey = curveKey(t)
+	if code := post(changed); code != http.StatusOK || userCalls()-base != 1 {
+		t.Errorf("a new curve key: %d, %d hub calls; want 200 after asking the hub", code, userCalls()-base)
+	}
+	// The server stops: the hub deletes its token.
+	h.mu.Lock()
+	delete(h.tokens, "tok")
+	h.mu.Unlock()
+	other := changed
+	other.Server = "x"
+	if code := post(other); code != http.StatusUnauthorized {
+		t.Errorf("a changed registration with a token the hub dropped: %d, want 401", code)
+	}
+	now = now.Add(reverifyAfter)
+	if code := post(changed); code != http.StatusUnauthorized {
+		t.Errorf("a registration %v after the hub's word, with a token it dropped: %d, want 401", reverifyAfter, code)
 	}
 }
