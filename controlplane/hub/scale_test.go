@@ -3,6 +3,8 @@ package hub
 import (
 	"context"
 	"fmt"
+	"net/http"
+	"os"
 	"runtime"
 	"testing"
 	"time"
@@ -139,4 +141,42 @@ func TestRefreshCost(t *testing.T) {
 	t.Logf("measured: one poll with the users (every %v) when nothing changed: %v", DefaultUsersInterval, cost{quietUsers.requests / n, quietUsers.bytes / n, quietUsers.took / n, quietUsers.alloc / n})
 	t.Logf("measured: one poll that finds a group changed: %v", change)
 	t.Logf("measured: one unchanged re-registration: %v", cost{again.requests / n, again.bytes / n, again.took / n, again.alloc / n})
+}
+
+// TestRealHubCost measures the hub's side of a poll on a real JupyterHub,
+// when NBSECRETS_MEASURE_HUB_API ("http://127.0.0.1:8081/hub/api") and
+// NBSECRETS_MEASURE_HUB_TOKEN (a token with the service's scopes) name
+// one: the users list and the groups list, each read whole as a poll
+// reads it.
+func TestRealHubCost(t *testing.T) {
+	api, token := os.Getenv("NBSECRETS_MEASURE_HUB_API"), os.Getenv("NBSECRETS_MEASURE_HUB_TOKEN")
+	if api == "" || token == "" {
+		t.Skip("NBSECRETS_MEASURE_HUB_API and NBSECRETS_MEASURE_HUB_TOKEN name no hub")
+	}
+	c := &Client{APIURL: api, Token: token, HTTP: &http.Client{Timeout: 5 * time.Minute}}
+	ctx := context.Background()
+	const n = 3
+	var users []User
+	var groups []Group
+	start := time.Now()
+	for range n {
+		var err error
+		if users, err = c.Users(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	u := time.Since(start) / n
+	start = time.Now()
+	for range n {
+		var err error
+		if groups, err = c.Groups(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	g := time.Since(start) / n
+	members := 0
+	for _, gr := range groups {
+		members += len(gr.Users)
+	}
+	t.Logf("measured on the hub: %d users read in %v; %d groups (%d memberships) read in %v", len(users), u.Round(time.Millisecond), len(groups), members, g.Round(time.Millisecond))
 }
