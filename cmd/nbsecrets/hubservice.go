@@ -184,7 +184,7 @@ func runHubService(ctx context.Context, env *cliEnv, args []string) error {
 	defer func() { stopWatch(); <-watched }()
 
 	oauth, err := hub.NewOAuth(hub.OAuthOptions{Client: client, ClientID: clientID, Prefix: svcPrefix,
-		AuthorizeURL: cmp.Or(os.Getenv("JUPYTERHUB_BASE_URL"), "/") + "hub/api/oauth2/authorize", Logger: log})
+		AuthorizeURL: cmp.Or(os.Getenv("JUPYTERHUB_BASE_URL"), "/") + "hub/api/oauth2/authorize", Seen: src.EnsureUser, Logger: log})
 	if err != nil {
 		return err
 	}

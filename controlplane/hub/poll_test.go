@@ -169,3 +169,34 @@ func TestWatchRecovers(t *testing.T) {
 		t.Fatal("no directory applied after the hub recovered")
 	}
 }
+
+// TestEnsureUser: a user the hub vouches for (a login) whom the last user
+// list lacks has the list read at once, at most once per Interval.
+func TestEnsureUser(t *testing.T) {
+	h := newFakeHub(t)
+	h.set([]User{{Name: "alice"}}, nil)
+	now := time.Now()
+	src, _ := NewSource(SourceOptions{Client: h.client(), Now: func() time.Time { return now }})
+	var last *controlplane.Directory
+	src.apply = func(d *controlplane.Directory) error { last = d; return nil }
+	ctx := context.Background()
+	if _, err := src.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	h.set([]User{{Name: "alice"}, {Name: "newbie"}}, nil)
+	now = now.Add(DefaultInterval)
+	before := h.count.requests.Load()
+	src.EnsureUser(ctx, "alice")
+	if n := h.count.requests.Load() - before; n != 0 {
+		t.Errorf("a known user made %d requests", n)
+	}
+	src.EnsureUser(ctx, "newbie")
+	if !slices.ContainsFunc(last.Users, func(u controlplane.User) bool { return u.ID == "newbie" }) {
+		t.Fatalf("newbie is not in the directory: %+v", last.Users)
+	}
+	before = h.count.requests.Load()
+	src.EnsureUser(ctx, "ghost")
+	if n := h.count.requests.Load() - before; n != 0 {
+		t.Errorf("a second unknown user within Interval made %d requests", n)
+	}
+}

@@ -458,6 +458,24 @@ func (s *Source) refresh(ctx context.Context, mode pollMode) (*controlplane.Dire
 	return d, nil
 }
 
+// EnsureUser reads the hub's user list now if user, whom the hub has just
+// vouched for, is not in the last one (a user created since), and applies
+// the directory. It does so at most once per Interval; a failure is
+// logged, and the next poll tries again.
+func (s *Source) EnsureUser(ctx context.Context, user string) {
+	s.mu.Lock()
+	known := slices.ContainsFunc(s.users, func(u User) bool { return u.Name == user })
+	recent := s.opts.Now().Sub(s.usersAt) < s.opts.Interval
+	watched := s.apply != nil
+	s.mu.Unlock()
+	if known || recent || !watched {
+		return
+	}
+	if _, err := s.refresh(ctx, pollUsers); err != nil {
+		s.log.Warn("reading the hub's users for a new user", "user", user, "error", err)
+	}
+}
+
 // Register adds or updates a workspace and applies the resulting
 // directory (with the hub's answer of the last poll) before returning it,
 // so that the workspace's records are written when its agent starts
