@@ -88,8 +88,8 @@ func runAgentExec(ctx context.Context, env *cliEnv, flags, argv []string) error 
 		childEnv = slices.DeleteFunc(childEnv, func(e string) bool { return strings.HasPrefix(e, k+"=") })
 		childEnv = append(childEnv, k+"="+v)
 	}
-	// The server proof is the agent's; the server and its kernels need
-	// it not.
+	// The server proof is the agent's: the server and its kernels do
+	// not get it.
 	childEnv = slices.DeleteFunc(childEnv, func(e string) bool { return strings.HasPrefix(e, hub.ServerProofEnv+"=") })
 
 	var a *agent.Agent
