@@ -16,6 +16,9 @@ import (
 // ErrBadToken is the error of a token the hub does not accept.
 var ErrBadToken = errors.New("hub: token refused by the hub")
 
+// ErrNotFound is the error of a user (or other item) the hub does not have.
+var ErrNotFound = errors.New("hub: not found")
+
 // maxReply bounds a hub API reply.
 const maxReply = 32 << 20
 
@@ -96,6 +99,8 @@ func (c *Client) getRaw(ctx context.Context, path, token, accept string) ([]byte
 	switch {
 	case resp.StatusCode == http.StatusForbidden || resp.StatusCode == http.StatusUnauthorized:
 		return nil, fmt.Errorf("%w: GET %s: %s", ErrBadToken, path, resp.Status)
+	case resp.StatusCode == http.StatusNotFound:
+		return nil, fmt.Errorf("%w: GET %s", ErrNotFound, path)
 	case resp.StatusCode != http.StatusOK:
 		return nil, fmt.Errorf("hub: GET %s: %s", path, resp.Status)
 	}

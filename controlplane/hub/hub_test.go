@@ -51,6 +51,14 @@ func newFakeHub(t *testing.T) *fakeHub {
 		}
 		hubPages(w, r, users, h.maxLimit)
 	}))
+	mux.HandleFunc("GET /hub/api/users/{name}", h.asService(func(w http.ResponseWriter, r *http.Request) {
+		i := slices.IndexFunc(h.users, func(u User) bool { return u.Name == r.PathValue("name") })
+		if i < 0 {
+			http.Error(w, `{"status":404}`, http.StatusNotFound)
+			return
+		}
+		_ = json.NewEncoder(w).Encode(h.users[i])
+	}))
 	mux.HandleFunc("GET /hub/api/groups", h.asService(func(w http.ResponseWriter, r *http.Request) {
 		hubPages(w, r, h.groups, h.maxLimit)
 	}))
@@ -241,7 +249,7 @@ func TestSourceWatch(t *testing.T) {
 	h.set([]User{{Name: "alice", Servers: running}, {Name: "bob", Servers: running}}, []Group{{Name: "ml", Users: []string{"alice", "bob"}}})
 	now := time.Now()
 	var clockMu sync.Mutex
-	src, _ := NewSource(SourceOptions{Client: h.client(), Interval: 20 * time.Millisecond, Now: func() time.Time {
+	src, _ := NewSource(SourceOptions{Client: h.client(), Interval: 20 * time.Millisecond, UsersInterval: 20 * time.Millisecond, Now: func() time.Time {
 		clockMu.Lock()
 		defer clockMu.Unlock()
 		return now

@@ -2,6 +2,7 @@ package hub
 
 import (
 	"context"
+	"net/http"
 	"slices"
 	"sync"
 	"testing"
@@ -10,10 +11,11 @@ import (
 	"github.com/nbsecrets/nbsecrets/controlplane"
 )
 
-// TestPollGroupsOften: the poll every Interval reads the groups only; the
-// users are read when UsersInterval has passed, or at once when a group
-// names a user the last list lacks (a user just created and added to a
-// group gets the group's secrets within one poll).
+// TestPollGroupsOften: the poll every Interval reads the groups only; a
+// user a group names whom the last list lacks is read on their own at
+// once (a user just created and added to a group gets the group's secrets
+// within one poll); the users' own changes (a hub admin appointed) come
+// with the users poll.
 func TestPollGroupsOften(t *testing.T) {
 	h := newFakeHub(t)
 	h.set([]User{{Name: "alice"}}, []Group{{Name: "ml", Users: []string{"alice"}}})
@@ -39,6 +41,7 @@ func TestPollGroupsOften(t *testing.T) {
 	if n := usersRead() - before; n != 1 {
 		t.Errorf("a quiet poll made %d requests, want 1 (the groups)", n)
 	}
+	before = usersRead()
 	// A user created, then added to ml: read at the next poll.
 	h.set([]User{{Name: "alice"}, {Name: "newbie"}}, []Group{{Name: "ml", Users: []string{"alice", "newbie"}}})
 	advance(DefaultInterval)
@@ -49,6 +52,9 @@ func TestPollGroupsOften(t *testing.T) {
 	if got := roles(d, "ml"); got["newbie"] != controlplane.RoleMember {
 		t.Errorf("ml's members after newbie joined: %v", got)
 	}
+	if n := usersRead() - before; n != 2 {
+		t.Errorf("the poll that found newbie made %d requests, want 2 (the groups, newbie)", n)
+	}
 	// A hub admin appointed: seen when the users are due.
 	h.set([]User{{Name: "alice", Admin: true}, {Name: "newbie"}}, []Group{{Name: "ml", Users: []string{"alice", "newbie"}}})
 	advance(DefaultInterval)
@@ -56,10 +62,9 @@ func TestPollGroupsOften(t *testing.T) {
 	if got := roles(d, "ml"); got["alice"] == controlplane.RoleAdmin {
 		t.Errorf("the users were read before they were due: %v", got)
 	}
-	advance(DefaultUsersInterval)
-	d, _ = src.refresh(ctx, pollGroups)
+	d, _ = src.refresh(ctx, pollUsersOnly)
 	if got := roles(d, "ml"); got["alice"] != controlplane.RoleAdmin {
-		t.Errorf("alice, a hub admin, is not ml's admin after the users were due: %v", got)
+		t.Errorf("alice, a hub admin, is not ml's admin after the users poll: %v", got)
 	}
 	if len(applied) != 3 {
 		t.Errorf("applied %d directories, want 3 (first, newbie, alice admin)", len(applied))
@@ -171,7 +176,7 @@ func TestWatchRecovers(t *testing.T) {
 }
 
 // TestEnsureUser: a user the hub vouches for (a login) whom the last user
-// list lacks has the list read at once, at most once per Interval.
+// list lacks is read on their own at once.
 func TestEnsureUser(t *testing.T) {
 	h := newFakeHub(t)
 	h.set([]User{{Name: "alice"}}, nil)
@@ -184,7 +189,6 @@ func TestEnsureUser(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.set([]User{{Name: "alice"}, {Name: "newbie"}}, nil)
-	now = now.Add(DefaultInterval)
 	before := h.count.requests.Load()
 	src.EnsureUser(ctx, "alice")
 	if n := h.count.requests.Load() - before; n != 0 {
@@ -194,9 +198,56 @@ func TestEnsureUser(t *testing.T) {
 	if !slices.ContainsFunc(last.Users, func(u controlplane.User) bool { return u.ID == "newbie" }) {
 		t.Fatalf("newbie is not in the directory: %+v", last.Users)
 	}
-	before = h.count.requests.Load()
+	if n := h.count.requests.Load() - before; n != 1 {
+		t.Errorf("newbie's login made %d requests, want 1 (GET /users/newbie)", n)
+	}
+	// Deleted since the hub vouched for them: nobody added.
 	src.EnsureUser(ctx, "ghost")
-	if n := h.count.requests.Load() - before; n != 0 {
-		t.Errorf("a second unknown user within Interval made %d requests", n)
+	if slices.ContainsFunc(last.Users, func(u controlplane.User) bool { return u.ID == "ghost" }) {
+		t.Errorf("a user the hub does not have is in the directory: %+v", last.Users)
+	}
+}
+
+// TestAddedDuringUsersRead: a user read on their own while a read of the
+// whole list is under way stays, though that list's pages (read before
+// the user was created) lack them; the next whole read decides.
+func TestAddedDuringUsersRead(t *testing.T) {
+	h := newFakeHub(t)
+	h.maxLimit = 50
+	h.set(someUsers(120), nil)
+	src, _ := NewSource(SourceOptions{Client: h.client()})
+	src.apply = func(*controlplane.Directory) error { return nil }
+	ctx := context.Background()
+	if _, err := src.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	once := false
+	h.afterPage = func(r *http.Request) {
+		if once || r.URL.Path != "/hub/api/users" {
+			return
+		}
+		once = true
+		// What addUsers does once GET /users/newbie has answered.
+		src.mu.Lock()
+		src.users = append(slices.Clone(src.users), User{Name: "newbie"})
+		src.added["newbie"] = time.Now()
+		src.mu.Unlock()
+	}
+	has := func() bool {
+		src.mu.Lock()
+		defer src.mu.Unlock()
+		return slices.ContainsFunc(src.users, func(u User) bool { return u.Name == "newbie" })
+	}
+	if err := src.fetchUsers(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !has() {
+		t.Fatal("the user read on their own during the list's read was dropped")
+	}
+	if err := src.fetchUsers(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if has() {
+		t.Error("a user no whole list began after has was kept")
 	}
 }

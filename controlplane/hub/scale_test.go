@@ -104,7 +104,7 @@ func TestRefreshCost(t *testing.T) {
 	// What it does every UsersInterval on a quiet hub.
 	quietUsers := measure(h, func() {
 		for range n {
-			if _, err := src.Refresh(ctx); err != nil {
+			if _, err := src.refresh(ctx, pollUsersOnly); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -138,7 +138,7 @@ func TestRefreshCost(t *testing.T) {
 	t.Logf("measured, 5000 users, 500 groups, 500 servers: first refresh: %v", first)
 	t.Logf("measured: the refresh with 500 registered servers: %v", withServers)
 	t.Logf("measured: one poll (every %v) when nothing changed: %v", DefaultInterval, cost{quiet.requests / n, quiet.bytes / n, quiet.took / n, quiet.alloc / n})
-	t.Logf("measured: one poll with the users (every %v) when nothing changed: %v", DefaultUsersInterval, cost{quietUsers.requests / n, quietUsers.bytes / n, quietUsers.took / n, quietUsers.alloc / n})
+	t.Logf("measured: one poll of the users (every %v) when nothing changed: %v", DefaultUsersInterval, cost{quietUsers.requests / n, quietUsers.bytes / n, quietUsers.took / n, quietUsers.alloc / n})
 	t.Logf("measured: one poll that finds a group changed: %v", change)
 	t.Logf("measured: one unchanged re-registration: %v", cost{again.requests / n, again.bytes / n, again.took / n, again.alloc / n})
 }

@@ -30,9 +30,9 @@ const AdminsSuffix = "-admins"
 const DefaultInterval = 2 * time.Second
 
 // DefaultUsersInterval is how often a Source reads the hub's whole user
-// list (who exists, hub admins, running servers). A user a group names
-// or an agent registers for, whom the last list lacks, has it read at
-// once.
+// list (who exists, hub admins, running servers). A user a group names,
+// an agent registers for or the hub vouches for at login, whom the last
+// list lacks, has it read at once.
 const DefaultUsersInterval = 30 * time.Second
 
 // DefaultMaxBackoff bounds the wait between polls of a hub that fails or
@@ -40,8 +40,14 @@ const DefaultUsersInterval = 30 * time.Second
 const DefaultMaxBackoff = time.Minute
 
 // slowFactor keeps the service's share of a slow hub's time small: after a
-// poll that took d, the next one waits at least slowFactor*d.
+// poll of the groups that took d, the next one waits at least
+// slowFactor*d.
 const slowFactor = 4
+
+// usersSlowFactor is slowFactor for the user list, which on a large hub
+// is its most expensive answer (JupyterHub 3.0 builds each user's model
+// with its roles, groups and servers) and is needed less urgently.
+const usersSlowFactor = 10
 
 // startGrace is how long a registered workspace stays while the hub does
 // not list its server yet (a server still starting).
@@ -59,7 +65,8 @@ type SourceOptions struct {
 	// Interval is how often the hub's groups are polled. Zero:
 	// DefaultInterval.
 	Interval time.Duration
-	// UsersInterval is how often the whole user list is read. Zero:
+	// UsersInterval is how often the whole user list is read (at least
+	// usersSlowFactor times as long as reading it took). Zero:
 	// DefaultUsersInterval.
 	UsersInterval time.Duration
 	// MaxBackoff bounds the wait after failed or slow polls. Zero:
@@ -97,13 +104,18 @@ type Source struct {
 	polled bool
 	// What the source knows changes with: the hub's answers (hashes of
 	// what the source reads of them) and the registrations.
-	usersAt             time.Time // when the users were read
+	usersAt             time.Time // when the users were read (s.opts.Now)
 	usersSum, groupsSum [32]byte
 	regsGen             uint64
-	built               inputs // those of dir
-	pending             bool   // a registered server the hub does not list yet: build at every refresh
+	built               inputs               // those of dir
+	pending             bool                 // a registered server the hub does not list yet: build at every refresh
+	added               map[string]time.Time // users read one by one, and when
 
-	refreshMu sync.Mutex // one refresh at a time
+	refreshMu sync.Mutex // one build and apply at a time
+	// One read of each list at a time; the wall time the last completed
+	// one began (a read asked for before it began is served by it).
+	usersMu, groupsMu       sync.Mutex
+	usersBegan, groupsBegan time.Time
 }
 
 var _ controlplane.DirectorySource = (*Source)(nil)
@@ -118,9 +130,10 @@ type inputs struct {
 type pollMode int
 
 const (
-	pollNone   pollMode = iota // nothing: the last answer (asks everything if there is none)
-	pollGroups                 // the groups; the users when due or when a group names a user the last list lacks
-	pollUsers                  // the groups and the users
+	pollNone      pollMode = iota // nothing: the last answer (asks everything if there is none)
+	pollGroups                    // the groups; the users if a group names a user the last list lacks
+	pollUsersOnly                 // the users
+	pollUsers                     // the groups and the users
 )
 
 // sum hashes v's JSON: what the source reads of a hub answer.
@@ -150,7 +163,7 @@ func NewSource(opts SourceOptions) (*Source, error) {
 	if log == nil {
 		log = hclog.NewNullLogger()
 	}
-	return &Source{opts: opts, log: log.Named("hub"), regs: map[string]Registration{}, keys: map[string]string{}}, nil
+	return &Source{opts: opts, log: log.Named("hub"), regs: map[string]Registration{}, keys: map[string]string{}, added: map[string]time.Time{}}, nil
 }
 
 // WorkspaceID is the workspace of a user's server: the user name for the
@@ -181,56 +194,146 @@ func (s *Source) fetch(ctx context.Context, mode pollMode) error {
 	s.mu.Lock()
 	polled := s.polled
 	s.mu.Unlock()
-	if mode == pollNone {
-		if polled {
-			return nil
-		}
+	if !polled {
 		mode = pollUsers
 	}
+	switch mode {
+	case pollNone:
+		return nil
+	case pollUsersOnly:
+		return s.fetchUsers(ctx)
+	}
+	if err := s.fetchGroups(ctx); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	missing := s.missingMembers(s.groups)
+	usersDue := mode == pollUsers || (len(missing) > maxAddUsers && s.opts.Now().Sub(s.usersAt) >= s.opts.Interval)
+	s.mu.Unlock()
+	if !usersDue {
+		if len(missing) > 0 && len(missing) <= maxAddUsers {
+			return s.addUsers(ctx, missing)
+		}
+		return nil
+	}
+	if err := s.fetchUsers(ctx); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.polled = true
+	s.mu.Unlock()
+	return nil
+}
+
+// fetchGroups reads the groups, unless a read that began after the call
+// has just ended.
+func (s *Source) fetchGroups(ctx context.Context) error {
+	asked := time.Now()
+	s.groupsMu.Lock()
+	defer s.groupsMu.Unlock()
+	if s.groupsBegan.After(asked) {
+		return nil
+	}
+	began := time.Now()
 	groups, err := s.opts.Client.Groups(ctx)
 	if err != nil {
 		return err
 	}
-	now := s.opts.Now()
-	s.mu.Lock()
-	usersDue := mode == pollUsers || !s.polled || now.Sub(s.usersAt) >= s.opts.UsersInterval ||
-		(now.Sub(s.usersAt) >= s.opts.Interval && s.lacksMember(groups))
-	s.mu.Unlock()
-	var users []User
-	if usersDue {
-		if users, err = s.opts.Client.Users(ctx); err != nil {
-			return err
-		}
-	}
 	gsum := sum(groups)
-	var usum [32]byte
-	if usersDue {
-		usum = sum(users)
-	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.groups, s.groupsSum, s.polled = groups, gsum, true
-	if usersDue {
-		s.users, s.usersSum, s.usersAt = users, usum, now
-	}
+	s.groups, s.groupsSum = groups, gsum
+	s.mu.Unlock()
+	s.groupsBegan = began
 	return nil
 }
 
-// lacksMember says whether a group names a user the last user list lacks
-// (a user created since). s.mu is held.
-func (s *Source) lacksMember(groups []Group) bool {
+// fetchUsers reads the users, unless a read that began after the call
+// has just ended.
+func (s *Source) fetchUsers(ctx context.Context) error {
+	asked := time.Now()
+	s.usersMu.Lock()
+	defer s.usersMu.Unlock()
+	if s.usersBegan.After(asked) {
+		return nil
+	}
+	began, now := time.Now(), s.opts.Now()
+	users, err := s.opts.Client.Users(ctx)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	// A user added one by one while the list was read stays, though the
+	// list (its pages read before) may lack them.
+	for name, at := range s.added {
+		if !at.After(began) {
+			delete(s.added, name)
+		} else if i := slices.IndexFunc(s.users, func(u User) bool { return u.Name == name }); i >= 0 &&
+			!slices.ContainsFunc(users, func(u User) bool { return u.Name == name }) {
+			users = append(users, s.users[i])
+		}
+	}
+	s.users, s.usersSum, s.usersAt = users, sum(users), now
+	s.mu.Unlock()
+	s.usersBegan = began
+	return nil
+}
+
+// missingMembers are the users groups name whom the last user list lacks
+// (users created since). s.mu is held.
+func (s *Source) missingMembers(groups []Group) []string {
 	known := make(map[string]bool, len(s.users))
 	for _, u := range s.users {
 		known[u.Name] = true
 	}
+	var missing []string
 	for _, g := range groups {
 		for _, u := range g.Users {
 			if !known[u] {
-				return true
+				known[u] = true
+				missing = append(missing, u)
 			}
 		}
 	}
-	return false
+	return missing
+}
+
+// maxAddUsers is how many users missing from the last list are read one
+// by one; more, and the whole list is read.
+const maxAddUsers = 20
+
+// addUsers reads users one by one (GET /users/{name}) and adds those the
+// hub has to the last user list: a user created since it was read, named
+// by a group, an agent or a login, without reading the whole list, which
+// a large hub takes seconds to answer.
+func (s *Source) addUsers(ctx context.Context, names []string) error {
+	var found []User
+	for _, name := range names {
+		u, err := s.opts.Client.User(ctx, name)
+		if errors.Is(err, ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		found = append(found, *u)
+	}
+	if len(found) == 0 {
+		return nil
+	}
+	at := time.Now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	users := slices.Clone(s.users)
+	for _, u := range found {
+		if i := slices.IndexFunc(users, func(v User) bool { return v.Name == u.Name }); i >= 0 {
+			users[i] = u
+		} else {
+			users = append(users, u)
+		}
+		s.added[u.Name] = at
+	}
+	s.users, s.usersSum = users, sum(users)
+	return nil
 }
 
 // build makes the directory of the hub's users and groups and the
@@ -351,10 +454,11 @@ func (s *Source) build(users []User, groups []Group) *controlplane.Directory {
 
 // Watch polls the hub until ctx ends and calls apply with each directory
 // that differs from the last one applied (first the current one): the
-// groups every Interval, the whole user list every UsersInterval. A failed
-// poll or apply is logged and tried again, after a wait that doubles with
-// each failure up to MaxBackoff; after a slow poll the next waits at least
-// slowFactor times as long.
+// groups every Interval, the whole user list every UsersInterval, each
+// in a loop of its own (a long read of the users does not hold up the
+// groups). A failed poll or apply is logged and tried again, after a wait
+// that doubles with each failure up to MaxBackoff; after a slow poll the
+// next waits at least slowFactor (users: usersSlowFactor) times as long.
 func (s *Source) Watch(ctx context.Context, apply func(*controlplane.Directory) error) {
 	s.mu.Lock()
 	s.apply = apply
@@ -364,9 +468,22 @@ func (s *Source) Watch(ctx context.Context, apply func(*controlplane.Directory) 
 		s.apply = nil
 		s.mu.Unlock()
 	}()
-	timer := time.NewTimer(0)
+	users := make(chan struct{})
+	go func() { // owned by Watch: ends with ctx, waited for below
+		defer close(users)
+		s.follow(ctx, "users", pollUsersOnly, s.opts.UsersInterval, usersSlowFactor, s.opts.UsersInterval)
+	}()
+	s.follow(ctx, "groups", pollGroups, s.opts.Interval, slowFactor, 0) // the first poll reads both lists
+	<-users
+}
+
+// follow refreshes with mode every interval until ctx ends, the first
+// time after first.
+func (s *Source) follow(ctx context.Context, what string, mode pollMode, interval time.Duration, factor int, first time.Duration) {
+	timer := time.NewTimer(first)
 	defer timer.Stop()
 	failures := 0
+	maxWait := max(s.opts.MaxBackoff, interval)
 	for {
 		select {
 		case <-ctx.Done():
@@ -374,19 +491,19 @@ func (s *Source) Watch(ctx context.Context, apply func(*controlplane.Directory) 
 		case <-timer.C:
 		}
 		start := time.Now()
-		_, err := s.refresh(ctx, pollGroups)
+		_, err := s.refresh(ctx, mode)
 		took := time.Since(start)
 		if err != nil && ctx.Err() == nil {
 			failures++
 		} else {
 			failures = 0
 		}
-		wait := nextWait(s.opts.Interval, s.opts.MaxBackoff, failures, took)
+		wait := nextWait(interval, maxWait, failures, took*time.Duration(factor)/slowFactor)
 		switch {
 		case err != nil && ctx.Err() == nil:
-			s.log.Warn("following the hub", "error", err, "failures", failures, "next_poll", wait)
-		case wait > s.opts.Interval:
-			s.log.Debug("the hub is slow: polling it less often", "poll_took", took, "next_poll", wait)
+			s.log.Warn("following the hub", "list", what, "error", err, "failures", failures, "next_poll", wait)
+		case wait > interval:
+			s.log.Debug("the hub is slow: polling it less often", "list", what, "poll_took", took, "next_poll", wait)
 		}
 		timer.Reset(wait)
 	}
@@ -415,11 +532,11 @@ func (s *Source) Refresh(ctx context.Context) (*controlplane.Directory, error) {
 // refresh asks the hub what mode says, and builds and applies the
 // directory unless nothing it is built from has changed.
 func (s *Source) refresh(ctx context.Context, mode pollMode) (*controlplane.Directory, error) {
-	s.refreshMu.Lock()
-	defer s.refreshMu.Unlock()
 	if err := s.fetch(ctx, mode); err != nil {
 		return nil, err
 	}
+	s.refreshMu.Lock()
+	defer s.refreshMu.Unlock()
 	s.mu.Lock()
 	in := inputs{users: s.usersSum, groups: s.groupsSum, regs: s.regsGen}
 	if s.dir != nil && s.built == in && !s.pending {
@@ -458,21 +575,23 @@ func (s *Source) refresh(ctx context.Context, mode pollMode) (*controlplane.Dire
 	return d, nil
 }
 
-// EnsureUser reads the hub's user list now if user, whom the hub has just
-// vouched for, is not in the last one (a user created since), and applies
-// the directory. It does so at most once per Interval; a failure is
-// logged, and the next poll tries again.
+// EnsureUser reads user, whom the hub has just vouched for, if the last
+// user list lacks them (a user created since), and applies the directory.
+// A failure is logged; the next poll of the users tries again.
 func (s *Source) EnsureUser(ctx context.Context, user string) {
 	s.mu.Lock()
 	known := slices.ContainsFunc(s.users, func(u User) bool { return u.Name == user })
-	recent := s.opts.Now().Sub(s.usersAt) < s.opts.Interval
 	watched := s.apply != nil
 	s.mu.Unlock()
-	if known || recent || !watched {
+	if known || !watched {
 		return
 	}
-	if _, err := s.refresh(ctx, pollUsers); err != nil {
-		s.log.Warn("reading the hub's users for a new user", "user", user, "error", err)
+	if err := s.addUsers(ctx, []string{user}); err != nil {
+		s.log.Warn("reading a new user", "user", user, "error", err)
+		return
+	}
+	if _, err := s.refresh(ctx, pollNone); err != nil {
+		s.log.Warn("applying a new user", "user", user, "error", err)
 	}
 }
 
@@ -499,16 +618,18 @@ func (s *Source) Register(ctx context.Context, r Registration) (*controlplane.Di
 			return d, nil
 		}
 	}
-	mode := pollNone
-	if !slices.ContainsFunc(s.users, func(u User) bool { return u.Name == r.User }) {
-		mode = pollUsers
-	}
+	unknown := !slices.ContainsFunc(s.users, func(u User) bool { return u.Name == r.User })
 	s.regs[r.Workspace] = r
 	s.regsGen++
 	s.mu.Unlock()
+	if unknown {
+		if err := s.addUsers(ctx, []string{r.User}); err != nil {
+			s.log.Warn("reading a registering agent's user", "user", r.User, "error", err)
+		}
+	}
 	// The hub's last answer is at most one poll old, and the registrar
 	// asked the hub about the agent's token just now.
-	d, err := s.refresh(ctx, mode)
+	d, err := s.refresh(ctx, pollNone)
 	if err != nil {
 		s.mu.Lock()
 		if had {
