@@ -72,18 +72,28 @@
 //
 // # Following the hub
 //
-// The groups are read every 2s (Interval; a group change reaches kernels
-// within about that), the whole user list every 30s (UsersInterval: hub
-// admins, running servers, deleted users; a user the hub deletes leaves
-// its groups at once, so loses projects within the 2s). A user a group
-// names, or an agent registers for, whom the last list lacks is read at
-// once. Lists are read in JupyterHub's pagination envelope, in pages that
-// overlap by one item: a list that changed while it was read is read
-// again rather than miss a user (who would lose every secret for one
-// poll). The directory is rebuilt only when what the source reads of the
-// hub (hashed) or the registrations changed; a failing hub is polled
-// after waits doubling up to a minute, a slow one at no more than a
-// quarter of its time. A new directory goes through
+// JupyterHub has no change feed, so the source polls, in two loops. The
+// groups are read every 2s (Interval): a group change reaches kernels
+// within about that on a small hub. The whole user list (who exists, hub
+// admins, running servers) is read every 30s (UsersInterval) in a loop of
+// its own, since a large hub takes long to build it (JupyterHub 3.0:
+// about 40s for 5,000 users, see scale_test.go). Nothing waits for it: a
+// user a group names, an agent registers for or the hub vouches for at
+// login, whom the last list lacks, is read on their own (GET
+// /users/{name}) at once; a user the hub deletes leaves their groups at
+// once, so loses projects within the groups poll, and leaves the
+// directory at the next users poll.
+//
+// Lists are read in JupyterHub's pagination envelope, in pages that
+// overlap by one item: a list that changed while it was read (the total
+// moved, or a page does not start where the last ended) is read again
+// rather than miss a user, who would lose every secret for one poll. The
+// directory is rebuilt only when what the source reads of the hub
+// (hashed) or the registrations changed. A failing hub is polled after
+// waits doubling up to a minute; a slow one no sooner than 4 times (the
+// users: 10 times) as long as its last answer took, so that the service
+// takes a bounded share of a busy hub's time, at the price of slower
+// changes on a very large hub. A new directory goes through
 // controlplane.Service.SetDirectory, the recomputation of a directory
 // file reload: gains get sealed records, losses signed tombstones.
 package hub

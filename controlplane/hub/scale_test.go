@@ -1,11 +1,16 @@
 package hub
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"runtime"
+	"strconv"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -179,4 +184,124 @@ func TestRealHubCost(t *testing.T) {
 		members += len(gr.Users)
 	}
 	t.Logf("measured on the hub: %d users read in %v; %d groups (%d memberships) read in %v", len(users), u.Round(time.Millisecond), len(groups), members, g.Round(time.Millisecond))
+}
+
+// TestRealHubGroupChange measures, on the real hub of TestRealHubCost,
+// the time from a group change on the hub to the directory that has it,
+// with the default polls; NBSECRETS_MEASURE_HUB_ADMIN_TOKEN changes the
+// group (group0007 loses, then regains, its first member).
+func TestRealHubGroupChange(t *testing.T) {
+	api, token, admin := os.Getenv("NBSECRETS_MEASURE_HUB_API"), os.Getenv("NBSECRETS_MEASURE_HUB_TOKEN"), os.Getenv("NBSECRETS_MEASURE_HUB_ADMIN_TOKEN")
+	if api == "" || token == "" || admin == "" {
+		t.Skip("NBSECRETS_MEASURE_HUB_API, _TOKEN and _ADMIN_TOKEN name no hub")
+	}
+	src, _ := NewSource(SourceOptions{Client: &Client{APIURL: api, Token: token, HTTP: &http.Client{Timeout: 5 * time.Minute}}})
+	got := make(chan *controlplane.Directory, 16)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		src.Watch(ctx, func(d *controlplane.Directory) error { got <- d; return nil })
+	}()
+	defer func() { cancel(); <-done }()
+	var d *controlplane.Directory
+	select {
+	case d = <-got:
+	case <-time.After(10 * time.Minute):
+		t.Fatal("no first directory")
+	}
+	var member string
+	for u := range roles(d, "group0007") {
+		member = u
+		break
+	}
+	change := func(method string) {
+		body := strings.NewReader(fmt.Sprintf(`{"users": [%q]}`, member))
+		req, _ := http.NewRequest(method, api+"/groups/group0007/users", body)
+		req.Header.Set("Authorization", "token "+admin)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil || resp.StatusCode >= 300 {
+			t.Fatalf("%s group0007's member %s: %v %v", method, member, err, resp)
+		}
+		resp.Body.Close()
+	}
+	for i, step := range []struct {
+		method string
+		in     bool
+	}{{"DELETE", false}, {"POST", true}, {"DELETE", false}, {"POST", true}} {
+		start := time.Now()
+		change(step.method)
+		for {
+			select {
+			case d = <-got:
+			case <-time.After(5 * time.Minute):
+				t.Fatalf("change %d not seen", i)
+			}
+			if _, in := roles(d, "group0007")[member]; in == step.in {
+				break
+			}
+		}
+		t.Logf("measured on the hub: %s %s in group0007 took effect %v after the hub's change", step.method, member, time.Since(start).Round(time.Millisecond))
+	}
+}
+
+// timedTransport sums the round trips of the requests it carries.
+type timedTransport struct {
+	mu       sync.Mutex
+	requests int
+	busy     time.Duration
+}
+
+func (t *timedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	start := time.Now()
+	resp, err := http.DefaultTransport.RoundTrip(r)
+	if err == nil {
+		body, rerr := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		resp.Body = io.NopCloser(bytes.NewReader(body))
+		err = rerr
+	}
+	t.mu.Lock()
+	t.requests++
+	t.busy += time.Since(start)
+	t.mu.Unlock()
+	return resp, err
+}
+
+// TestRealHubLoad measures, on the real hub of TestRealHubCost, the share
+// of the hub's time that following it takes: the service watches it for
+// NBSECRETS_MEASURE_HUB_SECONDS (after its first directory), and the
+// round trips of its requests are summed.
+func TestRealHubLoad(t *testing.T) {
+	api, token := os.Getenv("NBSECRETS_MEASURE_HUB_API"), os.Getenv("NBSECRETS_MEASURE_HUB_TOKEN")
+	seconds, _ := strconv.Atoi(os.Getenv("NBSECRETS_MEASURE_HUB_SECONDS"))
+	if api == "" || token == "" || seconds <= 0 {
+		t.Skip("NBSECRETS_MEASURE_HUB_API, _TOKEN and _SECONDS name no hub")
+	}
+	tt := &timedTransport{}
+	src, _ := NewSource(SourceOptions{Client: &Client{APIURL: api, Token: token, HTTP: &http.Client{Transport: tt, Timeout: 5 * time.Minute}}})
+	first := make(chan struct{}, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		src.Watch(ctx, func(*controlplane.Directory) error {
+			select {
+			case first <- struct{}{}:
+			default:
+			}
+			return nil
+		})
+	}()
+	defer func() { cancel(); <-done }()
+	<-first
+	tt.mu.Lock()
+	r0, b0 := tt.requests, tt.busy
+	tt.mu.Unlock()
+	window := time.Duration(seconds) * time.Second
+	time.Sleep(window) // the measurement's window, not synchronisation
+	tt.mu.Lock()
+	r, b := tt.requests-r0, tt.busy-b0
+	tt.mu.Unlock()
+	t.Logf("measured on the hub: following it for %v took %d requests, %v of the hub's time (%.1f%%)", window, r, b.Round(time.Millisecond), 100*b.Seconds()/window.Seconds())
 }

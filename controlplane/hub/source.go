@@ -116,6 +116,7 @@ type Source struct {
 	// one began (a read asked for before it began is served by it).
 	usersMu, groupsMu       sync.Mutex
 	usersBegan, groupsBegan time.Time
+	usersTook, groupsTook   time.Duration // how long the hub took to answer them (s.mu)
 }
 
 var _ controlplane.DirectorySource = (*Source)(nil)
@@ -239,9 +240,10 @@ func (s *Source) fetchGroups(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	took := time.Since(began)
 	gsum := sum(groups)
 	s.mu.Lock()
-	s.groups, s.groupsSum = groups, gsum
+	s.groups, s.groupsSum, s.groupsTook = groups, gsum, took
 	s.mu.Unlock()
 	s.groupsBegan = began
 	return nil
@@ -261,7 +263,9 @@ func (s *Source) fetchUsers(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	took := time.Since(began)
 	s.mu.Lock()
+	s.usersTook = took
 	// A user added one by one while the list was read stays, though the
 	// list (its pages read before) may lack them.
 	for name, at := range s.added {
@@ -490,9 +494,13 @@ func (s *Source) follow(ctx context.Context, what string, mode pollMode, interva
 			return
 		case <-timer.C:
 		}
-		start := time.Now()
 		_, err := s.refresh(ctx, mode)
-		took := time.Since(start)
+		s.mu.Lock()
+		took := s.groupsTook // the hub's time, not the service's building
+		if mode == pollUsersOnly {
+			took = s.usersTook
+		}
+		s.mu.Unlock()
 		if err != nil && ctx.Err() == nil {
 			failures++
 		} else {
