@@ -65,8 +65,8 @@ func measure(h *fakeHub, f func()) cost {
 // every poll costs on a quiet hub), and an agent's periodic
 // re-registration.
 func TestRefreshCost(t *testing.T) {
-	if testing.Short() {
-		t.Skip("a measurement")
+	if testing.Short() || raceDetector {
+		t.Skip("a measurement (not under -short or the race detector)")
 	}
 	h := newFakeHub(t)
 	bigHub(h, 5000, 500)
