@@ -2,8 +2,10 @@ package hub
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"slices"
 	"strings"
 	"testing"
@@ -112,5 +114,37 @@ func TestListNeverSettles(t *testing.T) {
 	}
 	if len(applied) != 1 {
 		t.Errorf("applied %d directories, want only the first", len(applied))
+	}
+}
+
+// TestListPlain: a hub that answers a plain list (one older than
+// JupyterHub 2.0, which knows no pagination) gives the whole list at once.
+func TestListPlain(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_ = json.NewEncoder(w).Encode(someUsers(300))
+	}))
+	defer srv.Close()
+	users, err := (&Client{APIURL: srv.URL, Token: "t"}).Users(context.Background())
+	if err != nil || len(users) != 300 {
+		t.Fatalf("%d users, %v; want the 300 of the plain list", len(users), err)
+	}
+}
+
+// TestListMalformed: an envelope without its pagination, or one that says
+// another offset than the one asked for, is an error, not a short list.
+func TestListMalformed(t *testing.T) {
+	for name, reply := range map[string]string{
+		"no pagination": `{"items": [{"name": "a"}]}`,
+		"wrong offset":  `{"items": [{"name": "a"}], "_pagination": {"offset": 5, "limit": 200, "total": 1}}`,
+		"not json":      `<html>`,
+	} {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			_, _ = w.Write([]byte(reply))
+		}))
+		_, err := (&Client{APIURL: srv.URL, Token: "t"}).Users(context.Background())
+		srv.Close()
+		if err == nil {
+			t.Errorf("%s: no error", name)
+		}
 	}
 }
