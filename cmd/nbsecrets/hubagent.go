@@ -89,6 +89,9 @@ func runAgentExec(ctx context.Context, env *cliEnv, flags, argv []string) error 
 		childEnv = slices.DeleteFunc(childEnv, func(e string) bool { return strings.HasPrefix(e, k+"=") })
 		childEnv = append(childEnv, k+"="+v)
 	}
+	// The server proof is the agent's: the server and its kernels do
+	// not get it.
+	childEnv = slices.DeleteFunc(childEnv, func(e string) bool { return strings.HasPrefix(e, hub.ServerProofEnv+"=") })
 
 	var a *agent.Agent
 	stopAgent := func() {}
@@ -152,7 +155,8 @@ func startHubAgent(log hclog.Logger, svcURL, tmp string, setEnv func(k, v string
 		return nil, nil, err
 	}
 	natsPub, _ := natsKP.PublicKey()
-	req := hub.RegisterRequest{User: os.Getenv("JUPYTERHUB_USER"), Server: os.Getenv("JUPYTERHUB_SERVER_NAME"), CurveKey: curvePub, NATSKey: natsPub}
+	req := hub.RegisterRequest{User: os.Getenv("JUPYTERHUB_USER"), Server: os.Getenv("JUPYTERHUB_SERVER_NAME"), CurveKey: curvePub, NATSKey: natsPub,
+		ServerProof: os.Getenv(hub.ServerProofEnv)}
 	token := os.Getenv("JUPYTERHUB_API_TOKEN")
 	var rep *hub.RegisterReply
 	deadline := time.Now().Add(30 * time.Second)

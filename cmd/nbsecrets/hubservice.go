@@ -49,7 +49,9 @@ func runHubService(ctx context.Context, env *cliEnv, args []string) error {
 	agentNATS := fs.String("agent-nats-url", envOr("NBSECRETS_AGENT_NATS_URL", ""), "the NATS URL agents are told (default: the one the service uses) ($NBSECRETS_AGENT_NATS_URL)")
 	prefix := fs.String("group-prefix", envOr("NBSECRETS_GROUP_PREFIX", ""), "only hub groups starting with this are projects; empty: every group ($NBSECRETS_GROUP_PREFIX)")
 	comms := fs.String("communities", envOr("NBSECRETS_COMMUNITIES_FILE", ""), "the communities file: {\"communities\":[{\"id\",\"admins\",\"projects\"}]} ($NBSECRETS_COMMUNITIES_FILE)")
-	poll := fs.Duration("poll", hub.DefaultInterval, "how often the hub is asked for changes")
+	poll := fs.Duration("poll", hub.DefaultInterval, "how often the hub's groups are read (how soon a group change takes effect)")
+	usersPoll := fs.Duration("users-poll", hub.DefaultUsersInterval, "how often the hub's whole user list is read (hub admins, running servers; a new user a group names or an agent registers for is read at once)")
+	proofKey := fs.String("server-proof-key", envOr("NBSECRETS_SERVER_PROOF_KEY_FILE", ""), "the key of the hub's server proofs, which tell a user's servers apart on JupyterHub 3 (nbsecrets_config.py makes it) ($NBSECRETS_SERVER_PROOF_KEY_FILE)")
 	listen := fs.String("listen", "", "address to serve HTTP on (default: the host and port of $JUPYTERHUB_SERVICE_URL)")
 	logLevel, logJSON := logFlags(fs)
 	if err := parseFlags(fs, args); err != nil {
@@ -79,6 +81,14 @@ func runHubService(ctx context.Context, env *cliEnv, args []string) error {
 	communities, err := hub.LoadCommunities(*comms)
 	if err != nil {
 		return err
+	}
+	var serverProofKey []byte
+	if *proofKey != "" {
+		if serverProofKey, err = hub.LoadProofKey(*proofKey); err != nil {
+			return err
+		}
+	} else {
+		log.Warn("no server proof key: on a hub whose server tokens do not name their server (JupyterHub 3), agents cannot register")
 	}
 	dir, err := filepath.Abs(*stateDir)
 	if err != nil {
@@ -135,7 +145,8 @@ func runHubService(ctx context.Context, env *cliEnv, args []string) error {
 	}
 
 	client := &hub.Client{APIURL: apiURL, Token: token}
-	src, err := hub.NewSource(hub.SourceOptions{Client: client, GroupPrefix: *prefix, Communities: communities, Interval: *poll, Logger: log})
+	src, err := hub.NewSource(hub.SourceOptions{Client: client, GroupPrefix: *prefix, Communities: communities, Interval: *poll,
+		UsersInterval: *usersPoll, Logger: log})
 	if err != nil {
 		return err
 	}
@@ -182,7 +193,7 @@ func runHubService(ctx context.Context, env *cliEnv, args []string) error {
 	defer func() { stopWatch(); <-watched }()
 
 	oauth, err := hub.NewOAuth(hub.OAuthOptions{Client: client, ClientID: clientID, Prefix: svcPrefix,
-		AuthorizeURL: cmp.Or(os.Getenv("JUPYTERHUB_BASE_URL"), "/") + "hub/api/oauth2/authorize", Logger: log})
+		AuthorizeURL: cmp.Or(os.Getenv("JUPYTERHUB_BASE_URL"), "/") + "hub/api/oauth2/authorize", Seen: src.EnsureUser, Logger: log})
 	if err != nil {
 		return err
 	}
@@ -195,7 +206,7 @@ func runHubService(ctx context.Context, env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	reg := &hub.Registrar{Source: src, Client: client, Logger: log.Named("register"),
+	reg := &hub.Registrar{Source: src, Client: client, Logger: log.Named("register"), ProofKey: serverProofKey,
 		Reply: hub.RegisterReply{NATSURL: cmp.Or(*agentNATS, *natsURL), ServiceKeys: []string{signPub}, ServiceCurveKey: curvePub}}
 	reg.AddNATSUser = agentsNATS.setAgentKey
 	mux := http.NewServeMux()

@@ -31,25 +31,47 @@ type fakeHub struct {
 	mu         sync.Mutex
 	users      []User
 	groups     []Group
-	tokens     map[string]string // token -> user
-	codes      map[string]string // code -> user
-	challenges map[string]string // code -> S256 challenge
+	tokens     map[string]string     // token -> user
+	scopes     map[string][]string   // token -> the scopes /user reports
+	codes      map[string]string     // code -> user
+	challenges map[string]string     // code -> S256 challenge
+	maxLimit   int                   // the hub's api_page_max_limit
+	failing    bool                  // list requests fail with 503
+	afterPage  func(r *http.Request) // called, h.mu held, after a list page
+	count      counter
 }
 
 func newFakeHub(t *testing.T) *fakeHub {
-	h := &fakeHub{t: t, svcToken: "service-token", tokens: map[string]string{}, codes: map[string]string{}, challenges: map[string]string{}}
+	h := &fakeHub{t: t, svcToken: "service-token", maxLimit: 200, tokens: map[string]string{}, scopes: map[string][]string{}, codes: map[string]string{}, challenges: map[string]string{}}
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /hub/api/users", h.asService(func() any { return h.users }))
-	mux.HandleFunc("GET /hub/api/groups", h.asService(func() any { return h.groups }))
+	mux.HandleFunc("GET /hub/api/users", h.asService(func(w http.ResponseWriter, r *http.Request) {
+		users := h.users
+		if r.URL.Query().Get("state") == "active" {
+			users = activeUsers(users)
+		}
+		hubPages(w, r, users, h.maxLimit)
+	}))
+	mux.HandleFunc("GET /hub/api/users/{name}", h.asService(func(w http.ResponseWriter, r *http.Request) {
+		i := slices.IndexFunc(h.users, func(u User) bool { return u.Name == r.PathValue("name") })
+		if i < 0 {
+			http.Error(w, `{"status":404}`, http.StatusNotFound)
+			return
+		}
+		_ = json.NewEncoder(w).Encode(h.users[i])
+	}))
+	mux.HandleFunc("GET /hub/api/groups", h.asService(func(w http.ResponseWriter, r *http.Request) {
+		hubPages(w, r, h.groups, h.maxLimit)
+	}))
 	mux.HandleFunc("GET /hub/api/user", func(w http.ResponseWriter, r *http.Request) {
 		h.mu.Lock()
 		defer h.mu.Unlock()
-		name, ok := h.tokens[strings.TrimPrefix(r.Header.Get("Authorization"), "token ")]
+		tok := strings.TrimPrefix(r.Header.Get("Authorization"), "token ")
+		name, ok := h.tokens[tok]
 		if !ok {
 			http.Error(w, `{"status":403}`, http.StatusForbidden)
 			return
 		}
-		_ = json.NewEncoder(w).Encode(User{Name: name, Kind: "user"})
+		_ = json.NewEncoder(w).Encode(User{Name: name, Kind: "user", Scopes: h.scopes[tok]})
 	})
 	mux.HandleFunc("POST /hub/api/oauth2/token", func(w http.ResponseWriter, r *http.Request) {
 		h.mu.Lock()
@@ -70,12 +92,12 @@ func newFakeHub(t *testing.T) *fakeHub {
 		h.tokens[tok] = user
 		_ = json.NewEncoder(w).Encode(map[string]string{"access_token": tok, "token_type": "Bearer"})
 	})
-	h.srv = httptest.NewServer(mux)
+	h.srv = httptest.NewServer(h.count.wrap(mux))
 	t.Cleanup(h.srv.Close)
 	return h
 }
 
-func (h *fakeHub) asService(v func() any) http.HandlerFunc {
+func (h *fakeHub) asService(serve http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get("Authorization") != "token "+h.svcToken {
 			http.Error(w, `{"status":403}`, http.StatusForbidden)
@@ -83,7 +105,14 @@ func (h *fakeHub) asService(v func() any) http.HandlerFunc {
 		}
 		h.mu.Lock()
 		defer h.mu.Unlock()
-		_ = json.NewEncoder(w).Encode(v())
+		if h.failing {
+			http.Error(w, `{"status":503}`, http.StatusServiceUnavailable)
+			return
+		}
+		serve(w, r)
+		if h.afterPage != nil {
+			h.afterPage(r)
+		}
 	}
 }
 
@@ -220,7 +249,7 @@ func TestSourceWatch(t *testing.T) {
 	h.set([]User{{Name: "alice", Servers: running}, {Name: "bob", Servers: running}}, []Group{{Name: "ml", Users: []string{"alice", "bob"}}})
 	now := time.Now()
 	var clockMu sync.Mutex
-	src, _ := NewSource(SourceOptions{Client: h.client(), Interval: 20 * time.Millisecond, Now: func() time.Time {
+	src, _ := NewSource(SourceOptions{Client: h.client(), Interval: 20 * time.Millisecond, UsersInterval: 20 * time.Millisecond, Now: func() time.Time {
 		clockMu.Lock()
 		defer clockMu.Unlock()
 		return now
@@ -278,6 +307,7 @@ func TestRegistrarRefuses(t *testing.T) {
 	h := newFakeHub(t)
 	h.set([]User{{Name: "alice"}, {Name: "bob"}}, nil)
 	h.tokens["alice-server-token"] = "alice"
+	h.scopes["alice-server-token"] = []string{"access:servers!server=alice/", "users:activity!user=alice"}
 	h.tokens["bob-server-token"] = "bob"
 	src, _ := NewSource(SourceOptions{Client: h.client()})
 	src.apply = func(*controlplane.Directory) error { return nil }

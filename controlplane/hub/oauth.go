@@ -56,6 +56,10 @@ type OAuthOptions struct {
 	// RedirectURI is the callback the hub registered for the service.
 	// Zero: Prefix + "oauth_callback", the hub's default.
 	RedirectURI string
+	// Seen, when set, is told of each user the hub vouches for (at most
+	// once per token per tokenCheck): Source.EnsureUser, so that a user
+	// created since the last user list can use the service at once.
+	Seen func(ctx context.Context, user string)
 	// Logger receives logins and refusals (never a token). Nil discards.
 	Logger hclog.Logger
 	// Now is the clock. Nil: time.Now.
@@ -231,6 +235,9 @@ func (o *OAuth) userOf(ctx context.Context, token string) (string, error) {
 	}
 	o.cache[key] = cached{user: u.Name, until: now.Add(tokenCheck)}
 	o.mu.Unlock()
+	if o.opts.Seen != nil {
+		o.opts.Seen(ctx, u.Name)
+	}
 	return u.Name, nil
 }
 

@@ -546,16 +546,28 @@ func testHub(t *testing.T, browser *browsertest.Browser, spawner string) {
 	// Tokens: the service takes only a token the hub vouches for, and an
 	// agent only for its own user.
 	bobToken := kernelRun(t, kernels["bob"], "import os; print(os.environ['JUPYTERHUB_API_TOKEN'])")
-	reg := map[string]string{"user": "alice", "server": "", "curve_key": "XAB3NMW2T5X3LDPHVXDFYDRXQJQ6UB5JTVRI6AEJCUY3NVO7FULKYHGN"}
+	if got := kernelRun(t, kernels["bob"], "import os; print(os.environ.get('NBSECRETS_SERVER_PROOF', 'unset'))"); got != "unset" {
+		t.Error("bob's kernel has the server proof in its environment")
+	}
+	// bob's server proof, as a process of his could read it from his
+	// agent's environment: it proves his default server and nothing else.
+	bobProof := serverProofOf(t, pids["bob"])
+	const curveKey = "XAB3NMW2T5X3LDPHVXDFYDRXQJQ6UB5JTVRI6AEJCUY3NVO7FULKYHGN"
+	alices := map[string]string{"user": "alice", "server": "", "curve_key": curveKey}
 	for _, c := range []struct {
 		what, token string
+		reg         map[string]string
 		status      int
 	}{
-		{"bob's server token claiming alice's server", bobToken, http.StatusForbidden},
-		{"a forged token", "forged" + randHex(t), http.StatusUnauthorized},
-		{"no token", "", http.StatusUnauthorized},
+		{"bob's server token claiming alice's server", bobToken, alices, http.StatusForbidden},
+		{"bob's server token and proof claiming alice's server", bobToken, map[string]string{"user": "alice", "server": "", "curve_key": curveKey, "server_proof": bobProof}, http.StatusForbidden},
+		{"bob's server token claiming his server \"other\"", bobToken, map[string]string{"user": "bob", "server": "other", "curve_key": curveKey}, http.StatusForbidden},
+		{"bob's server token and proof claiming his server \"other\"", bobToken, map[string]string{"user": "bob", "server": "other", "curve_key": curveKey, "server_proof": bobProof}, http.StatusForbidden},
+		{"bob's server token claiming his own server without its proof (a 3.0 token names no server)", bobToken, map[string]string{"user": "bob", "server": "", "curve_key": curveKey}, http.StatusForbidden},
+		{"a forged token", "forged" + randHex(t), alices, http.StatusUnauthorized},
+		{"no token", "", alices, http.StatusUnauthorized},
 	} {
-		if status, err := h.do("POST", "/services/nbsecrets/api/v1/hub/agents", c.token, reg, nil); status != c.status {
+		if status, err := h.do("POST", "/services/nbsecrets/api/v1/hub/agents", c.token, c.reg, nil); status != c.status {
 			t.Errorf("registration with %s: status %d (%v), want %d", c.what, status, err, c.status)
 		}
 	}
@@ -652,6 +664,23 @@ except nbsecrets.NbsecretsError as e:
 }
 
 // alive reports whether pid runs (a zombie does not count).
+// serverProofOf reads $NBSECRETS_SERVER_PROOF from the environment of the
+// process pid (the agent the spawner started).
+func serverProofOf(t *testing.T, pid int) string {
+	t.Helper()
+	env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+	if err != nil {
+		t.Fatalf("reading the agent's environment: %v", err)
+	}
+	for _, kv := range strings.Split(string(env), "\x00") {
+		if v, ok := strings.CutPrefix(kv, "NBSECRETS_SERVER_PROOF="); ok && v != "" {
+			return v
+		}
+	}
+	t.Fatal("the hub gave the server no NBSECRETS_SERVER_PROOF")
+	return ""
+}
+
 func alive(pid int) bool {
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {

@@ -31,10 +31,17 @@ SimpleLocalProcessSpawner). Environment variables read here:
                            as a sidecar instead of wrapping the command
 
 Users are granted access:services!service=nbsecrets and nothing more; the
-service's own role lets it read users, groups and servers.
+service's own role lets it read users, groups and servers. The fragment makes
+$NBSECRETS_STATE_DIR/keys/hub-server-proof.key (0600) at the hub's start: the
+key of the server proofs that tell a user's servers apart (see
+controlplane/hub's package doc).
 """
 
+import base64
+import hashlib
+import hmac
 import os
+import secrets
 import shutil
 import socket
 
@@ -70,6 +77,47 @@ if os.environ.get("NBSECRETS_NATS_CREDS"):
     _service_env["NATS_CREDS"] = os.environ["NBSECRETS_NATS_CREDS"]
 if os.environ.get("NBSECRETS_NATS_NKEY"):
     _service_env["NATS_NKEY"] = os.environ["NBSECRETS_NATS_NKEY"]
+
+# Server proofs. A JupyterHub 3 server token reaches all of its user's
+# servers, so the hub's word on it says "alice", not "alice's server foo".
+# The hub process hands each server, with its token, an HMAC of its user,
+# its name and its token under a key only the hub and the service hold; the
+# agent registers with both, and the service checks both. (JupyterHub 4+
+# binds server tokens to their server: the service reads that from the
+# token's scopes and the proof is checked as well.)
+PROOF_KEY_FILE = os.path.join(STATE_DIR, "keys", "hub-server-proof.key")
+
+
+def _proof_key():
+    os.makedirs(os.path.dirname(PROOF_KEY_FILE), mode=0o700, exist_ok=True)
+    try:
+        fd = os.open(PROOF_KEY_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32) + "\n")
+    with open(PROOF_KEY_FILE) as f:
+        return bytes.fromhex(f.read().strip())
+
+
+_PROOF_KEY = _proof_key()
+
+
+def _server_proof(key, user, server, token):
+    """controlplane/hub.ServerProof, byte for byte."""
+    msg = b"".join(
+        part.encode() + b"\0" for part in ("nbsecrets-server-proof-v1", user, server)
+    ) + hashlib.sha256(token.encode()).hexdigest().encode()
+    mac = hmac.new(key, msg, hashlib.sha256).digest()
+    return "v1." + base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+
+
+def _spawner_proof(spawner):
+    return _server_proof(_PROOF_KEY, spawner.user.name, spawner.name or "", spawner.api_token or "")
+
+
+_service_env["NBSECRETS_SERVER_PROOF_KEY_FILE"] = PROOF_KEY_FILE
 
 
 
@@ -111,3 +159,7 @@ if os.environ.get("NBSECRETS_SPAWNER_MODE", "wrap") == "wrap":
     c.Spawner.environment.update(
         {"NBSECRETS_SERVICE_URL": SERVICE_URL + "/services/" + SERVICE_NAME + "/"}
     )
+# Every server gets its proof (also the Kubernetes seam: the sidecar agent
+# reads it from the pod's environment). Spawner.environment calls a
+# callable value with the spawner, after the hub has made its token.
+c.Spawner.environment.update({"NBSECRETS_SERVER_PROOF": _spawner_proof})
