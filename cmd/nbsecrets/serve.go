@@ -50,6 +50,7 @@ func runServe(ctx context.Context, env *cliEnv, args []string) error {
 	names := addNameFlags(fs)
 	replicas := fs.Int("bucket-replicas", envInt("NBSECRETS_BUCKET_REPLICAS", 1), "copies of each KV bucket the service creates: 3 on a three-node JetStream cluster ($NBSECRETS_BUCKET_REPLICAS)")
 	reconcileEvery := fs.Duration("reconcile-interval", envDuration("NBSECRETS_RECONCILE_INTERVAL", 0), "how often the replica holding the background lease rewrites records the bucket lost; 0: only at start, take-over and directory changes ($NBSECRETS_RECONCILE_INTERVAL)")
+	healthAddr := fs.String("health-addr", envOr("NBSECRETS_HEALTH_ADDR", ""), "serve /healthz, /readyz and /metrics on this host:port (for probes and scrapers; names no user, secret or workspace); empty: off ($NBSECRETS_HEALTH_ADDR)")
 	logLevel, logJSON := logFlags(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -108,6 +109,14 @@ func runServe(ctx context.Context, env *cliEnv, args []string) error {
 		return fmt.Errorf("connecting to NATS at %s: %w", *url, err)
 	}
 	defer nc.Close()
+	health := &serveHealth{nc: nc}
+	if *healthAddr != "" {
+		stop, err := startServeHealth(ctx, *healthAddr, health, log.Named("health"))
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
 	namePolicy, err := names.policy()
 	if err != nil {
 		return err
@@ -124,6 +133,7 @@ func runServe(ctx context.Context, env *cliEnv, args []string) error {
 		return fmt.Errorf("starting the secrets service: %w", err)
 	}
 	defer svc.Stop()
+	health.svc.Store(svc)
 	log.Info("directory loaded", "path", path, "users", len(dir.Users), "projects", len(dir.Projects),
 		"communities", len(dir.Communities), "workspaces", len(dir.Workspaces))
 

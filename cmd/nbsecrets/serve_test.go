@@ -6,6 +6,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -72,7 +75,7 @@ func TestServeReloadsDirectory(t *testing.T) {
 	done := make(chan error, 1)
 	go func() {
 		done <- runServe(ctx, env, []string{"--nats", srv.ClientURL(), "--directory", dirFile,
-			"--sign-key", signFile, "--curve-key", curveFile, "--log-level", "debug"})
+			"--sign-key", signFile, "--curve-key", curveFile, "--log-level", "debug", "--health-addr", "127.0.0.1:0"})
 	}()
 	t.Cleanup(func() {
 		cancel()
@@ -93,6 +96,19 @@ func TestServeReloadsDirectory(t *testing.T) {
 		return err
 	}
 	pollUntil(t, 20*time.Second, func() error { return list("alice") })
+	health := healthURL(t, logs)
+	for path, want := range map[string]string{"/healthz": "ok", "/readyz": "ready", "/metrics": "nbsecrets_service_ready 1"} {
+		if code, body := httpGet(t, health+path); code != http.StatusOK || !strings.Contains(body, want) {
+			t.Errorf("GET %s: %d %q, want 200 with %q", path, code, body, want)
+		}
+	}
+	// A single replica takes the background lease at start.
+	pollUntil(t, 20*time.Second, func() error {
+		if _, body := httpGet(t, health+"/metrics"); !strings.Contains(body, "nbsecrets_service_lease_held 1") {
+			return fmt.Errorf("metrics: %q", body)
+		}
+		return nil
+	})
 	if err := list("bob"); !errors.Is(err, controlplane.ErrUnauthenticated) {
 		t.Fatalf("bob before the reload: %v", err)
 	}
@@ -200,4 +216,64 @@ func TestWatchDirectorySIGHUP(t *testing.T) {
 	hupUntil("reload after the fix", func() bool {
 		return strings.Count(logs.String(), "directory reloaded") >= 2
 	})
+}
+
+// healthURL is the base URL serve's "health endpoint" log line gives.
+func healthURL(t *testing.T, logs *lockedBuffer) string {
+	t.Helper()
+	var addr string
+	pollUntil(t, 20*time.Second, func() error {
+		for _, line := range strings.Split(logs.String(), "\n") {
+			if _, rest, ok := strings.Cut(line, "health endpoint: addr="); ok {
+				addr = strings.Fields(rest)[0]
+				return nil
+			}
+		}
+		return errors.New("no health endpoint logged")
+	})
+	return "http://" + addr
+}
+
+func httpGet(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, string(b)
+}
+
+// TestServeHealthNotReady: /readyz fails while the service is starting
+// and once its NATS connection is gone, and /healthz does not.
+func TestServeHealthNotReady(t *testing.T) {
+	srv := natstest.Start(t)
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &serveHealth{nc: nc}
+	ts := httptest.NewServer(h.handler())
+	defer ts.Close()
+	if code, body := httpGet(t, ts.URL+"/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "starting") {
+		t.Errorf("readyz before start: %d %q", code, body)
+	}
+	h.svc.Store(&controlplane.Service{})
+	if code, _ := httpGet(t, ts.URL+"/readyz"); code != http.StatusOK {
+		t.Errorf("readyz when started and connected: %d", code)
+	}
+	nc.Close()
+	if code, body := httpGet(t, ts.URL+"/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "CLOSED") {
+		t.Errorf("readyz without NATS: %d %q", code, body)
+	}
+	if code, body := httpGet(t, ts.URL+"/metrics"); code != http.StatusOK || !strings.Contains(body, "nbsecrets_service_ready 0") || !strings.Contains(body, "nbsecrets_service_lease_held 0") {
+		t.Errorf("metrics without NATS: %d %q", code, body)
+	}
+	if code, _ := httpGet(t, ts.URL+"/healthz"); code != http.StatusOK {
+		t.Errorf("healthz: %d", code)
+	}
 }

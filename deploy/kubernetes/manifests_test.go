@@ -295,6 +295,26 @@ func TestServiceManifest(t *testing.T) {
 	if sc := c.SecurityContext; sc == nil || sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem {
 		t.Error("the service container should have a read-only root filesystem")
 	}
+	// Every port the container names is one serve listens on: --health-addr
+	// is its only listener.
+	health, _ := arg(c, "health-addr")
+	for _, p := range c.Ports {
+		if !strings.HasSuffix(health, fmt.Sprintf(":%d", p.ContainerPort)) {
+			t.Errorf("container port %s (%d): serve listens only on --health-addr %q", p.Name, p.ContainerPort, health)
+		}
+	}
+	for name, probe := range map[string]*corev1.Probe{"readiness": c.ReadinessProbe, "liveness": c.LivenessProbe} {
+		if probe == nil || probe.HTTPGet == nil {
+			t.Errorf("no HTTP %s probe", name)
+			continue
+		}
+		if !slices.ContainsFunc(c.Ports, func(cp corev1.ContainerPort) bool { return cp.Name == probe.HTTPGet.Port.String() }) {
+			t.Errorf("the %s probe targets port %q, which the container does not name", name, probe.HTTPGet.Port.String())
+		}
+	}
+	if c.ReadinessProbe != nil && c.ReadinessProbe.HTTPGet != nil && c.ReadinessProbe.HTTPGet.Path != "/readyz" {
+		t.Errorf("readiness probe path %q, want /readyz", c.ReadinessProbe.HTTPGet.Path)
+	}
 }
 
 func TestNATSValues(t *testing.T) {
