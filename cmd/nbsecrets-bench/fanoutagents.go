@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -160,6 +161,17 @@ func runFanoutAgents(path string) error {
 	took := time.Since(start)
 	if p := firstErr.Load(); p != nil {
 		fmt.Fprintln(os.Stderr, "nbsecrets-bench agents:", *p)
+	}
+	if af.CPUProfile != "" {
+		f, err := os.Create(af.CPUProfile)
+		if err != nil {
+			return err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			f.Close()
+			return err
+		}
+		defer func() { pprof.StopCPUProfile(); f.Close() }()
 	}
 	fmt.Printf("ready %d %f %d\n", created.Load(), took.Seconds(), retries.Load())
 

@@ -284,6 +284,10 @@
 //	                  handled late make ordered consumers reset themselves over and over
 //	-nats-server BIN  the nats-server binary for -fanout (default bin/nats-server)
 //	-fanout-cpuprofile FILE  the service's CPU profile over the update rounds (pprof)
+//	-fanout-server-cpuprofile FILE  the first nats-server's CPU profile over the first
+//	                  30s from the secret's creation (its prof_port on loopback; pprof)
+//	-fanout-agents-cpuprofile FILE  the agents' process's CPU profile, from their
+//	                  consumers' creation to the end (pprof)
 //
 // # Clean-up
 //
@@ -372,6 +376,8 @@ func parseFlags(args []string) (*config, error) {
 	fs.DurationVar(&c.fanout.timeout, "fanout-timeout", 60*time.Second, "fan-out: how long one update may take to reach every agent")
 	fs.StringVar(&c.fanout.natsServer, "nats-server", filepath.Join("bin", "nats-server"), "fan-out: the nats-server binary (make bench-fanout builds it)")
 	fs.StringVar(&c.fanout.cpuProfile, "fanout-cpuprofile", "", "fan-out: write the service's CPU profile over the update rounds here")
+	fs.StringVar(&c.fanout.agentsCPUProfile, "fanout-agents-cpuprofile", "", "fan-out: write the agents' process's CPU profile (from their consumers' creation to the end) here")
+	fs.StringVar(&c.fanout.serverCPUProfile, "fanout-server-cpuprofile", "", "fan-out: write the first nats-server's CPU profile over the first 30s from the secret's creation here")
 	fs.StringVar(&c.fanoutAgents, "fanout-agents", "", "internal: run as the fan-out's agents' process")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
