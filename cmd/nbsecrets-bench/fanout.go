@@ -47,6 +47,9 @@ type fanoutConfig struct {
 	// update rounds (its prof_port, fetched over loopback).
 	serverCPUProfile string
 	agentsCPUProfile string // the agents' process's, from ready to the end
+	// live: the prototype of delivery without a standing consumer per
+	// agent (fanoutlive.go) instead of the agent's consumer.
+	live bool
 }
 
 // The targets of issue 12, for a single server on two cores.
@@ -70,6 +73,9 @@ type fanoutAgentsFile struct {
 	// CPUProfile is where the agents' process writes its CPU profile from
 	// "ready" to the end ("": none).
 	CPUProfile string `json:"cpu_profile,omitempty"`
+	// Live: each agent reads what is there with a consumer it then deletes,
+	// and everything after from the stream's RePublish (fanoutlive.go).
+	Live bool `json:"live,omitempty"`
 }
 
 type fanoutWorkspace struct {
@@ -107,6 +113,7 @@ type fanoutReport struct {
 	InitialAppliedS      float64       `json:"initial_applied_s"`
 	Rounds               []fanoutRound `json:"rounds"`
 	Load                 string        `json:"loadavg"`
+	Live                 bool          `json:"live,omitempty"`
 }
 
 // fanoutSummary is the last line: the median round.
@@ -133,7 +140,7 @@ func runFanout(ctx context.Context, cfg *fanoutConfig) (err error) {
 		return err
 	}
 	cl.add(func() error { return os.RemoveAll(dir) })
-	rep := &fanoutReport{Workspaces: cfg.n, Nodes: cfg.nodes, Cores: runtime.NumCPU(), HeartbeatS: cfg.heartbeat.Seconds()}
+	rep := &fanoutReport{Live: cfg.live, Workspaces: cfg.n, Nodes: cfg.nodes, Cores: runtime.NumCPU(), HeartbeatS: cfg.heartbeat.Seconds()}
 
 	progress(fmt.Sprintf("starting %d nats-server process(es)", cfg.nodes))
 	servers, err := startNATSProcesses(ctx, cfg.natsServer, cfg.nodes, dir, cfg.serverCPUProfile != "", &cl)
@@ -166,7 +173,7 @@ func runFanout(ctx context.Context, cfg *fanoutConfig) (err error) {
 		Projects: []controlplane.Project{{ID: "fan", Members: []controlplane.Member{{User: "fan-owner", Role: controlplane.RoleAdmin}}}},
 	}
 	af := fanoutAgentsFile{URLs: urls, SignPub: signPub, CurvePub: curvePub, Conns: cfg.conns, Creators: cfg.creators,
-		HeartbeatMs: cfg.heartbeat.Milliseconds(), CPUProfile: cfg.agentsCPUProfile}
+		HeartbeatMs: cfg.heartbeat.Milliseconds(), CPUProfile: cfg.agentsCPUProfile, Live: cfg.live}
 	for i := range cfg.n {
 		kp, err := nkeys.CreateCurveKeys()
 		if err != nil {
@@ -203,6 +210,11 @@ func runFanout(ctx context.Context, cfg *fanoutConfig) (err error) {
 	cl.add(func() error { clientConn.Close(); return nil })
 	client := controlplane.NewClient(clientConn, "fan-owner", user, curvePub)
 
+	if cfg.live {
+		if err := republishRecords(ctx, svcConn); err != nil {
+			return err
+		}
+	}
 	rep.ServerRSSBeforeKiB = servers[0].rssKiB()
 
 	progress(fmt.Sprintf("starting %d agents' ordered consumers in a separate process (%d connections, %d creating at once)", cfg.n, cfg.conns, cfg.creators))
@@ -368,6 +380,9 @@ func printFanout(w io.Writer, cfg *fanoutConfig, rep *fanoutReport) error {
 		sum.Applied = min(sum.Applied, r.Applied)
 	}
 	fmt.Fprintf(w, "fan-out: %d workspaces, %d NATS node(s), consumers' heartbeat %gs, %d cores, load %s\n", rep.Workspaces, rep.Nodes, rep.HeartbeatS, rep.Cores, rep.Load)
+	if rep.Live {
+		fmt.Fprintf(w, "  PROTOTYPE -fanout-live: RePublish to core subscriptions, no standing consumer per agent\n")
+	}
 	fmt.Fprintf(w, "  agents' consumers: %d created in %.1f s = %.0f/s (%d retries)\n", rep.ConsumersCreated, rep.ConsumerCreateS, rep.ConsumerCreatePerS, rep.ConsumerCreateRetry)
 	fmt.Fprintf(w, "  server busy after the creation for %.1f s (until under 0.2 cores)\n", rep.ServerSettleS)
 	fmt.Fprintf(w, "  server RSS: %d KiB before, %d KiB after = %.1f KiB per consumer; agents' process RSS %d KiB\n",

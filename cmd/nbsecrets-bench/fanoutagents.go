@@ -44,7 +44,12 @@ func (a *fanAgent) handle(msg jetstream.Msg, refused *atomic.Int64) {
 		refused.Add(1)
 		return
 	}
-	sec, err := a.opener.Open(key, msg.Data())
+	a.open(key, msg.Data(), refused)
+}
+
+// open checks and opens the record data under key, and notes when.
+func (a *fanAgent) open(key string, data []byte, refused *atomic.Int64) {
+	sec, err := a.opener.Open(key, data)
 	if err != nil {
 		refused.Add(1)
 		return
@@ -134,11 +139,19 @@ func runFanoutAgents(path string) error {
 				a := agents[i]
 				js := jss[i%len(jss)]
 				for attempt := 1; ; attempt++ {
-					cc, err := startAgentConsumer(ctx, js, a, time.Duration(af.HeartbeatMs)*time.Millisecond, &refused)
+					var cc jetstream.ConsumeContext
+					var err error
+					if af.Live {
+						err = startLiveAgent(ctx, js, a, &refused)
+					} else {
+						cc, err = startAgentConsumer(ctx, js, a, time.Duration(af.HeartbeatMs)*time.Millisecond, &refused)
+					}
 					if err == nil {
-						ccMu.Lock()
-						ccs = append(ccs, cc)
-						ccMu.Unlock()
+						if cc != nil {
+							ccMu.Lock()
+							ccs = append(ccs, cc)
+							ccMu.Unlock()
+						}
 						created.Add(1)
 						break
 					}
