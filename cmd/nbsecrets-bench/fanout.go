@@ -92,6 +92,9 @@ type fanoutRound struct {
 	Applied      int     `json:"applied"`   // agents that opened the new version within -timeout
 	CPUUsPerWS   float64 `json:"cpu_us_per_workspace"`
 	ServiceCPUMs float64 `json:"service_cpu_ms"`
+	// ServerCPUMs is the first nats-server's CPU from the Update call until
+	// every agent applied it (or -fanout-timeout).
+	ServerCPUMs float64 `json:"server_cpu_ms"`
 }
 
 // fanoutReport is the JSON report; its last line on stdout is the summary.
@@ -285,7 +288,7 @@ func runFanout(ctx context.Context, cfg *fanoutConfig) (err error) {
 		if err := sleepCtx(ctx, time.Second); err != nil {
 			return err
 		}
-		before := cpuTime()
+		before, serverBefore := cpuTime(), servers[0].cpu()
 		t0 := time.Now()
 		callCtx, cancel := context.WithTimeout(ctx, cfg.timeout+time.Minute)
 		info, err := client.Update(callCtx, "FANOUT_TOKEN", []byte(fmt.Sprintf("fan-%d", version)))
@@ -302,7 +305,8 @@ func runFanout(ctx context.Context, cfg *fanoutConfig) (err error) {
 		if err != nil {
 			return err
 		}
-		round := fanoutRound{Version: version, WrittenS: written.Seconds(), Applied: res.count,
+		serverCPU := servers[0].cpu() - serverBefore
+		round := fanoutRound{Version: version, WrittenS: written.Seconds(), Applied: res.count, ServerCPUMs: float64(serverCPU.Milliseconds()),
 			CPUUsPerWS: float64(cpu.Microseconds()) / float64(cfg.n), ServiceCPUMs: float64(cpu.Microseconds()) / 1000}
 		if res.count > 0 {
 			round.AppliedS = res.last.Sub(t0).Seconds()
@@ -312,8 +316,8 @@ func runFanout(ctx context.Context, cfg *fanoutConfig) (err error) {
 			round.AppliedS = -1 // not every agent: see applied
 		}
 		rep.Rounds = append(rep.Rounds, round)
-		progress(fmt.Sprintf("version %d: written %.2f s, applied %d/%d, last %.2f s, service CPU %.1f µs/workspace",
-			version, round.WrittenS, res.count, cfg.n, round.AppliedS, round.CPUUsPerWS))
+		progress(fmt.Sprintf("version %d: written %.2f s, applied %d/%d, last %.2f s, service CPU %.1f µs/workspace, server CPU %.2f s",
+			version, round.WrittenS, res.count, cfg.n, round.AppliedS, round.CPUUsPerWS, serverCPU.Seconds()))
 	}
 	if serverProfile != nil {
 		if err := <-serverProfile; err != nil {
@@ -388,9 +392,9 @@ func printFanout(w io.Writer, cfg *fanoutConfig, rep *fanoutReport) error {
 	fmt.Fprintf(w, "  server RSS: %d KiB before, %d KiB after = %.1f KiB per consumer; agents' process RSS %d KiB\n",
 		rep.ServerRSSBeforeKiB, rep.ServerRSSAfterKiB, rep.ServerKiBPerConsumer, rep.AgentsRSSKiB)
 	fmt.Fprintf(w, "  version 1 (create): written %.2f s, applied %.2f s\n", rep.InitialWrittenS, rep.InitialAppliedS)
-	fmt.Fprintf(w, "  %-8s %10s %10s %10s %8s %14s\n", "version", "written_s", "first_s", "applied_s", "applied", "cpu_us/ws")
+	fmt.Fprintf(w, "  %-8s %10s %10s %10s %8s %14s %14s\n", "version", "written_s", "first_s", "applied_s", "applied", "cpu_us/ws", "server_cpu_s")
 	for _, r := range rep.Rounds {
-		fmt.Fprintf(w, "  %-8d %10.3f %10.3f %10.3f %8d %14.1f\n", r.Version, r.WrittenS, r.FirstS, r.AppliedS, r.Applied, r.CPUUsPerWS)
+		fmt.Fprintf(w, "  %-8d %10.3f %10.3f %10.3f %8d %14.1f %14.2f\n", r.Version, r.WrittenS, r.FirstS, r.AppliedS, r.Applied, r.CPUUsPerWS, r.ServerCPUMs/1000)
 	}
 	judge := func(name string, got, limit float64, unit string) {
 		verdict := "met"
