@@ -254,9 +254,11 @@
 // from the Update call until the first and the last agent opened the new
 // version (the agents' process notes each time; both processes read the
 // same wall clock); applied, how many agents had it within
-// -fanout-timeout; and the service's CPU per workspace, this process's
-// user plus system time over the Update call divided by N. The last line
-// of stdout is JSON: workspaces, nodes, and the lower median of the
+// -fanout-timeout; the service's CPU per workspace, this process's user
+// plus system time over the Update call divided by N; and server_cpu_ms,
+// the first nats-server's CPU from the Update call until every agent
+// applied it (or -fanout-timeout). The last line of stdout is JSON:
+// workspaces, nodes, and the lower median of the
 // rounds' written_s, applied_s and cpu_us_per_workspace, the fewest agents
 // applied in any round, consumer_create_per_s, server_kib_per_consumer.
 // Targets (issue 12; one server, two cores, N = 10,000): written <= 2 s,
