@@ -218,6 +218,9 @@ func runFanoutAgents(path string) error {
 		}
 		fmt.Printf("applied %d %d %d %d\n", version, count, first, last)
 	}
+	if af.Live {
+		fmt.Fprintf(os.Stderr, "nbsecrets-bench agents: %d republished records did not follow the one held (gaps)\n", liveGaps.Load())
+	}
 	if n := refused.Load(); n > 0 {
 		return fmt.Errorf("agents refused %d records", n)
 	}

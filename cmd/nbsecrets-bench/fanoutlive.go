@@ -18,7 +18,9 @@ package main
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -58,12 +60,14 @@ func republishRecords(ctx context.Context, nc *nats.Conn) error {
 // reads are applied too; the agent keeps the first time of each version.
 func startLiveAgent(ctx context.Context, js jetstream.JetStream, a *fanAgent, refused *atomic.Int64) error {
 	nc := js.Conn()
+	seqs := &liveSeqs{last: map[string]uint64{}}
 	_, err := nc.Subscribe(livePrefix+a.ws+".>", func(m *nats.Msg) { // ends with the connection
 		key, ok := strings.CutPrefix(m.Subject, livePrefix)
 		if !ok || m.Header.Get("KV-Operation") != "" || m.Header.Get("Nats-Subject") != "$KV."+protocol.Bucket+"."+key {
 			refused.Add(1)
 			return
 		}
+		seqs.check(key, m.Header)
 		a.open(key, m.Data, refused)
 	})
 	if err != nil {
@@ -100,6 +104,7 @@ func startLiveAgent(ctx context.Context, js jetstream.JetStream, a *fanAgent, re
 			a.open(key, msg.Data(), refused)
 			if meta, err := msg.Metadata(); err == nil {
 				pending = meta.NumPending
+				seqs.read(key, meta.Sequence.Stream)
 			}
 		}
 		if err := batch.Error(); err != nil {
@@ -109,5 +114,47 @@ func startLiveAgent(ctx context.Context, js jetstream.JetStream, a *fanAgent, re
 			return fmt.Errorf("workspace %s: consumer delivered nothing with %d pending", a.ws, pending)
 		}
 	}
+	seqs.caughtUp()
 	return js.DeleteConsumer(cctx, protocol.StreamName(), cons.CachedInfo().Name)
+}
+
+// liveGaps counts republished records whose Nats-Last-Sequence (the
+// previous sequence of the same subject) was not the one the agent held:
+// the agent of the design would read everything again then.
+var liveGaps atomic.Int64
+
+// liveSeqs is an agent's last stream sequence per key, from its read and
+// from the republished records, to check each republished record follows
+// the one the agent holds.
+type liveSeqs struct {
+	mu    sync.Mutex
+	ready bool // the read is done: check from now on
+	last  map[string]uint64
+}
+
+func (l *liveSeqs) read(key string, seq uint64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.last[key] = max(l.last[key], seq)
+}
+
+func (l *liveSeqs) caughtUp() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.ready = true
+}
+
+func (l *liveSeqs) check(key string, h nats.Header) {
+	seq, err1 := strconv.ParseUint(h.Get("Nats-Sequence"), 10, 64)
+	prev, err2 := strconv.ParseUint(h.Get("Nats-Last-Sequence"), 10, 64)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.ready {
+		l.last[key] = max(l.last[key], seq)
+		return
+	}
+	if err1 != nil || err2 != nil || prev != l.last[key] {
+		liveGaps.Add(1)
+	}
+	l.last[key] = max(l.last[key], seq)
 }
