@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/nbsecrets/nbsecrets/protocol"
@@ -26,37 +27,75 @@ const perRecordTime = 10 * time.Millisecond
 // publish writes m's record for every workspace that ever had the secret:
 // the value for those in m.Visible that d still holds, a tombstone for the
 // others. Each record carries the scope by which its workspace may have
-// the secret (m.recordScope). Up to fanoutWorkers records are sealed and
-// written at once, each with its own compare-and-set.
+// the secret (m.recordScope). Up to fanoutWorkers records are sealed at
+// once. A record whose key this service wrote or verified before (s.revs)
+// goes out as an asynchronous publish with the compare-and-set header on
+// that revision, up to asyncInFlight of them unanswered, so that the
+// writes are not one round trip each; any that fails (someone else wrote
+// the key, a timeout) is written again by writeRecord, which reads the key.
 func (s *Service) publish(ctx context.Context, m *secretMeta, value []byte, d *directory) error {
 	now := s.now()
 	visible := make(map[string]bool, len(m.Visible))
 	for _, ws := range m.Visible {
 		visible[ws] = true
 	}
-	one := func(ws string) error {
+	builder := func(ws string) func() ([]byte, error) {
 		scope := m.recordScope(ws)
-		build := func() ([]byte, error) {
+		return func() ([]byte, error) {
 			if w, ok := d.workspace(ws); ok && visible[ws] {
 				return s.sealer.Put(protocol.Recipient{Workspace: ws, CurveKey: w.CurveKey}, m.ID, m.Name, m.Version, scope, value, now)
 			}
 			return s.sealer.Delete(ws, m.ID, m.Name, m.Version, scope, now)
 		}
+	}
+	slow := func(ws string, build func() ([]byte, error)) error {
 		if err := s.writeRecord(ctx, ws, m.ID, m.Version, build); err != nil {
 			return fmt.Errorf("record of %s for workspace %s: %w", m.ID, ws, err)
 		}
 		return nil
 	}
 	if len(m.Sent) == 1 {
-		return one(m.Sent[0])
+		return slow(m.Sent[0], builder(m.Sent[0]))
 	}
+	pub, err := jetstream.New(s.nc, jetstream.WithPublishAsyncMaxPending(asyncInFlight),
+		jetstream.WithPublishAsyncTimeout(requestTimeout))
+	if err != nil {
+		return fmt.Errorf("records of %s: %w", m.ID, err)
+	}
+	defer pub.CleanupPublisher()
 	work := make(chan string)
+	sent := make(chan asyncRecord, asyncInFlight)
 	errc := make(chan error, len(m.Sent))
-	var wg sync.WaitGroup
+	var wg, settlers sync.WaitGroup
 	for range min(fanoutWorkers, len(m.Sent)) {
 		wg.Go(func() { // owned by publish: ends when work is closed
 			for ws := range work {
-				errc <- one(ws)
+				build := builder(ws)
+				if a, ok := s.publishAsync(pub, ws, m.ID, m.Version, build); ok {
+					sent <- a
+					continue
+				}
+				errc <- slow(ws, build)
+			}
+		})
+	}
+	for range min(fanoutWorkers, len(m.Sent)) {
+		settlers.Go(func() { // owned by publish: ends when sent is closed
+			for a := range sent {
+				select {
+				case ack := <-a.fut.Ok():
+					s.revs.put(a.key, revVer{rev: ack.Sequence, version: m.Version})
+					if s.wroteHook != nil {
+						s.wroteHook()
+					}
+					errc <- nil
+				case <-a.fut.Err():
+					// A lost compare-and-set or no answer: read the key
+					// and write again if it is still behind.
+					s.revs.drop(a.key)
+					data := a.data
+					errc <- slow(a.ws, func() ([]byte, error) { return data, nil })
+				}
 			}
 		})
 	}
@@ -65,6 +104,8 @@ func (s *Service) publish(ctx context.Context, m *secretMeta, value []byte, d *d
 	}
 	close(work)
 	wg.Wait()
+	close(sent)
+	settlers.Wait()
 	close(errc)
 	var errs []error
 	failed := 0
@@ -80,6 +121,45 @@ func (s *Service) publish(ctx context.Context, m *secretMeta, value []byte, d *d
 		errs = append(errs, fmt.Errorf("and %d more records of %s not written", failed-maxReportedFailures, m.ID))
 	}
 	return errors.Join(errs...)
+}
+
+// asyncInFlight bounds the asynchronous record publishes of one publish
+// call that the server has not answered yet.
+const asyncInFlight = 512
+
+// recordSubject is the subject of the record under key in the records
+// bucket, as the KV API publishes it.
+func recordSubject(key string) string { return "$KV." + protocol.Bucket + "." + key }
+
+// asyncRecord is a record published asynchronously, not answered yet.
+type asyncRecord struct {
+	ws, key string
+	data    []byte
+	fut     jetstream.PubAckFuture
+}
+
+// publishAsync publishes the record build returns under ws's key for
+// secret id, with compare-and-set on the revision s.revs holds for the
+// key, when it holds one and that revision's record is older than
+// version. It reports false when it did not publish (unknown key, or
+// build or the publish failed): the caller then uses writeRecord, which
+// also finds a key already at version or later and leaves it.
+func (s *Service) publishAsync(pub jetstream.JetStream, ws, id string, version uint64, build func() ([]byte, error)) (asyncRecord, bool) {
+	key := protocol.RecordKey(ws, id)
+	have, known := s.revs.get(key)
+	if !known || have.version >= version {
+		return asyncRecord{}, false
+	}
+	data, err := build()
+	if err != nil {
+		return asyncRecord{}, false
+	}
+	fut, err := pub.PublishMsgAsync(&nats.Msg{Subject: recordSubject(key), Data: data},
+		jetstream.WithExpectLastSequencePerSubject(have.rev))
+	if err != nil {
+		return asyncRecord{}, false
+	}
+	return asyncRecord{ws: ws, key: key, data: data, fut: fut}, true
 }
 
 // writeRecord puts the record that build returns under the workspace's key

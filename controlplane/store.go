@@ -50,7 +50,9 @@ type secretMeta struct {
 	// Via maps those that get it only through a community share to that
 	// community (their records carry the community's scope). Sent are all
 	// workspaces that were ever given a record of this secret, a superset
-	// of Visible: those not in Visible get a tombstone.
+	// of Visible: those not in Visible get a tombstone. The stored form
+	// lists each workspace once: Sent is stored as Gone, those not in
+	// Visible (metajson.go).
 	Visible []string          `json:"visible,omitempty"`
 	Via     map[string]string `json:"via,omitempty"`
 	Sent    []string          `json:"sent,omitempty"`

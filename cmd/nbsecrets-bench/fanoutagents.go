@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -43,7 +44,12 @@ func (a *fanAgent) handle(msg jetstream.Msg, refused *atomic.Int64) {
 		refused.Add(1)
 		return
 	}
-	sec, err := a.opener.Open(key, msg.Data())
+	a.open(key, msg.Data(), refused)
+}
+
+// open checks and opens the record data under key, and notes when.
+func (a *fanAgent) open(key string, data []byte, refused *atomic.Int64) {
+	sec, err := a.opener.Open(key, data)
 	if err != nil {
 		refused.Add(1)
 		return
@@ -133,11 +139,19 @@ func runFanoutAgents(path string) error {
 				a := agents[i]
 				js := jss[i%len(jss)]
 				for attempt := 1; ; attempt++ {
-					cc, err := startAgentConsumer(ctx, js, a, time.Duration(af.HeartbeatMs)*time.Millisecond, &refused)
+					var cc jetstream.ConsumeContext
+					var err error
+					if af.Live {
+						err = startLiveAgent(ctx, js, a, &refused)
+					} else {
+						cc, err = startAgentConsumer(ctx, js, a, time.Duration(af.HeartbeatMs)*time.Millisecond, &refused)
+					}
 					if err == nil {
-						ccMu.Lock()
-						ccs = append(ccs, cc)
-						ccMu.Unlock()
+						if cc != nil {
+							ccMu.Lock()
+							ccs = append(ccs, cc)
+							ccMu.Unlock()
+						}
 						created.Add(1)
 						break
 					}
@@ -160,6 +174,17 @@ func runFanoutAgents(path string) error {
 	took := time.Since(start)
 	if p := firstErr.Load(); p != nil {
 		fmt.Fprintln(os.Stderr, "nbsecrets-bench agents:", *p)
+	}
+	if af.CPUProfile != "" {
+		f, err := os.Create(af.CPUProfile)
+		if err != nil {
+			return err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			f.Close()
+			return err
+		}
+		defer func() { pprof.StopCPUProfile(); f.Close() }()
 	}
 	fmt.Printf("ready %d %f %d\n", created.Load(), took.Seconds(), retries.Load())
 
@@ -192,6 +217,9 @@ func runFanoutAgents(path string) error {
 			fmt.Fprintf(os.Stderr, "nbsecrets-bench agents: %d disconnects of the agents' connections so far\n", n)
 		}
 		fmt.Printf("applied %d %d %d %d\n", version, count, first, last)
+	}
+	if af.Live {
+		fmt.Fprintf(os.Stderr, "nbsecrets-bench agents: %d republished records did not follow the one held (gaps)\n", liveGaps.Load())
 	}
 	if n := refused.Load(); n > 0 {
 		return fmt.Errorf("agents refused %d records", n)

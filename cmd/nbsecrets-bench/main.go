@@ -268,9 +268,11 @@
 // from the Update call until the first and the last agent opened the new
 // version (the agents' process notes each time; both processes read the
 // same wall clock); applied, how many agents had it within
-// -fanout-timeout; and the service's CPU per workspace, this process's
-// user plus system time over the Update call divided by N. The last line
-// of stdout is JSON: workspaces, nodes, and the lower median of the
+// -fanout-timeout; the service's CPU per workspace, this process's user
+// plus system time over the Update call divided by N; and server_cpu_ms,
+// the first nats-server's CPU from the Update call until every agent
+// applied it (or -fanout-timeout). The last line of stdout is JSON:
+// workspaces, nodes, and the lower median of the
 // rounds' written_s, applied_s and cpu_us_per_workspace, the fewest agents
 // applied in any round, consumer_create_per_s, server_kib_per_consumer.
 // Targets (issue 12; one server, two cores, N = 10,000): written <= 2 s,
@@ -298,6 +300,14 @@
 //	                  handled late make ordered consumers reset themselves over and over
 //	-nats-server BIN  the nats-server binary for -fanout (default bin/nats-server)
 //	-fanout-cpuprofile FILE  the service's CPU profile over the update rounds (pprof)
+//	-fanout-server-cpuprofile FILE  the first nats-server's CPU profile over the first
+//	                  30s from the secret's creation (its prof_port on loopback; pprof)
+//	-fanout-live      a prototype, not the agent's way: the records stream
+//	                  republishes every record to nbsecrets.live.<key>; each agent
+//	                  subscribes to its workspace's there (core NATS), reads what is
+//	                  there with a consumer and deletes it (fanoutlive.go)
+//	-fanout-agents-cpuprofile FILE  the agents' process's CPU profile, from their
+//	                  consumers' creation to the end (pprof)
 //
 // # Clean-up
 //
@@ -386,6 +396,9 @@ func parseFlags(args []string) (*config, error) {
 	fs.DurationVar(&c.fanout.timeout, "fanout-timeout", 60*time.Second, "fan-out: how long one update may take to reach every agent")
 	fs.StringVar(&c.fanout.natsServer, "nats-server", filepath.Join("bin", "nats-server"), "fan-out: the nats-server binary (make bench-fanout builds it)")
 	fs.StringVar(&c.fanout.cpuProfile, "fanout-cpuprofile", "", "fan-out: write the service's CPU profile over the update rounds here")
+	fs.BoolVar(&c.fanout.live, "fanout-live", false, "fan-out: prototype delivery by the stream's RePublish to core subscriptions, no standing consumer per agent (fanoutlive.go)")
+	fs.StringVar(&c.fanout.agentsCPUProfile, "fanout-agents-cpuprofile", "", "fan-out: write the agents' process's CPU profile (from their consumers' creation to the end) here")
+	fs.StringVar(&c.fanout.serverCPUProfile, "fanout-server-cpuprofile", "", "fan-out: write the first nats-server's CPU profile over the first 30s from the secret's creation here")
 	fs.StringVar(&c.fanoutAgents, "fanout-agents", "", "internal: run as the fan-out's agents' process")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
