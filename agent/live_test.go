@@ -1,0 +1,303 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nkeys"
+
+	"github.com/nbsecrets/nbsecrets/internal/natstest"
+	"github.com/nbsecrets/nbsecrets/protocol"
+)
+
+// setRePublish sets (on) or removes (off) the records stream's RePublish to
+// LivePrefix, as the service's Options.Live does.
+func (h *harness) setRePublish(on bool) {
+	h.t.Helper()
+	js, _ := jetstream.New(h.nc)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := js.Stream(ctx, protocol.StreamName())
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	cfg := st.CachedInfo().Config
+	cfg.RePublish = nil
+	if on {
+		cfg.RePublish = &jetstream.RePublish{Source: "$KV." + protocol.Bucket + ".>", Destination: LivePrefix + ">"}
+	}
+	if _, err := js.UpdateStream(ctx, cfg); err != nil {
+		h.t.Fatal(err)
+	}
+}
+
+func newLiveHarness(t *testing.T) *harness {
+	h := newHarness(t)
+	h.setRePublish(true)
+	return h
+}
+
+func (h *harness) startLiveAgent() *runningAgent {
+	h.t.Helper()
+	return h.startAgentWith(func(c *Config) { c.Delivery = DeliveryLive })
+}
+
+// waitDesired waits until the agent's desired state holds value under name
+// ("" for absent).
+func waitDesired(t *testing.T, a *runningAgent, name, value string) {
+	t.Helper()
+	waitFor(t, 20*time.Second, func() error {
+		d, loaded := a.st.snapshot()
+		if !loaded {
+			return errors.New("records not loaded")
+		}
+		v, ok := d.Env[name]
+		switch {
+		case value == "" && ok:
+			return fmt.Errorf("%s still set", name)
+		case value != "" && !ok:
+			return fmt.Errorf("%s not set", name)
+		case value != "" && string(v.Value) != value:
+			return fmt.Errorf("%s has another value (version %d)", name, v.Version)
+		}
+		return nil
+	})
+}
+
+// consumerGone waits until the workspace's consumer no longer exists: a
+// live agent keeps none once it has read what is stored.
+func (h *harness) consumerGone() {
+	h.t.Helper()
+	js, _ := jetstream.New(h.nc)
+	waitFor(h.t, 20*time.Second, func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, err := js.Consumer(ctx, protocol.StreamName(), protocol.ConsumerName(h.ws.ID))
+		if errors.Is(err, jetstream.ErrConsumerNotFound) {
+			return nil
+		}
+		return fmt.Errorf("consumer still there: %v", err)
+	})
+}
+
+// TestLiveDeliveryCreateUpdateDelete: in live mode what is stored is read, the
+// consumer is deleted, and later creates, updates and deletes arrive over
+// the republished subject without another read.
+func TestLiveDeliveryCreateUpdateDelete(t *testing.T) {
+	h := newLiveHarness(t)
+	v0, v1, v2 := secretValue("live0"), secretValue("live1"), secretValue("live2")
+	h.put("s0", "STORED", 1, v0)
+	a := h.startLiveAgent()
+	waitDesired(t, a, "STORED", v0)
+	h.consumerGone()
+	reads := a.storedReads.Load()
+
+	h.put("s1", "LIVE", 1, v1)
+	waitDesired(t, a, "LIVE", v1)
+	h.put("s1", "LIVE", 2, v2)
+	waitDesired(t, a, "LIVE", v2)
+	h.del("s0", "STORED", 2)
+	waitDesired(t, a, "STORED", "")
+	if got := a.storedReads.Load(); got != reads {
+		t.Errorf("the changes took %d new reads of the stored records; want none (live delivery)", got-reads)
+	}
+	h.consumerGone()
+}
+
+// TestLiveGapReread: records stored while nothing was republished (a lost
+// message) are noticed by the next record's Nats-Last-Sequence, and read.
+func TestLiveGapReread(t *testing.T) {
+	h := newLiveHarness(t)
+	v1, v2, v3, other := secretValue("gap1"), secretValue("gap2"), secretValue("gap3"), secretValue("gapother")
+	a := h.startLiveAgent()
+	h.put("s1", "GAPPY", 1, v1)
+	waitDesired(t, a, "GAPPY", v1)
+	reads := a.storedReads.Load()
+
+	h.setRePublish(false) // the agent never sees these two
+	h.put("s1", "GAPPY", 2, v2)
+	h.put("s2", "MISSED", 1, other)
+	h.setRePublish(true)
+	h.put("s1", "GAPPY", 3, v3) // its previous sequence is v2's, not v1's
+	waitDesired(t, a, "GAPPY", v3)
+	// MISSED comes only from a new read: its own record was never
+	// republished and the periodic read is minutes away.
+	waitDesired(t, a, "MISSED", other)
+	if a.storedReads.Load() <= reads {
+		t.Error("the gap did not make a new read")
+	}
+}
+
+// TestLivePeriodicRead: a record lost with no later record of its key
+// still arrives with the periodic read.
+func TestLivePeriodicRead(t *testing.T) {
+	h := newLiveHarness(t)
+	a := h.startAgentWith(func(c *Config) { c.Delivery = DeliveryLive; c.liveRefresh = 500 * time.Millisecond })
+	v1 := secretValue("periodic")
+	waitFor(t, 20*time.Second, func() error {
+		if _, loaded := a.st.snapshot(); !loaded {
+			return errors.New("not loaded")
+		}
+		return nil
+	})
+	h.setRePublish(false)
+	h.put("s1", "QUIET", 1, v1)
+	waitDesired(t, a, "QUIET", v1)
+}
+
+// TestLiveNATSServerRestart: the server goes away and comes back with its
+// store; the agent reads again and follows changes made afterwards.
+func TestLiveNATSServerRestart(t *testing.T) {
+	h := newLiveHarness(t)
+	a := h.startLiveAgent()
+	v1, v2, v3 := secretValue("r1"), secretValue("r2"), secretValue("r3")
+	h.put("s1", "ROTATED", 1, v1)
+	h.put("s2", "DOOMED", 1, v1)
+	waitDesired(t, a, "ROTATED", v1)
+	waitDesired(t, a, "DOOMED", v1)
+
+	h.ns = natstest.Restart(t, h.ns)
+	h.connect()
+	h.setRePublish(true) // connect's CreateOrUpdateKeyValue leaves it out
+	h.put("s1", "ROTATED", 2, v2)
+	h.del("s2", "DOOMED", 2)
+	h.put("s3", "ADDED", 1, v3)
+	waitDesired(t, a, "ROTATED", v2)
+	waitDesired(t, a, "DOOMED", "")
+	waitDesired(t, a, "ADDED", v3)
+	// And once more, live.
+	v4 := secretValue("r4")
+	h.put("s1", "ROTATED", 3, v4)
+	waitDesired(t, a, "ROTATED", v4)
+	h.consumerGone()
+}
+
+// TestLiveBadRecordsRefused: what consumer mode refuses, live mode refuses
+// too, whether the bucket republishes it or someone publishes straight on
+// the live subject with made-up headers.
+func TestLiveBadRecordsRefused(t *testing.T) {
+	h := newLiveHarness(t)
+	a := h.startLiveAgent()
+	good1, good2, evil := secretValue("lgood"), secretValue("lgood2"), secretValue("levil")
+	scope := protocol.Scope{Kind: protocol.ScopeUser, ID: "alice"}
+	h.put("s1", "TARGET", 1, good1)
+	old := h.record("s1", "TARGET", 1, scope, evil)
+	h.put("s1", "TARGET", 2, good2)
+	waitDesired(t, a, "TARGET", good2)
+
+	otherSign, _ := nkeys.CreateAccount()
+	otherCurve, _ := nkeys.CreateCurveKeys()
+	forger, _ := protocol.NewSealer(otherSign, otherCurve)
+	forged, _ := forger.Put(protocol.Recipient{Workspace: h.ws.ID, CurveKey: h.wsPub}, "s1", "TARGET", 9, scope, []byte(evil), time.Now())
+	otherWS, _ := nkeys.CreateCurveKeys()
+	otherPub, _ := otherWS.PublicKey()
+	foreign, _ := h.sealer.Put(protocol.Recipient{Workspace: "ws-bob", CurveKey: otherPub}, "s1", "TARGET", 10, scope, []byte(evil), time.Now())
+	bobs := h.record("s4", "BOBS", 1, protocol.Scope{Kind: protocol.ScopeUser, ID: "bob"}, evil)
+	key := protocol.RecordKey(h.ws.ID, "s1")
+	// Through the bucket: republished by the server, sequences in order.
+	for _, bad := range []struct {
+		key  string
+		data []byte
+		why  string
+	}{
+		{key, forged, "bad signature"},
+		{key, old, "replayed older version"},
+		{key, foreign, "another workspace"},
+		{key, []byte("{not json" + evil), "malformed"},
+		{protocol.RecordKey(h.ws.ID, "s2"), h.record("s3", "MOVED", 1, scope, evil), "key mismatch"},
+		{protocol.RecordKey(h.ws.ID, "s4"), bobs, "scope not allowed"},
+	} {
+		before := a.Status().Refused[bad.why]
+		h.putRaw(bad.key, bad.data)
+		waitFor(t, 10*time.Second, func() error {
+			if a.Status().Refused[bad.why] <= before {
+				return fmt.Errorf("%s not refused", bad.why)
+			}
+			return nil
+		})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := h.kv.Delete(ctx, key); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, func() error {
+		if a.Status().Refused["unsigned DEL marker"] == 0 {
+			return errors.New("delete marker not refused")
+		}
+		return nil
+	})
+
+	// Straight on the live subject, headers made to follow the record the
+	// agent holds: the records' own checks still refuse them.
+	good25 := secretValue("lgood25")
+	h.put("s1", "TARGET", 3, good25)
+	waitDesired(t, a, "TARGET", good25)
+	js, _ := jetstream.New(h.nc)
+	entry, err := js.Stream(ctx, protocol.StreamName())
+	if err != nil {
+		t.Fatal(err)
+	}
+	last, err := entry.GetLastMsgForSubject(ctx, "$KV."+protocol.Bucket+"."+key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inject := func(subject, natsSubject string, data []byte) {
+		m := nats.NewMsg(subject)
+		m.Header.Set("Nats-Stream", protocol.StreamName())
+		m.Header.Set("Nats-Subject", natsSubject)
+		m.Header.Set("Nats-Sequence", strconv.FormatUint(last.Sequence+1000, 10))
+		m.Header.Set("Nats-Last-Sequence", strconv.FormatUint(last.Sequence, 10))
+		m.Header.Set("Nats-Time-Stamp", time.Now().UTC().Format(time.RFC3339Nano))
+		m.Data = data
+		if err := h.nc.PublishMsg(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, bad := range []struct {
+		subject, natsSubject string
+		data                 []byte
+		why                  string
+	}{
+		{LivePrefix + key, "$KV." + protocol.Bucket + "." + key, forged, "bad signature"},
+		{LivePrefix + key, "$KV." + protocol.Bucket + "." + key, old, "replayed older version"},
+		{LivePrefix + key, "$KV." + protocol.Bucket + ".ws-alice.s9", old, "not a republished record"},
+	} {
+		before := a.Status().Refused[bad.why]
+		inject(bad.subject, bad.natsSubject, bad.data)
+		waitFor(t, 10*time.Second, func() error {
+			if a.Status().Refused[bad.why] <= before {
+				return fmt.Errorf("%s (live subject) not refused: %v", bad.why, a.Status().Refused)
+			}
+			return nil
+		})
+	}
+	d, _ := a.st.snapshot()
+	if v := d.Env["TARGET"]; string(v.Value) != good25 {
+		t.Error("a bad record changed TARGET")
+	}
+	if _, ok := d.Env["BOBS"]; ok {
+		t.Error("bob's secret reached alice's workspace")
+	}
+	good3 := secretValue("lgood3")
+	h.put("s5", "AFTER", 1, good3)
+	waitDesired(t, a, "AFTER", good3)
+}
+
+// TestDeliveryValidated: an unknown delivery mode is refused by name.
+func TestDeliveryValidated(t *testing.T) {
+	if err := validDelivery("push"); err == nil {
+		t.Error("delivery push accepted")
+	}
+	for _, d := range []string{"", DeliveryConsumer, DeliveryLive} {
+		if err := validDelivery(d); err != nil {
+			t.Errorf("delivery %q: %v", d, err)
+		}
+	}
+}
