@@ -69,6 +69,10 @@ var (
 	errLiveGap     = errors.New("agent: a republished record does not follow the one held; reading the records again")
 	errLiveDropped = errors.New("agent: republished records were dropped; reading the records again")
 	errLiveRefresh = errors.New("agent: periodic re-read of the records")
+	// errLiveDenied: the server refused the live subscription (NATS
+	// permissions from before live delivery): the syncer falls back to
+	// consumer delivery for the rest of the run.
+	errLiveDenied = errors.New("agent: the NATS server refused the subscription to the live records")
 )
 
 // validDelivery checks Config.Delivery.
@@ -86,6 +90,7 @@ func validDelivery(d string) error {
 func (s *syncer) consumeLive(ctx context.Context) error {
 	nc := s.js.Conn()
 	reconnects := nc.Stats().Reconnects
+	lastErr := nc.LastError()
 	ch := make(chan *nats.Msg, liveBuffer)
 	sub, err := nc.ChanSubscribe(LiveSubject(s.ws), ch)
 	if err != nil {
@@ -96,6 +101,12 @@ func (s *syncer) consumeLive(ctx context.Context) error {
 	// every record stored after the read's consumer was made arrives here.
 	if err := nc.FlushTimeout(pullExpiry); err != nil {
 		return fmt.Errorf("subscribing to %s: %w", LiveSubject(s.ws), err)
+	}
+	// The server answers a refused subscription before the flush's pong;
+	// the client keeps it as the connection's last error.
+	if err := nc.LastError(); err != nil && err != lastErr && errors.Is(err, nats.ErrPermissionViolation) &&
+		strings.Contains(err.Error(), `"`+LiveSubject(s.ws)+`"`) {
+		return fmt.Errorf("%w: %w", errLiveDenied, err)
 	}
 	held, err := s.readStored(ctx)
 	if err != nil {

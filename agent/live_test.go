@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nkeys"
@@ -300,4 +302,53 @@ func TestDeliveryValidated(t *testing.T) {
 			t.Errorf("delivery %q: %v", d, err)
 		}
 	}
+}
+
+// TestLiveDeniedFallsBack: under NATS permissions from before live
+// delivery (the live subject not allowed), the agent says so and reads
+// with its own consumer instead: changes still arrive.
+func TestLiveDeniedFallsBack(t *testing.T) {
+	h := newHarness(t)
+	h.ns = startAuthServer(t, &server.User{Username: "agent", Password: "agent-pw",
+		Permissions: &server.Permissions{
+			Publish:   &server.SubjectPermission{Allow: []string{"$JS.API.>", "nbsecrets.status.>"}},
+			Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX.>"}},
+		}})
+	h.connect()
+	h.setRePublish(true)
+	nc, err := Connect(h.ns.ClientURL(), testLogger(t), nats.UserInfo("agent", "agent-pw"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	v1, v2 := secretValue("denied1"), secretValue("denied2")
+	h.put("s1", "FALLBACK", 1, v1)
+	a := h.startAgentWith(func(c *Config) { c.Delivery = DeliveryLive; c.Conn = nc })
+	waitDesired(t, a, "FALLBACK", v1)
+	h.put("s1", "FALLBACK", 2, v2)
+	waitDesired(t, a, "FALLBACK", v2)
+	if n := a.storedReads.Load(); n != 0 {
+		t.Errorf("%d live reads under permissions that refuse the live subject", n)
+	}
+	if !strings.Contains(leaks.String(), "live delivery refused by the NATS server's permissions") {
+		t.Error("no log line saying live delivery was refused")
+	}
+}
+
+// startAuthServer is natstest.Start with users: "writer" (everything; also
+// whoever connects without credentials) and u.
+func startAuthServer(t *testing.T, u *server.User) *server.Server {
+	t.Helper()
+	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(),
+		NoLog: true, NoSigs: true, Users: []*server.User{{Username: "writer", Password: "writer-pw"}, u}, NoAuthUser: "writer"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		s.Shutdown()
+		t.Fatal("server not ready")
+	}
+	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
+	return s
 }

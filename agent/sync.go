@@ -119,6 +119,12 @@ func (s *syncer) run(ctx context.Context) {
 			}
 			continue
 		}
+		if errors.Is(err, errLiveDenied) {
+			s.log.Error("live delivery refused by the NATS server's permissions (generated before live delivery?); reading with a consumer of the agent's own instead",
+				"subject", LiveSubject(s.ws), "error", err)
+			read = s.consume
+			continue
+		}
 		if errors.Is(err, errLiveGap) || errors.Is(err, errLiveDropped) || errors.Is(err, errLiveRefresh) {
 			s.log.Info("reading the records again", "reason", err)
 			continue
