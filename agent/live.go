@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"strconv"
 	"strings"
 	"time"
@@ -54,7 +55,11 @@ const (
 	// even when nothing looked wrong: it bounds how long a record lost
 	// without a sign (its stream leader crashed after storing it, before
 	// republishing it, and no later record of that key came) goes unseen.
-	defaultLiveRefresh = 3 * time.Minute
+	// Each read makes and deletes a consumer: 10,000 agents at 5 minutes
+	// are about 33 a second, a tenth of what one server makes (README), and
+	// a random half period more spreads agents that all read at once (after
+	// a server restart) over time.
+	defaultLiveRefresh = 5 * time.Minute
 	// liveBuffer is how many republished records wait for the agent before
 	// the client drops some (then noticed: a re-read). A workspace holds at
 	// most protocol.MaxWorkspaceSecrets records, so a full read's worth of
@@ -116,7 +121,7 @@ func (s *syncer) consumeLive(ctx context.Context) error {
 	if refresh <= 0 {
 		refresh = defaultLiveRefresh
 	}
-	again := time.NewTimer(refresh)
+	again := time.NewTimer(refresh + rand.N(refresh/2+1))
 	defer again.Stop()
 	tick := time.NewTicker(reconnectPoll)
 	defer tick.Stop()
