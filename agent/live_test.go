@@ -352,3 +352,76 @@ func startAuthServer(t *testing.T, u *server.User) *server.Server {
 	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
 	return s
 }
+
+// TestHandleLiveSequences: handleLive's rules, message by message, with a
+// real sealer and opener and no server: a new key needs previous 0; a
+// record follows only the sequence held; an older or already read one is
+// skipped; a gap ends the live read; messages that are not republished
+// records of this workspace are refused; a refused record does not move
+// the sequence on.
+func TestHandleLiveSequences(t *testing.T) {
+	h := &harness{t: t, ws: Workspace{ID: "ws-alice", Owner: "alice"}}
+	sign, _ := nkeys.CreateAccount()
+	curve, _ := nkeys.CreateCurveKeys()
+	h.wsKP, _ = nkeys.CreateCurveKeys()
+	h.signPub, _ = sign.PublicKey()
+	h.curvePub, _ = curve.PublicKey()
+	h.wsPub, _ = h.wsKP.PublicKey()
+	h.sealer, _ = protocol.NewSealer(sign, curve)
+	s := &syncer{ws: h.ws.ID, opener: h.opener(), st: newStore(h.ws), log: testLogger(t), now: time.Now}
+	scope := protocol.Scope{Kind: protocol.ScopeUser, ID: "alice"}
+	key := protocol.RecordKey(h.ws.ID, "s1")
+	msg := func(subject, natsSubject string, seq, prev uint64, data []byte) *nats.Msg {
+		m := nats.NewMsg(subject)
+		m.Header.Set("Nats-Stream", protocol.StreamName())
+		m.Header.Set("Nats-Subject", natsSubject)
+		m.Header.Set("Nats-Sequence", strconv.FormatUint(seq, 10))
+		m.Header.Set("Nats-Last-Sequence", strconv.FormatUint(prev, 10))
+		m.Data = data
+		return m
+	}
+	rec := func(seq, prev, ver uint64) *nats.Msg {
+		return msg(LivePrefix+key, "$KV."+protocol.Bucket+"."+key, seq, prev, h.record("s1", "NAME", ver, scope, secretValue(fmt.Sprint("seq", ver))))
+	}
+	held := map[string]uint64{}
+	version := func() uint64 { v, _ := s.st.version("s1"); return v }
+
+	if err := s.handleLive(rec(5, 3, 1), held); !errors.Is(err, errLiveGap) {
+		t.Fatalf("new key with previous 3: %v, want a gap", err)
+	}
+	if err := s.handleLive(rec(5, 0, 1), held); err != nil || held[key] != 5 || version() != 1 {
+		t.Fatalf("new key: err %v, held %d, version %d", err, held[key], version())
+	}
+	if err := s.handleLive(rec(4, 0, 1), held); err != nil || held[key] != 5 {
+		t.Fatalf("an older message: err %v, held %d", err, held[key])
+	}
+	if err := s.handleLive(rec(9, 5, 2), held); err != nil || held[key] != 9 || version() != 2 {
+		t.Fatalf("the next record: err %v, held %d, version %d", err, held[key], version())
+	}
+	if err := s.handleLive(rec(12, 10, 3), held); !errors.Is(err, errLiveGap) || version() != 2 {
+		t.Fatalf("a record after a missed one: %v (version %d), want a gap", err, version())
+	}
+	// A replayed version, in sequence: refused, the sequence stays.
+	refused := func(why string) uint64 {
+		s.st.mu.Lock()
+		defer s.st.mu.Unlock()
+		return uint64(s.st.refused[why])
+	}
+	if err := s.handleLive(rec(13, 9, 1), held); err != nil || held[key] != 9 || version() != 2 || refused("replayed older version") != 1 {
+		t.Fatalf("replay: err %v, held %d, version %d, refused %d", err, held[key], version(), refused("replayed older version"))
+	}
+	for _, bad := range []*nats.Msg{
+		msg(LivePrefix+"ws-bob.s1", "$KV."+protocol.Bucket+".ws-bob.s1", 20, 9, nil), // another workspace's subject
+		msg(LivePrefix+key, "$KV."+protocol.Bucket+".ws-alice.s2", 20, 9, nil),       // headers of another key
+		msg(LivePrefix+key, "$KV."+protocol.Bucket+"."+key, 20, 20, nil),             // previous not before
+		msg(LivePrefix+key, "$KV.other."+key, 20, 9, nil),                            // another bucket
+	} {
+		if err := s.handleLive(bad, held); err != nil || held[key] != 9 {
+			t.Fatalf("%s %v: err %v, held %d", bad.Subject, bad.Header, err, held[key])
+		}
+	}
+	if n := refused("subject outside the workspace's live records") + refused("not a republished record") +
+		refused("republished record without valid sequences"); n != 4 {
+		t.Errorf("%d of 4 bad messages counted as refused", n)
+	}
+}
