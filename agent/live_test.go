@@ -4,10 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/go-hclog"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
@@ -15,6 +20,7 @@ import (
 	"github.com/nats-io/nkeys"
 
 	"github.com/nbsecrets/nbsecrets/internal/natstest"
+	"github.com/nbsecrets/nbsecrets/internal/testutil"
 	"github.com/nbsecrets/nbsecrets/protocol"
 )
 
@@ -423,5 +429,79 @@ func TestHandleLiveSequences(t *testing.T) {
 	if n := refused("subject outside the workspace's live records") + refused("not a republished record") +
 		refused("republished record without valid sequences"); n != 4 {
 		t.Errorf("%d of 4 bad messages counted as refused", n)
+	}
+}
+
+// TestLiveDroppedReread: while the reading goroutine is held up, more
+// messages arrive than the subscription buffers; the client drops some,
+// among them a real record's, and the agent notices the drop and reads
+// everything again (agent.Follow, the syncer alone).
+func TestLiveDroppedReread(t *testing.T) {
+	h := newLiveHarness(t)
+	v1, v2, other := secretValue("drop1"), secretValue("drop2"), secretValue("dropother")
+	h.put("s1", "HELD", 1, v1)
+	nc, err := Connect(h.ns.ClientURL(), testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, _ := jetstream.New(nc)
+	logs := &testutil.Buffer{}
+	var armed atomic.Bool
+	release := make(chan struct{})
+	var last atomic.Pointer[Desired]
+	loaded := make(chan struct{})
+	var once sync.Once
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- Follow(ctx, FollowConfig{JS: js, Workspace: h.ws, Opener: h.opener(), Delivery: DeliveryLive,
+			Logger: hclog.New(&hclog.LoggerOptions{Level: hclog.Debug, Output: io.MultiWriter(sink{}, logs)}),
+			Changed: func(d *Desired) {
+				last.Store(d)
+				once.Do(func() { close(loaded) })
+				if armed.CompareAndSwap(true, false) {
+					<-release
+				}
+			}})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	})
+	<-loaded
+	has := func(name, value string) error {
+		d := last.Load()
+		if v, ok := d.Env[name]; !ok || string(v.Value) != value {
+			return fmt.Errorf("%s not at the value wanted", name)
+		}
+		return nil
+	}
+	armed.Store(true)
+	h.put("s1", "HELD", 2, v2) // its publish holds the syncer up
+	waitFor(t, 10*time.Second, func() error {
+		if armed.Load() {
+			return errors.New("not held up yet")
+		}
+		return nil
+	})
+	for range 2*liveBuffer + 100 {
+		if err := h.nc.Publish(LivePrefix+h.ws.ID+".junk", []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := h.nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	h.put("s2", "BEHIND", 1, other) // republished after the flood: dropped
+	close(release)
+	waitFor(t, 20*time.Second, func() error { return has("BEHIND", other) })
+	if err := has("HELD", v2); err != nil {
+		t.Error(err)
+	}
+	if !strings.Contains(logs.String(), "republished records were dropped") {
+		t.Errorf("no re-read for dropped messages in the logs:\n%s", logs.String())
 	}
 }
