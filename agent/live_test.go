@@ -487,7 +487,9 @@ func TestLiveDroppedReread(t *testing.T) {
 		}
 		return nil
 	})
-	for range 2*liveBuffer + 100 {
+	in := nc.Stats().InMsgs
+	const flood = 2*liveBuffer + 100
+	for range flood {
 		if err := h.nc.Publish(LivePrefix+h.ws.ID+".junk", []byte("x")); err != nil {
 			t.Fatal(err)
 		}
@@ -495,7 +497,19 @@ func TestLiveDroppedReread(t *testing.T) {
 	if err := h.nc.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	h.put("s2", "BEHIND", 1, other) // republished after the flood: dropped
+	// The agent's client has taken them all in (and dropped what its
+	// buffer could not hold), then BEHIND's record, dropped too.
+	received := func(n uint64) func() error {
+		return func() error {
+			if got := nc.Stats().InMsgs - in; got < n {
+				return fmt.Errorf("the agent's connection received %d of %d", got, n)
+			}
+			return nil
+		}
+	}
+	waitFor(t, 20*time.Second, received(flood))
+	h.put("s2", "BEHIND", 1, other)
+	waitFor(t, 20*time.Second, received(flood+1))
 	close(release)
 	waitFor(t, 20*time.Second, func() error { return has("BEHIND", other) })
 	if err := has("HELD", v2); err != nil {
