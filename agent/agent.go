@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -75,6 +76,14 @@ type Config struct {
 	// beside the connection file (see kernelTrust).
 	AllowRemoteKernels bool
 
+	// Delivery is how records reach the agent: DeliveryConsumer (a
+	// consumer of its own while it runs) or DeliveryLive (the records
+	// republished to LiveSubject, a consumer only to read what is stored;
+	// the service must republish, see live.go). Empty: DeliveryConsumer.
+	Delivery string
+	// liveRefresh: tests, the live mode's periodic re-read.
+	liveRefresh time.Duration
+
 	dial dialer // tests: a fake kernel session
 }
 
@@ -90,6 +99,8 @@ type Agent struct {
 	started time.Time
 	access  *accessBox // SetAccess to the syncer
 	quiet   *quietHub
+	// storedReads counts the live mode's reads of what is stored (tests).
+	storedReads atomic.Int64
 
 	mu      sync.Mutex
 	running bool
@@ -102,6 +113,9 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.Opener == nil || cfg.Conn == nil {
 		return nil, errors.New("agent: Opener and Conn are required")
+	}
+	if err := validDelivery(cfg.Delivery); err != nil {
+		return nil, err
 	}
 	if err := checkMetricsAddr(cfg.MetricsAddr, cfg.MetricsNonLoopback); err != nil {
 		return nil, err
@@ -230,7 +244,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		}()
 	}
 	s := &syncer{js: js, ws: a.cfg.Workspace.ID, opener: a.cfg.Opener, st: a.st, log: a.log.Named("sync"), now: time.Now,
-		published: a.saveState, access: a.access}
+		published: a.saveState, access: a.access, live: a.cfg.Delivery == DeliveryLive, liveRefresh: a.cfg.liveRefresh,
+		storedReads: &a.storedReads}
 	wg.Add(3)
 	go func() { defer wg.Done(); a.publishStatus(ctx) }()
 	go func() { defer wg.Done(); s.run(ctx) }()

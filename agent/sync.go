@@ -34,6 +34,11 @@ type syncer struct {
 	published func()
 	// access carries changes of what the workspace may have (nil: none).
 	access *accessBox
+	// live reads with consumeLive instead of consume (see live.go);
+	// liveRefresh is its periodic re-read (0: defaultLiveRefresh).
+	live        bool
+	liveRefresh time.Duration
+	storedReads *atomic.Int64 // counts consumeLive's reads (nil: none)
 }
 
 // accessBox hands the newest access change to the syncer: Agent.SetAccess
@@ -97,8 +102,12 @@ func (s *syncer) publish() {
 
 func (s *syncer) run(ctx context.Context) {
 	bo := backoff{min: 100 * time.Millisecond, max: 5 * time.Second}
+	read := s.consume
+	if s.live {
+		read = s.consumeLive
+	}
 	for ctx.Err() == nil {
-		err := s.consume(ctx)
+		err := read(ctx)
 		if ctx.Err() != nil {
 			return
 		}
@@ -108,6 +117,16 @@ func (s *syncer) run(ctx context.Context) {
 			if _, loaded := s.st.snapshot(); loaded {
 				s.publish()
 			}
+			continue
+		}
+		if errors.Is(err, errLiveDenied) {
+			s.log.Error("live delivery refused by the NATS server's permissions (generated before live delivery?); reading with a consumer of the agent's own instead",
+				"subject", LiveSubject(s.ws), "error", err)
+			read = s.consume
+			continue
+		}
+		if errors.Is(err, errLiveGap) || errors.Is(err, errLiveDropped) || errors.Is(err, errLiveRefresh) {
+			s.log.Info("reading the records again", "reason", err)
 			continue
 		}
 		if errors.Is(err, errReconnected) {
@@ -252,32 +271,41 @@ func (s *syncer) handle(msg jetstream.Msg) {
 		s.refuse(msg.Subject(), "subject outside the bucket", nil)
 		return
 	}
-	if op := msg.Headers().Get("KV-Operation"); op != "" {
-		// Delete and purge markers carry no payload and cannot be signed:
-		// the service writes deletions as signed tombstones instead.
-		s.refuse(key, "unsigned "+op+" marker", nil)
-		return
-	}
-	sec, err := s.opener.Open(key, msg.Data())
-	if err != nil {
-		s.refuse(key, reason(err), err)
-		return
-	}
 	var at time.Time
 	if meta, err := msg.Metadata(); err == nil {
 		at = meta.Timestamp
+	}
+	s.applyRecord(key, msg.Headers().Get("KV-Operation"), msg.Data(), at)
+}
+
+// applyRecord is handle's checks and apply of the record stored under key
+// (op: its KV-Operation header), whichever way it came (see live.go). It
+// reports whether the store holds the record now (applied, or held
+// already); false: refused.
+func (s *syncer) applyRecord(key, op string, data []byte, at time.Time) bool {
+	if op != "" {
+		// Delete and purge markers carry no payload and cannot be signed:
+		// the service writes deletions as signed tombstones instead.
+		s.refuse(key, "unsigned "+op+" marker", nil)
+		return false
+	}
+	sec, err := s.opener.Open(key, data)
+	if err != nil {
+		s.refuse(key, reason(err), err)
+		return false
 	}
 	if err := s.st.apply(sec, at); err != nil {
 		if errors.Is(err, errStale) {
 			if v, ok := s.st.version(sec.SecretID); ok && v == sec.Version {
 				s.log.Debug("record already held", "key", key, "version", sec.Version)
-				return
+				return true
 			}
 		}
 		s.refuse(key, reason(err), err)
-		return
+		return false
 	}
 	s.log.Debug("record accepted", "key", key, "name", sec.Name, "op", sec.Op, "version", sec.Version, "scope", sec.Scope.String())
+	return true
 }
 
 func (s *syncer) refuse(key, why string, err error) {

@@ -56,6 +56,12 @@ type Options struct {
 	// keeps when the service creates the buckets (3 on a three-node
 	// cluster). 0 means 1. Buckets that exist keep their own setting.
 	Replicas int
+	// Live makes the records stream republish each record to LivePrefix
+	// (see live.go) for agents in live delivery: set when the service
+	// creates the bucket, added to one that exists (which takes
+	// $JS.API.STREAM.UPDATE of the records stream). False: no republish;
+	// a RePublish already set stays.
+	Live bool
 }
 
 // QueueGroup is the NATS queue group the service subscribes in, so that
@@ -81,7 +87,8 @@ type Service struct {
 	now      func() time.Time
 	nonces   nonceCache
 	names    NamePolicy
-	replicas int // of the buckets the service creates
+	replicas int  // of the buckets the service creates
+	live     bool // Options.Live
 	leaseTTL time.Duration
 	every    time.Duration  // ReconcileInterval
 	lease    *lease         // the background lease, from Start
@@ -137,7 +144,7 @@ func New(opts Options) (*Service, error) {
 	s := &Service{
 		nc: opts.Conn, sealer: sealer, signPub: signPub, curvePub: curvePub, curve: opts.CurveKey,
 		log: opts.Logger, now: opts.Now, slots: make(chan struct{}, maxInFlight), names: opts.Names,
-		replicas: max(opts.Replicas, 1), leaseTTL: opts.LeaseTTL, every: opts.ReconcileInterval,
+		replicas: max(opts.Replicas, 1), live: opts.Live, leaseTTL: opts.LeaseTTL, every: opts.ReconcileInterval,
 	}
 	if s.log == nil {
 		s.log = hclog.NewNullLogger()
@@ -168,12 +175,21 @@ func (s *Service) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("controlplane: jetstream: %w", err)
 	}
-	s.records, err = ensureBucket(ctx, js, jetstream.KeyValueConfig{
+	recordsCfg := jetstream.KeyValueConfig{
 		Bucket: protocol.Bucket, History: 1, Storage: jetstream.FileStorage, Replicas: s.replicas,
 		Description: "nbsecrets: signed, sealed secret records per workspace",
-	})
+	}
+	if s.live {
+		recordsCfg.RePublish = liveRePublish()
+	}
+	s.records, err = ensureBucket(ctx, js, recordsCfg)
 	if err != nil {
 		return err
+	}
+	if s.live {
+		if err := s.ensureRePublish(ctx, js); err != nil {
+			return err
+		}
 	}
 	kv, err := ensureBucket(ctx, js, jetstream.KeyValueConfig{
 		Bucket: ServiceBucket, History: 1, Storage: jetstream.FileStorage, Replicas: s.replicas,

@@ -47,8 +47,8 @@ type fanoutConfig struct {
 	// update rounds (its prof_port, fetched over loopback).
 	serverCPUProfile string
 	agentsCPUProfile string // the agents' process's, from ready to the end
-	// live: the prototype of delivery without a standing consumer per
-	// agent (fanoutlive.go) instead of the agent's consumer.
+	// live: the agent's live delivery (agent.DeliveryLive through
+	// agent.Follow, fanoutlive.go) instead of a standing consumer each.
 	live bool
 }
 
@@ -73,9 +73,11 @@ type fanoutAgentsFile struct {
 	// CPUProfile is where the agents' process writes its CPU profile from
 	// "ready" to the end ("": none).
 	CPUProfile string `json:"cpu_profile,omitempty"`
-	// Live: each agent reads what is there with a consumer it then deletes,
-	// and everything after from the stream's RePublish (fanoutlive.go).
-	Live bool `json:"live,omitempty"`
+	// Live: each agent runs the product's live delivery (agent.Follow,
+	// fanoutlive.go), the workspace's owner and projects below.
+	Live     bool     `json:"live,omitempty"`
+	Owner    string   `json:"owner,omitempty"`
+	Projects []string `json:"projects,omitempty"`
 }
 
 type fanoutWorkspace struct {
@@ -176,7 +178,8 @@ func runFanout(ctx context.Context, cfg *fanoutConfig) (err error) {
 		Projects: []controlplane.Project{{ID: "fan", Members: []controlplane.Member{{User: "fan-owner", Role: controlplane.RoleAdmin}}}},
 	}
 	af := fanoutAgentsFile{URLs: urls, SignPub: signPub, CurvePub: curvePub, Conns: cfg.conns, Creators: cfg.creators,
-		HeartbeatMs: cfg.heartbeat.Milliseconds(), CPUProfile: cfg.agentsCPUProfile, Live: cfg.live}
+		HeartbeatMs: cfg.heartbeat.Milliseconds(), CPUProfile: cfg.agentsCPUProfile, Live: cfg.live,
+		Owner: "fan-owner", Projects: []string{"fan"}}
 	for i := range cfg.n {
 		kp, err := nkeys.CreateCurveKeys()
 		if err != nil {
@@ -195,7 +198,8 @@ func runFanout(ctx context.Context, cfg *fanoutConfig) (err error) {
 		return fmt.Errorf("service connecting to NATS: %w", err)
 	}
 	cl.add(func() error { svcConn.Close(); return nil })
-	svc, err := controlplane.New(controlplane.Options{Conn: svcConn, SignKey: sign, CurveKey: curve, Directory: d, Replicas: min(cfg.nodes, 3)})
+	svc, err := controlplane.New(controlplane.Options{Conn: svcConn, SignKey: sign, CurveKey: curve, Directory: d, Replicas: min(cfg.nodes, 3),
+		Live: cfg.live})
 	if err != nil {
 		return err
 	}
@@ -213,11 +217,6 @@ func runFanout(ctx context.Context, cfg *fanoutConfig) (err error) {
 	cl.add(func() error { clientConn.Close(); return nil })
 	client := controlplane.NewClient(clientConn, "fan-owner", user, curvePub)
 
-	if cfg.live {
-		if err := republishRecords(ctx, svcConn); err != nil {
-			return err
-		}
-	}
 	rep.ServerRSSBeforeKiB = servers[0].rssKiB()
 
 	progress(fmt.Sprintf("starting %d agents' ordered consumers in a separate process (%d connections, %d creating at once)", cfg.n, cfg.conns, cfg.creators))
@@ -385,7 +384,7 @@ func printFanout(w io.Writer, cfg *fanoutConfig, rep *fanoutReport) error {
 	}
 	fmt.Fprintf(w, "fan-out: %d workspaces, %d NATS node(s), consumers' heartbeat %gs, %d cores, load %s\n", rep.Workspaces, rep.Nodes, rep.HeartbeatS, rep.Cores, rep.Load)
 	if rep.Live {
-		fmt.Fprintf(w, "  PROTOTYPE -fanout-live: RePublish to core subscriptions, no standing consumer per agent\n")
+		fmt.Fprintf(w, "  -fanout-live: the agent's live delivery (RePublish to core subscriptions, no standing consumer per agent)\n")
 	}
 	fmt.Fprintf(w, "  agents' consumers: %d created in %.1f s = %.0f/s (%d retries)\n", rep.ConsumersCreated, rep.ConsumerCreateS, rep.ConsumerCreatePerS, rep.ConsumerCreateRetry)
 	fmt.Fprintf(w, "  server busy after the creation for %.1f s (until under 0.2 cores)\n", rep.ServerSettleS)

@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nkeys"
 
+	"github.com/nbsecrets/nbsecrets/agent"
 	"github.com/nbsecrets/nbsecrets/protocol"
 )
 
@@ -120,6 +121,9 @@ func runFanoutAgents(path string) error {
 	}
 
 	var refused, retries, created atomic.Int64
+	var liveLogs liveLog
+	var follows sync.WaitGroup // live agents' Follow, ended by cancel
+	defer func() { cancel(); follows.Wait() }()
 	var ccMu sync.Mutex
 	var ccs []jetstream.ConsumeContext
 	defer func() {
@@ -142,7 +146,12 @@ func runFanoutAgents(path string) error {
 					var cc jetstream.ConsumeContext
 					var err error
 					if af.Live {
-						err = startLiveAgent(ctx, js, a, &refused)
+						follows.Add(1)
+						err = startLiveAgent(ctx, js, a, agent.Workspace{ID: a.ws, Owner: af.Owner, Projects: af.Projects}, &liveLogs, follows.Done)
+						if err != nil {
+							err = fmt.Errorf("%w (left running)", err)
+							attempt = maxCreateAttempts // its Follow keeps trying: no second one
+						}
 					} else {
 						cc, err = startAgentConsumer(ctx, js, a, time.Duration(af.HeartbeatMs)*time.Millisecond, &refused)
 					}
@@ -219,7 +228,9 @@ func runFanoutAgents(path string) error {
 		fmt.Printf("applied %d %d %d %d\n", version, count, first, last)
 	}
 	if af.Live {
-		fmt.Fprintf(os.Stderr, "nbsecrets-bench agents: %d republished records did not follow the one held (gaps)\n", liveGaps.Load())
+		fmt.Fprintf(os.Stderr, "nbsecrets-bench agents: %d republished records did not follow the one held (gaps), %d re-reads\n",
+			liveLogs.gaps.Load(), liveLogs.rereads.Load())
+		refused.Add(liveLogs.refused.Load())
 	}
 	if n := refused.Load(); n > 0 {
 		return fmt.Errorf("agents refused %d records", n)

@@ -89,6 +89,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
 
+	"github.com/nbsecrets/nbsecrets/controlplane"
 	"github.com/nbsecrets/nbsecrets/protocol"
 )
 
@@ -108,10 +109,11 @@ func AgentInboxPrefix(ws string) string { return "_INBOX." + ws }
 
 // CalloutAgentPermissions are the permissions the callout gives the agent
 // of workspace ws: AgentPermissions, with the subscriptions confined to
-// its own inbox prefix.
+// its own inbox prefix and its own live subject (every workspace's live
+// subjects reach the shared account; each agent may subscribe to its own).
 func CalloutAgentPermissions(ws string) Permissions {
 	p := AgentPermissions(ws)
-	p.Subscribe = []string{AgentInboxPrefix(ws) + ".>"}
+	p.Subscribe = []string{AgentInboxPrefix(ws) + ".>", liveSubject(ws)}
 	return p
 }
 
@@ -199,6 +201,7 @@ func GenerateCalloutParts(cfg CalloutConfig) (accounts, authz []byte, err error)
 	next := jsAPI + "CONSUMER.MSG.NEXT." + recordStream + ".*"
 	del := jsAPI + "CONSUMER.DELETE." + recordStream + ".*"
 	status := protocol.StatusSubjectPrefix + "*"
+	liveAll := controlplane.LivePrefix + ">" // each agent subscribes to its own only
 
 	svcPerm := ServicePermissions()
 	svcPerm.Subscribe = append(svcPerm.Subscribe, AuthCalloutSubject)
@@ -219,6 +222,7 @@ func GenerateCalloutParts(cfg CalloutConfig) (accounts, authz []byte, err error)
 	fmt.Fprintf(&b, "      {service: %s, response_type: stream, accounts: %s}\n", q(next), acc)
 	fmt.Fprintf(&b, "      {service: %s, accounts: %s}\n", q(del), acc)
 	fmt.Fprintf(&b, "      {service: %s, accounts: %s}\n", q(jsAPIInfo), acc)
+	fmt.Fprintf(&b, "      {stream: %s, accounts: %s}\n", q(liveAll), acc)
 	b.WriteString("    ]\n")
 	fmt.Fprintf(&b, "    imports: [{stream: {account: %s, subject: %s}}]\n", q(AgentsAccount), q(status))
 	b.WriteString("  }\n")
@@ -228,6 +232,7 @@ func GenerateCalloutParts(cfg CalloutConfig) (accounts, authz []byte, err error)
 	for _, s := range []string{create, next, del, jsAPIInfo} {
 		fmt.Fprintf(&b, "      {service: {account: %s, subject: %s}}\n", q(ServiceAccount), q(s))
 	}
+	fmt.Fprintf(&b, "      {stream: {account: %s, subject: %s}}\n", q(ServiceAccount), q(liveAll))
 	b.WriteString("    ]\n")
 	b.WriteString("  }\n")
 

@@ -129,6 +129,13 @@ func consumerDelete(ws string) string {
 	return jsAPI + "CONSUMER.DELETE." + recordStream + "." + protocol.ConsumerName(ws)
 }
 
+// liveSubject is where the records of ws are republished for its agent in
+// live delivery (controlplane.Options.Live, agent.DeliveryLive): exported
+// from the service's account to ws's alone, subscribed by its agent,
+// published by nobody (the server's RePublish does, in the service's
+// account, under no user's permissions).
+func liveSubject(ws string) string { return controlplane.LivePrefix + ws + ".>" }
+
 // jsAPIInfo is imported into each workspace account although its agent may
 // not publish it: an account without JetStream of its own gets the server's
 // "$JS.API.>" import (to answer "JetStream not enabled") unless an import
@@ -148,10 +155,13 @@ const jsAPIInfo = jsAPI + "INFO"
 //	        its rollout status, exported to the service's account only
 //	subscribe _INBOX.>
 //	        API replies and deliveries; the account is the agent's alone
+//	subscribe nbsecrets.live.<ws>.>
+//	        its records republished (live delivery), imported from the
+//	        service's account
 func AgentPermissions(ws string) Permissions {
 	return Permissions{
 		Publish:   []string{consumerCreate(ws), consumerNext(ws), consumerDelete(ws), protocol.StatusSubject(ws)},
-		Subscribe: []string{"_INBOX.>"},
+		Subscribe: []string{"_INBOX.>", liveSubject(ws)},
 	}
 }
 
@@ -174,6 +184,9 @@ func UserPermissions() Permissions {
 //	        nonces of accepted requests (Create), which every instance shares
 //	publish $JS.API.INFO, $JS.API.STREAM.INFO.<stream>, $JS.API.STREAM.CREATE.<stream>
 //	        binding the buckets, creating them when missing
+//	publish $JS.API.STREAM.UPDATE.KV_nbsecrets
+//	        adding the live RePublish to an existing records bucket
+//	        (controlplane.Options.Live)
 //	publish $JS.API.DIRECT.GET.<stream>.>
 //	        KV Get on the buckets (KV Create reads a key it found taken)
 //	publish $JS.API.CONSUMER.CREATE.KV_nbsecrets_service.>,
@@ -189,8 +202,8 @@ func UserPermissions() Permissions {
 //	subscribe nbsecrets.status.*
 //	        the agents' rollout status, imported from each workspace's account
 //
-// It may not delete, purge or update streams, nor read other accounts'
-// subjects.
+// It may not delete or purge streams, update any but the records stream,
+// publish on the live subjects, nor read other accounts' subjects.
 func ServicePermissions() Permissions {
 	var pub []string
 	for _, bucket := range []string{protocol.Bucket, controlplane.ServiceBucket, controlplane.NonceBucket} {
@@ -204,6 +217,7 @@ func ServicePermissions() Permissions {
 			jsAPI+"DIRECT.GET."+stream+".>")
 	}
 	pub = append(pub,
+		jsAPI+"STREAM.UPDATE."+recordStream,
 		jsAPI+"CONSUMER.CREATE."+serviceStream+".>",
 		jsAPI+"CONSUMER.DELETE."+serviceStream+".*",
 		"$JS.FC."+serviceStream+".>")
@@ -379,6 +393,7 @@ func Generate(cfg Config) ([]byte, error) {
 		fmt.Fprintf(&b, "      {service: %s, accounts: %s}\n", q(consumerCreate(ws)), acc)
 		fmt.Fprintf(&b, "      {service: %s, response_type: stream, accounts: %s}\n", q(consumerNext(ws)), acc)
 		fmt.Fprintf(&b, "      {service: %s, accounts: %s}\n", q(consumerDelete(ws)), acc)
+		fmt.Fprintf(&b, "      {stream: %s, accounts: %s}\n", q(liveSubject(ws)), acc)
 	}
 	if len(wss) > 0 {
 		fmt.Fprintf(&b, "      {service: %s, accounts: %s}\n", q(jsAPIInfo), list(mapped(wss, WorkspaceAccount)))
@@ -403,6 +418,7 @@ func Generate(cfg Config) ([]byte, error) {
 		for _, s := range []string{consumerCreate(ws), consumerNext(ws), consumerDelete(ws), jsAPIInfo} {
 			fmt.Fprintf(&b, "      {service: {account: %s, subject: %s}}\n", q(ServiceAccount), q(s))
 		}
+		fmt.Fprintf(&b, "      {stream: {account: %s, subject: %s}}\n", q(ServiceAccount), q(liveSubject(ws)))
 		b.WriteString("    ]\n")
 		b.WriteString("  }\n")
 	}

@@ -532,7 +532,7 @@ type syncBuffer = testutil.Buffer
 // runAgent runs a real agent for wsa under its restricted NATS user,
 // connected through agent.Connect, and requires it to load alice's secret,
 // not bob's, and to follow an update.
-func runAgent(t *testing.T, d *deployment, url string, alice *controlplane.Client) {
+func runAgent(t *testing.T, d *deployment, url string, alice *controlplane.Client, configure ...func(*agent.Config)) {
 	logs := &syncBuffer{}
 	log := hclog.New(&hclog.LoggerOptions{Level: hclog.Debug, Output: logs})
 	kp := d.agentNATS["wsa"]
@@ -542,7 +542,11 @@ func runAgent(t *testing.T, d *deployment, url string, alice *controlplane.Clien
 	}
 	defer nc.Close()
 	opener := must(protocol.NewOpener("wsa", []string{pub(d.sign)}, pub(d.curve), d.wsCurve["wsa"]))
-	a, err := agent.New(agent.Config{Workspace: agent.Workspace{ID: "wsa", Owner: "alice"}, Opener: opener, Conn: nc, Logger: log})
+	cfg := agent.Config{Workspace: agent.Workspace{ID: "wsa", Owner: "alice"}, Opener: opener, Conn: nc, Logger: log}
+	for _, c := range configure {
+		c(&cfg)
+	}
+	a, err := agent.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
