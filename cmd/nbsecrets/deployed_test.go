@@ -17,6 +17,7 @@ import (
 	"github.com/nbsecrets/nbsecrets/controlplane"
 	"github.com/nbsecrets/nbsecrets/controlplane/natsauth"
 	"github.com/nbsecrets/nbsecrets/internal/keyfile"
+	"github.com/nbsecrets/nbsecrets/internal/natstest"
 )
 
 // keyFile creates a key file (0600) in dir and returns the key pair, its
@@ -65,20 +66,9 @@ func TestSecretAgainstDeployedService(t *testing.T) {
 	if err := os.WriteFile(conf, auth, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	opts, err := server.ProcessConfigFile(conf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	opts.Host, opts.Port, opts.JetStream, opts.StoreDir, opts.NoSigs, opts.NoLog = "127.0.0.1", -1, true, filepath.Join(dir, "js"), true, true
-	ns, err := server.NewServer(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ns.Start()
-	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("server not ready")
-	}
+	ns := natstest.StartConfig(t, conf, func(o *server.Options) {
+		o.Host, o.Port, o.JetStream, o.StoreDir = "127.0.0.1", -1, true, filepath.Join(dir, "js")
+	})
 	nc, err := nats.Connect(ns.ClientURL(), nats.Nkey(svcNATSPub, svcNATS.Sign))
 	if err != nil {
 		t.Fatal(err)

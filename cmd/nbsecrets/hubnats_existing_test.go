@@ -12,11 +12,11 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
 
 	"github.com/nbsecrets/nbsecrets/controlplane"
+	"github.com/nbsecrets/nbsecrets/internal/natstest"
 	"github.com/nbsecrets/nbsecrets/internal/testutil"
 )
 
@@ -55,21 +55,7 @@ authorization {
 	if err := os.WriteFile(mainConf, []byte(main), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	opts, err := server.ProcessConfigFile(mainConf)
-	if err != nil {
-		t.Fatalf("the platform's configuration with the printed block: %v", err)
-	}
-	opts.NoLog, opts.NoSigs = true, true
-	ns, err := server.NewServer(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ns.Start()
-	if !ns.ReadyForConnections(30 * time.Second) {
-		t.Fatal("nats-server not ready within 30s")
-	}
-	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
-	url := ns.ClientURL()
+	url := natstest.StartConfig(t, mainConf).ClientURL()
 
 	logs := &testutil.Buffer{}
 	log := hclog.New(&hclog.LoggerOptions{Level: hclog.Debug, Output: logs})

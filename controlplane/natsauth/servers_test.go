@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nbsecrets/nbsecrets/internal/natstest"
 )
 
 // A starter runs a real nats-server with the configuration file conf and
@@ -43,25 +43,7 @@ func writeServerConfig(t *testing.T, dir string, auth []byte) string {
 // embedded nats-server.
 func startEmbedded(t *testing.T, conf string) string {
 	t.Helper()
-	opts, err := server.ProcessConfigFile(conf)
-	if err != nil {
-		t.Fatalf("loading %s: %v", conf, err)
-	}
-	opts.NoLog, opts.NoSigs = true, true
-	s, err := server.NewServer(opts)
-	if err != nil {
-		t.Fatalf("new server: %v", err)
-	}
-	go s.Start()
-	if !s.ReadyForConnections(10 * time.Second) {
-		s.Shutdown()
-		t.Fatal("embedded nats-server not ready within 10s")
-	}
-	t.Cleanup(func() {
-		s.Shutdown()
-		s.WaitForShutdown()
-	})
-	return s.ClientURL()
+	return natstest.StartConfig(t, conf).ClientURL()
 }
 
 // requireEnv makes a missing nats-server binary a failure instead of a skip.

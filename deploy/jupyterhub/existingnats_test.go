@@ -6,9 +6,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
-	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nbsecrets/nbsecrets/internal/natstest"
 )
 
 // startExistingNATS is a platform team's NATS server for the hub: the
@@ -30,20 +29,5 @@ func startExistingNATS(t *testing.T, bin, stateDir string) string {
 	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	opts, err := server.ProcessConfigFile(path)
-	if err != nil {
-		t.Fatalf("the NATS configuration with nats-config --hub's block: %v", err)
-	}
-	opts.NoLog, opts.NoSigs = true, true
-	ns, err := server.NewServer(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ns.Start()
-	if !ns.ReadyForConnections(30 * time.Second) {
-		ns.Shutdown()
-		t.Fatal("nats-server not ready within 30s")
-	}
-	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	return ns.ClientURL()
+	return natstest.StartConfig(t, path).ClientURL()
 }

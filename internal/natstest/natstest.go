@@ -89,3 +89,20 @@ func start(t testing.TB, opts *server.Options) *server.Server {
 	})
 	return s
 }
+
+// StartConfig runs an embedded server from the configuration file at path,
+// as nats-server would read it, after adjust (if any) has changed the
+// options; it fails the test naming the file when nats-server refuses it.
+// The server stops when the test ends.
+func StartConfig(t testing.TB, path string, adjust ...func(*server.Options)) *server.Server {
+	t.Helper()
+	opts, err := server.ProcessConfigFile(path)
+	if err != nil {
+		t.Fatalf("natstest: nats-server refuses %s: %v", path, err)
+	}
+	opts.NoLog, opts.NoSigs = true, true
+	for _, f := range adjust {
+		f(opts)
+	}
+	return start(t, opts)
+}
