@@ -209,39 +209,14 @@ func TestCalloutAgentConfinement(t *testing.T) {
 		if got := readAll(t, agentB, "wsb"); len(got) != 1 {
 			t.Fatalf("agent B read %v", keys(got))
 		}
-		other := protocol.ConsumerName("wsb")
-		expectDenied(t, agentA, "Publish", "$JS.API.CONSUMER.MSG.NEXT.KV_nbsecrets."+other, func(ctx context.Context) error {
-			inbox := agentA.NewInbox()
-			sub, err := agentA.SubscribeSync(inbox)
-			if err != nil {
-				return err
-			}
-			defer sub.Unsubscribe()
-			if err := agentA.PublishRequest("$JS.API.CONSUMER.MSG.NEXT.KV_nbsecrets."+other, inbox, []byte(`{"batch":1,"no_wait":true}`)); err != nil {
-				return err
-			}
-			_, err = sub.NextMsgWithContext(ctx)
-			return err
-		})
-		expectDenied(t, agentA, "Publish", "$JS.API.CONSUMER.DELETE.KV_nbsecrets."+other, func(ctx context.Context) error {
-			return jsA.DeleteConsumer(ctx, protocol.StreamName(), other)
-		})
+		expectForeignConsumerDenied(t, agentA, jsA, protocol.ConsumerName("wsb"))
 	})
 	t.Run("server holds the consumer to the subject's filter", func(t *testing.T) {
-		own := protocol.ConsumerName("wsa")
-		subj := "$JS.API.CONSUMER.CREATE.KV_nbsecrets." + own + ".$KV.nbsecrets.wsa.>"
 		for name, cfg := range map[string]string{
 			"other filter": `"filter_subject":"$KV.nbsecrets.wsb.>"`,
 			"multi filter": `"filter_subject":"$KV.nbsecrets.wsa.>","filter_subjects":["$KV.nbsecrets.wsa.>","$KV.nbsecrets.wsb.>"]`,
 		} {
-			if err := jsA.DeleteConsumer(ctxT(t, 10*time.Second), protocol.StreamName(), own); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
-				t.Fatal(err)
-			}
-			body := `{"stream_name":"KV_nbsecrets","config":{"name":"` + own + `","deliver_policy":"all","ack_policy":"none","inactive_threshold":60000000000,` + cfg + `}}`
-			msg, err := agentA.RequestWithContext(ctxT(t, 10*time.Second), subj, []byte(body))
-			if err != nil {
-				t.Fatalf("%s: %v", name, err)
-			}
+			msg := createOwnConsumerRaw(t, agentA, jsA, name, cfg)
 			var resp struct {
 				Error *struct{ Description string } `json:"error"`
 			}

@@ -86,23 +86,7 @@ func TestAgentConsumerConfinement(t *testing.T) {
 			return err
 		})
 	}
-	other := protocol.ConsumerName("wsb")
-	expectDenied(t, agentA, "Publish", "$JS.API.CONSUMER.MSG.NEXT.KV_nbsecrets."+other, func(ctx context.Context) error {
-		inbox := agentA.NewInbox()
-		sub, err := agentA.SubscribeSync(inbox)
-		if err != nil {
-			return err
-		}
-		defer sub.Unsubscribe()
-		if err := agentA.PublishRequest("$JS.API.CONSUMER.MSG.NEXT.KV_nbsecrets."+other, inbox, []byte(`{"batch":1,"no_wait":true}`)); err != nil {
-			return err
-		}
-		_, err = sub.NextMsgWithContext(ctx)
-		return err
-	})
-	expectDenied(t, agentA, "Publish", "$JS.API.CONSUMER.DELETE.KV_nbsecrets."+other, func(ctx context.Context) error {
-		return jsA.DeleteConsumer(ctx, protocol.StreamName(), other)
-	})
+	expectForeignConsumerDenied(t, agentA, jsA, protocol.ConsumerName("wsb"))
 	if got := readAll(t, agentB, "wsb"); len(got) != 1 {
 		t.Fatalf("agent B reads %v after A's attempts", keys(got))
 	}

@@ -229,20 +229,11 @@ func runSuite(t *testing.T, start starter) {
 	t.Run("server refuses a configuration that differs from the subject's filter", func(t *testing.T) {
 		// The permission allows the subject; the server must then hold the
 		// consumer to the filter in it.
-		own := protocol.ConsumerName("wsa")
-		subj := "$JS.API.CONSUMER.CREATE.KV_nbsecrets." + own + ".$KV.nbsecrets.wsa.>"
 		for name, cfg := range map[string]string{
 			"other filter": `"filter_subject":"$KV.nbsecrets.wsb.>"`,
 			"multi filter": `"filter_subject":"$KV.nbsecrets.wsa.>","filter_subjects":["$KV.nbsecrets.wsa.>","$KV.nbsecrets.wsb.>"]`,
 		} {
-			if err := jsA.DeleteConsumer(ctxT(t, 10*time.Second), protocol.StreamName(), own); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
-				t.Fatal(err)
-			}
-			body := `{"stream_name":"KV_nbsecrets","config":{"name":"` + own + `","deliver_policy":"all","ack_policy":"none","inactive_threshold":60000000000,` + cfg + `}}`
-			msg, err := agentA.RequestWithContext(ctxT(t, 10*time.Second), subj, []byte(body))
-			if err != nil {
-				t.Fatalf("%s: %v", name, err)
-			}
+			msg := createOwnConsumerRaw(t, agentA, jsA, name, cfg)
 			var resp struct {
 				Error  *struct{ Description string } `json:"error"`
 				Config *struct {
@@ -596,3 +587,45 @@ func runAgent(t *testing.T, d *deployment, url string, alice *controlplane.Clien
 
 // waitFor polls with a deadline (testutil.WaitFor).
 var waitFor = testutil.WaitFor
+
+// expectForeignConsumerDenied: agent c (jetstream js) can neither pull from
+// nor delete consumer other, another workspace's.
+func expectForeignConsumerDenied(t *testing.T, c *conn, js jetstream.JetStream, other string) {
+	t.Helper()
+	next := "$JS.API.CONSUMER.MSG.NEXT.KV_nbsecrets." + other
+	expectDenied(t, c, "Publish", next, func(ctx context.Context) error {
+		inbox := c.NewInbox()
+		sub, err := c.SubscribeSync(inbox)
+		if err != nil {
+			return err
+		}
+		defer sub.Unsubscribe()
+		if err := c.PublishRequest(next, inbox, []byte(`{"batch":1,"no_wait":true}`)); err != nil {
+			return err
+		}
+		_, err = sub.NextMsgWithContext(ctx)
+		return err
+	})
+	expectDenied(t, c, "Publish", "$JS.API.CONSUMER.DELETE.KV_nbsecrets."+other, func(ctx context.Context) error {
+		return js.DeleteConsumer(ctx, protocol.StreamName(), other)
+	})
+}
+
+// createOwnConsumerRaw deletes wsa's consumer if it exists and asks, as
+// agent c, on the create subject its permissions allow (filter wsa's own
+// keys), for that consumer with the extra configuration members cfg; it
+// returns the server's answer (case name names the attempt in failures).
+func createOwnConsumerRaw(t *testing.T, c *conn, js jetstream.JetStream, name, cfg string) *nats.Msg {
+	t.Helper()
+	own := protocol.ConsumerName("wsa")
+	if err := js.DeleteConsumer(ctxT(t, 10*time.Second), protocol.StreamName(), own); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		t.Fatal(err)
+	}
+	subj := "$JS.API.CONSUMER.CREATE.KV_nbsecrets." + own + ".$KV.nbsecrets.wsa.>"
+	body := `{"stream_name":"KV_nbsecrets","config":{"name":"` + own + `","deliver_policy":"all","ack_policy":"none","inactive_threshold":60000000000,` + cfg + `}}`
+	msg, err := c.RequestWithContext(ctxT(t, 10*time.Second), subj, []byte(body))
+	if err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+	return msg
+}
