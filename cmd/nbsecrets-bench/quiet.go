@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"sync"
 	"time"
 
@@ -89,18 +88,6 @@ func (lb *liveBench) idlePeriod(ctx context.Context, d time.Duration) error {
 // quietTargets judges the live rows against issue 8's targets, and the
 // iopub messages the agent caused (target 0).
 func quietTargets(idle, waiting, busy rowReport, io *iopubCount) []target {
-	lat := func(name string, row rowReport, value float64, limit time.Duration) target {
-		t := target{Name: name, Limit: ms(limit), Value: value, Unit: "ms"}
-		switch {
-		case row.N == 0:
-			t.Why = "no samples"
-		case row.Lost > 0:
-			t.Why = fmt.Sprintf("%d samples lost", row.Lost)
-		default:
-			t.Met = value <= ms(limit)
-		}
-		return t
-	}
 	msgs := target{Name: "agent's iopub messages = 0", Limit: 0, Unit: "msg"}
 	if io == nil {
 		msgs.Why = "not measured"
@@ -109,10 +96,10 @@ func quietTargets(idle, waiting, busy rowReport, io *iopubCount) []target {
 		msgs.Met = io.Messages == 0
 	}
 	return []target{
-		lat("quiet: live idle p50 <= 1 ms", idle, idle.P50, targetQuietIdleP50),
-		lat("quiet: live idle p99 <= 3 ms", idle, idle.P99, targetQuietIdleP99),
-		lat("quiet: cell waiting p99 <= 3 ms", waiting, waiting.P99, targetQuietWaitP99),
-		lat("quiet: cell computing p99 <= 15 ms", busy, busy.P99, targetQuietBusyP99),
+		latencyTarget("quiet: live idle p50 <= 1 ms", idle, idle.P50, targetQuietIdleP50),
+		latencyTarget("quiet: live idle p99 <= 3 ms", idle, idle.P99, targetQuietIdleP99),
+		latencyTarget("quiet: cell waiting p99 <= 3 ms", waiting, waiting.P99, targetQuietWaitP99),
+		latencyTarget("quiet: cell computing p99 <= 15 ms", busy, busy.P99, targetQuietBusyP99),
 		msgs,
 	}
 }

@@ -378,21 +378,24 @@ func restartDetailOf(rr *restartRow) restartDetail {
 	return d
 }
 
+// latencyTarget judges a latency figure of row against limit; a row with
+// lost samples or none at all does not meet it.
+func latencyTarget(name string, row rowReport, value float64, limit time.Duration) target {
+	t := target{Name: name, Limit: ms(limit), Value: value, Unit: "ms"}
+	switch {
+	case row.N == 0:
+		t.Why = "no samples"
+	case row.Lost > 0:
+		t.Why = fmt.Sprintf("%d samples lost", row.Lost)
+	default:
+		t.Met = value <= ms(limit)
+	}
+	return t
+}
+
 // targets judges the rows against issue 3's targets. A row with lost
 // samples or none at all does not meet its targets.
 func targets(idle, waiting, busy rowReport, mem memory) []target {
-	lat := func(name string, row rowReport, value float64, limit time.Duration) target {
-		t := target{Name: name, Limit: ms(limit), Value: value, Unit: "ms"}
-		switch {
-		case row.N == 0:
-			t.Why = "no samples"
-		case row.Lost > 0:
-			t.Why = fmt.Sprintf("%d samples lost", row.Lost)
-		default:
-			t.Met = value <= ms(limit)
-		}
-		return t
-	}
 	rss := target{Name: "agent VmRSS <= 20 MB", Limit: targetRSS / 1e6, Value: float64(mem.RSS) / 1e6, Unit: "MB"}
 	if mem.RSS == 0 {
 		rss.Why = "not measured"
@@ -400,10 +403,10 @@ func targets(idle, waiting, busy rowReport, mem memory) []target {
 		rss.Met = mem.RSS <= targetRSS
 	}
 	return []target{
-		lat("live idle p50 <= 5 ms", idle, idle.P50, targetIdleP50),
-		lat("live idle p99 <= 15 ms", idle, idle.P99, targetIdleP99),
-		lat("live, cell waiting p99 <= 20 ms", waiting, waiting.P99, targetBusyP99),
-		lat("live, cell computing p99 <= 20 ms", busy, busy.P99, targetBusyP99),
+		latencyTarget("live idle p50 <= 5 ms", idle, idle.P50, targetIdleP50),
+		latencyTarget("live idle p99 <= 15 ms", idle, idle.P99, targetIdleP99),
+		latencyTarget("live, cell waiting p99 <= 20 ms", waiting, waiting.P99, targetBusyP99),
+		latencyTarget("live, cell computing p99 <= 20 ms", busy, busy.P99, targetBusyP99),
 		rss,
 	}
 }
