@@ -270,6 +270,34 @@ func (s *Service) Stop() error {
 
 // ensureBucket binds to a KV bucket, creating it if it is missing.
 func ensureBucket(ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
+	for {
+		actx, cancel := context.WithTimeout(ctx, bucketAttempt)
+		kv, err := ensureBucketOnce(actx, js, cfg)
+		cancel()
+		if err == nil {
+			return kv, nil
+		}
+		// A JetStream cluster electing its leaders (a node restarting, all
+		// of them starting at once) can leave a request unanswered or
+		// answer that JetStream is not there yet: ask again, each time with
+		// a deadline of its own, until ctx ends.
+		transient := errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrNoResponders) ||
+			errors.Is(err, jetstream.ErrJetStreamNotEnabled)
+		if !transient || ctx.Err() != nil {
+			return nil, fmt.Errorf("controlplane: KV bucket %s: %w", cfg.Bucket, err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("controlplane: KV bucket %s: %w", cfg.Bucket, err)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// bucketAttempt is how long ensureBucket waits for one answer.
+var bucketAttempt = 5 * time.Second
+
+func ensureBucketOnce(ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
 	kv, err := js.KeyValue(ctx, cfg.Bucket)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
 		kv, err = js.CreateKeyValue(ctx, cfg)
@@ -277,10 +305,7 @@ func ensureBucket(ctx context.Context, js jetstream.JetStream, cfg jetstream.Key
 			kv, err = js.KeyValue(ctx, cfg.Bucket)
 		}
 	}
-	if err != nil {
-		return nil, fmt.Errorf("controlplane: KV bucket %s: %w", cfg.Bucket, err)
-	}
-	return kv, nil
+	return kv, err
 }
 
 // dispatch runs on the subscription's goroutine: it hands the request to a
