@@ -235,7 +235,7 @@ func TestJupyterServerCulling(t *testing.T) {
 
 	// The cell's kernel, served (its first contact over), gets a client of
 	// the test (a user's) that starts the cell at once.
-	busyID := startServed(t, j, d)
+	busyID, _ := startIdleOnServer(t, j, d) // known to the server, not "starting", before its cell
 	busy := Watch(t, d.ConnectionFile(busyID), true)
 	// The cell outlasts the changes by more than the idle timeout plus a
 	// probe interval of the agent (15 s): a platform that took the agent's
@@ -409,7 +409,7 @@ func TestJupyterServerAgentRestartMidCell(t *testing.T) {
 	d := StartDev(t, Build(t))
 	d.Set(t, secretName, "platform-"+RandHex(t))
 	j := StartJupyter(t, d, cullingServer)
-	id := startServed(t, j, d)
+	id, _ := startIdleOnServer(t, j, d) // known to the server, not "starting", before its cell
 	w := Watch(t, d.ConnectionFile(id), true)
 
 	const cell = 24 * time.Second
