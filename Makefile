@@ -39,17 +39,19 @@ bench: build
 	$(GO) run ./cmd/nbsecrets-bench -out bench.json
 	$(GO) test -run '^$$' -bench '^BenchmarkAPI$$' -benchtime 300x ./controlplane/web/
 
-# Fan-out: one project secret to FANOUT workspaces' agents (ordered consumers in
-# a second process) through a separate nats-server process of the version in go.mod
+# Fan-out: one project secret to FANOUT workspaces' agents (the agent's live
+# delivery, in a second process; FANOUT_LIVE=false: a standing consumer per
+# agent) through a separate nats-server process of the version in go.mod
 # (FANOUT_NODES=3: a three-node cluster). Table on stdout, last line JSON.
 NATS_SERVER  := bin/nats-server
 FANOUT       ?= 10000
 FANOUT_NODES ?= 1
+FANOUT_LIVE  ?= true
 $(NATS_SERVER): go.mod go.sum
 	$(GO) build -o $(NATS_SERVER) github.com/nats-io/nats-server/v2
 
 bench-fanout: $(NATS_SERVER)
-	$(GO) run ./cmd/nbsecrets-bench -fanout $(FANOUT) -fanout-nodes $(FANOUT_NODES) -nats-server $(NATS_SERVER) -out bench-fanout.json
+	$(GO) run ./cmd/nbsecrets-bench -fanout $(FANOUT) -fanout-nodes $(FANOUT_NODES) -fanout-live=$(FANOUT_LIVE) -nats-server $(NATS_SERVER) -out bench-fanout.json
 
 # The main job on the embedded default: a secret changing live in a real kernel.
 demo: build deps

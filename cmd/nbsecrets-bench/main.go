@@ -251,7 +251,10 @@
 // on a cluster); a directory of one user, admin of project "fan", and N
 // workspaces in it, each with a fresh curve key; and, in a second process
 // (this program again, so that the service's CPU can be measured alone),
-// N agents' worth of ordered consumers on -fanout-conns connections,
+// N agents: by default each in the agent's live delivery (-fanout-live,
+// below: a subscription of its own and a consumer only to read what is
+// stored); with -fanout-live=false, N agents' worth of standing ordered
+// consumers on -fanout-conns connections,
 // -fanout-creators of them created at once: each with its own consumer
 // made as agent/sync.go makes it (the bucket's stream, the workspace's one
 // filter subject, last value per subject), and every record checked and
@@ -302,10 +305,12 @@
 //	-fanout-cpuprofile FILE  the service's CPU profile over the update rounds (pprof)
 //	-fanout-server-cpuprofile FILE  the first nats-server's CPU profile over the first
 //	                  30s from the secret's creation (its prof_port on loopback; pprof)
-//	-fanout-live      the agent's live delivery (--delivery live, agent.Follow): the
-//	                  service republishes every record to nbsecrets.live.<key>; each
-//	                  agent subscribes to its workspace's there (core NATS), reads what
-//	                  is there with a consumer and deletes it (fanoutlive.go)
+//	-fanout-live      the agent's live delivery, its default (--delivery live,
+//	                  agent.Follow): the service republishes every record to
+//	                  nbsecrets.live.<key>; each agent subscribes to its workspace's there
+//	                  (core NATS), reads what is there with a consumer and deletes it
+//	                  (fanoutlive.go); -fanout-live=false: a standing consumer per agent
+//	                  (--delivery consumer), as above (default true)
 //	-fanout-agents-cpuprofile FILE  the agents' process's CPU profile, from their
 //	                  consumers' creation to the end (pprof)
 //
@@ -396,7 +401,7 @@ func parseFlags(args []string) (*config, error) {
 	fs.DurationVar(&c.fanout.timeout, "fanout-timeout", 60*time.Second, "fan-out: how long one update may take to reach every agent")
 	fs.StringVar(&c.fanout.natsServer, "nats-server", filepath.Join("bin", "nats-server"), "fan-out: the nats-server binary (make bench-fanout builds it)")
 	fs.StringVar(&c.fanout.cpuProfile, "fanout-cpuprofile", "", "fan-out: write the service's CPU profile over the update rounds here")
-	fs.BoolVar(&c.fanout.live, "fanout-live", false, "fan-out: the agents' live delivery (agent.Follow, --delivery live): the stream's RePublish to core subscriptions, no standing consumer per agent (fanoutlive.go)")
+	fs.BoolVar(&c.fanout.live, "fanout-live", true, "fan-out: the agents' live delivery, the agent's default (agent.Follow, --delivery live; false: a standing consumer per agent, --delivery consumer): the stream's RePublish to core subscriptions, no standing consumer per agent (fanoutlive.go)")
 	fs.StringVar(&c.fanout.agentsCPUProfile, "fanout-agents-cpuprofile", "", "fan-out: write the agents' process's CPU profile (from their consumers' creation to the end) here")
 	fs.StringVar(&c.fanout.serverCPUProfile, "fanout-server-cpuprofile", "", "fan-out: write the first nats-server's CPU profile over the first 30s from the secret's creation here")
 	fs.StringVar(&c.fanoutAgents, "fanout-agents", "", "internal: run as the fan-out's agents' process")
