@@ -52,7 +52,7 @@ func BenchmarkOpenParts(b *testing.B) {
 	f := newFixture(b)
 	for _, bs := range benchSizes {
 		data := f.put(b, f.toA, "sec-1", "DB-PASSWORD", 1, strings.Repeat("v", bs.size))
-		_, signed, sig, err := readEnvelope(data)
+		_, signed, sig, _, err := readEnvelope(data)
 		if err != nil {
 			b.Fatal(err)
 		}
