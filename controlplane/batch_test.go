@@ -1,0 +1,120 @@
+package controlplane
+
+import (
+	"encoding/json"
+	"fmt"
+	"testing"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/nbsecrets/nbsecrets/protocol"
+)
+
+// TestFanoutBatchSigned: a fan-out signs each chunk of records once (a
+// batch signature, protocol.Batch), whether its records go out through
+// writeRecord (keys the service does not know yet: the create) or as
+// asynchronous compare-and-set publishes (the update); every workspace
+// opens its record, puts and tombstones alike; a single workspace's
+// record is signed alone.
+func TestFanoutBatchSigned(t *testing.T) {
+	const n = 40
+	f := newFixture(t)
+	var wss []string
+	for i := range n {
+		ws := fmt.Sprintf("ws-batch-%02d", i)
+		f.addWorkspace(ws, "bob", "ml")
+		wss = append(wss, ws)
+	}
+	f.setDir()
+	wss = append(wss, "ws-alice", "ws-bob")
+	ctx := ctxT(t)
+	kv := must(must(jetstream.New(f.nc)).KeyValue(ctx, protocol.Bucket))
+	// signatures counts the distinct signatures over the records of id in
+	// wss, all of which must be in the batch form.
+	signatures := func(id string) int {
+		t.Helper()
+		sigs := map[string]bool{}
+		for _, ws := range wss {
+			e, err := kv.Get(ctx, protocol.RecordKey(ws, id))
+			if err != nil {
+				t.Fatalf("%s: %v", ws, err)
+			}
+			var env struct {
+				Sig  string   `json:"sig"`
+				Path []string `json:"path"`
+			}
+			if err := json.Unmarshal(e.Value(), &env); err != nil || len(env.Path) == 0 {
+				t.Fatalf("%s: not a batch record (%v): %.80s", ws, err, e.Value())
+			}
+			sigs[env.Sig] = true
+		}
+		return len(sigs)
+	}
+	// 42 workspaces in chunks of minChunk.
+	wantSigs := (len(wss) + minChunk - 1) / minChunk
+
+	alice := f.client("alice")
+	info, err := alice.Create(ctx, "BATCHED", []byte("one"), CreateOptions{Project: "ml"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ws := range wss {
+		f.wantPut(ws, info.ID, 1, "one")
+	}
+	if got := signatures(info.ID); got != wantSigs {
+		t.Errorf("create: %d signatures over %d records, want %d", got, len(wss), wantSigs)
+	}
+
+	before := f.svc.verified.Load()
+	if _, err := alice.Update(ctx, "BATCHED", []byte("two")); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.svc.verified.Load() - before; got != 0 {
+		t.Errorf("the update verified %d records it had written itself", got)
+	}
+	for _, ws := range wss {
+		f.wantPut(ws, info.ID, 2, "two")
+	}
+	if got := signatures(info.ID); got != wantSigs {
+		t.Errorf("update: %d signatures over %d records, want %d", got, len(wss), wantSigs)
+	}
+
+	// Half the workspaces lose the secret: tombstones and puts in the same
+	// batches.
+	m, _, err := f.svc.store.get(ctx, info.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Version = 3
+	m.Visible = nil
+	for i, ws := range wss {
+		if i%2 == 0 {
+			m.Visible = append(m.Visible, ws)
+		}
+	}
+	if err := f.svc.publish(ctx, m, []byte("three"), f.svc.dir.Load()); err != nil {
+		t.Fatal(err)
+	}
+	for i, ws := range wss {
+		if i%2 == 0 {
+			f.wantPut(ws, info.ID, 3, "three")
+		} else if sec := f.record(ws, info.ID); sec == nil || sec.Op != protocol.OpDelete || sec.Version != 3 {
+			t.Fatalf("%s: %+v, want a tombstone at version 3", ws, sec)
+		}
+	}
+	if got := signatures(info.ID); got != wantSigs {
+		t.Errorf("puts and tombstones: %d signatures over %d records, want %d", got, len(wss), wantSigs)
+	}
+
+	// One workspace: the single form.
+	priv, err := f.client("carol").Create(ctx, "ALONE", []byte("x"), CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := must(kv.Get(ctx, protocol.RecordKey("ws-carol", priv.ID)))
+	var env map[string]json.RawMessage
+	if err := json.Unmarshal(e.Value(), &env); err != nil || len(env) != 3 || env["path"] != nil {
+		t.Fatalf("a private secret's record is not in the single form (%v): %s", err, e.Value())
+	}
+	f.wantPut("ws-carol", priv.ID, 1, "x")
+}
