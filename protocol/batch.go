@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"math/bits"
+	"slices"
 	"strconv"
 	"time"
 )
@@ -300,6 +301,7 @@ func (b *Batch) signWith(random io.Reader) ([][]byte, error) {
 // appendBatchEnvelope appends the envelope of a batch record to dst: the
 // bytes json.Marshal writes of the envelope with its proof members.
 func appendBatchEnvelope(dst []byte, v int, rec, sig []byte, p *proof) []byte {
+	dst = slices.Grow(dst, envelopeLen(len(rec))+len(`,"idx":,"n":,"salt":"","path":[]`)+40+b64.EncodedLen(saltSize)+len(p.path)*(b64.EncodedLen(sha256.Size)+3))
 	dst = appendEnvelope(dst, v, rec, sig)
 	dst = dst[:len(dst)-1] // the closing brace
 	dst = appendProof(dst, p)
