@@ -3,9 +3,12 @@ package controlplane
 import (
 	"encoding/json"
 	"fmt"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nkeys"
 
 	"github.com/nbsecrets/nbsecrets/protocol"
 )
@@ -104,6 +107,50 @@ func TestFanoutBatchSigned(t *testing.T) {
 	}
 	if got := signatures(info.ID); got != wantSigs {
 		t.Errorf("puts and tombstones: %d signatures over %d records, want %d", got, len(wss), wantSigs)
+	}
+
+	// Reconciliation forgets the revisions and publishes again: every key
+	// is read and verified, batch records included, and none is written
+	// again.
+	js := must(jetstream.New(f.nc))
+	lastSeq := func() uint64 {
+		return must(must(js.Stream(ctx, protocol.StreamName())).Info(ctx)).State.LastSeq
+	}
+	seq, verified := lastSeq(), f.svc.verified.Load()
+	f.svc.revs.reset()
+	if err := f.svc.publish(ctx, m, []byte("three"), f.svc.dir.Load()); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.svc.verified.Load() - verified; got < int64(len(wss)) {
+		t.Errorf("republishing verified %d records, want all %d", got, len(wss))
+	}
+	if got := lastSeq(); got != seq {
+		t.Errorf("republishing the same version wrote %d records", got-seq)
+	}
+
+	// A batch record signed by another key, at a higher version, under
+	// one workspace's key: the service does not take its version for its
+	// own and replaces it.
+	intruderSign := must(nkeys.CreateAccount())
+	intruder := must(protocol.NewSealer(intruderSign, f.curve))
+	b := intruder.NewBatch()
+	for _, ws := range wss[:2] {
+		if _, err := b.Put(protocol.Recipient{Workspace: ws, CurveKey: must(f.wsKeys[ws].PublicKey())}, info.ID, "BATCHED", 99, m.recordScope(ws), []byte("forged"), time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	forged := must(b.Sign())
+	if _, err := kv.Put(ctx, protocol.RecordKey(wss[0], info.ID), forged[0]); err != nil {
+		t.Fatal(err)
+	}
+	f.svc.revs.reset()
+	m.Version = 4
+	if err := f.svc.publish(ctx, m, []byte("four"), f.svc.dir.Load()); err != nil {
+		t.Fatal(err)
+	}
+	f.wantPut(wss[0], info.ID, 4, "four")
+	if !strings.Contains(f.logs.String(), "replacing a record that is not ours") {
+		t.Error("the forged record was replaced without a warning")
 	}
 
 	// One workspace: the single form.

@@ -37,15 +37,17 @@ const perRecordTime = 10 * time.Millisecond
 // the value for those in m.Visible that d still holds, a tombstone for the
 // others. Each record carries the scope by which its workspace may have
 // the secret (m.recordScope). The workspaces go in chunks to up to
-// fanoutWorkers workers; a worker seals its chunk's records and signs them
-// with one batch signature (a Merkle tree's root, protocol.Batch), leaving
-// out the keys this service knows to be at the version already. A record
-// whose key this service wrote or verified before (s.revs) goes out as an
-// asynchronous publish with the compare-and-set header on that revision,
-// up to asyncInFlight of them unanswered, so that the writes are not one
-// round trip each; any other, and any that fails (someone else wrote the
-// key, a timeout), is written by writeRecord, which reads the key. A
-// single workspace gets a single record, signed alone.
+// fanoutWorkers workers. A worker finds what each key of its chunk holds,
+// from the revisions this service wrote or verified before (s.revs) or
+// else by reading and verifying the record there, leaves the keys at the
+// version already, seals the others' records and signs them with one
+// batch signature (a Merkle tree's root, protocol.Batch). Each goes out as
+// an asynchronous publish with the compare-and-set header on the revision
+// found (none: the key must not exist), up to asyncInFlight of them
+// unanswered, so that the writes are not one round trip each; any that
+// fails (someone else wrote the key, a timeout) is written by writeRecord,
+// which reads the key again. A single workspace gets a single record,
+// signed alone, through writeRecord.
 func (s *Service) publish(ctx context.Context, m *secretMeta, value []byte, d *directory) error {
 	now := s.now()
 	visible := make(map[string]bool, len(m.Visible))
@@ -96,9 +98,22 @@ func (s *Service) publish(ctx context.Context, m *secretMeta, value []byte, d *d
 				// here, from slow or from a settler.
 				b := s.sealer.NewBatch()
 				batched := make([]string, 0, len(wss))
+				haves := make([]revVer, 0, len(wss))
 				for _, ws := range wss {
-					if have, known := s.revs.get(protocol.RecordKey(ws, m.ID)); known && have.version >= m.Version {
-						errc <- slow(ws, builder(ws)) // at the version already: writeRecord leaves it
+					// What the key holds, from the cache or read (as
+					// writeRecord would): nothing is sealed for a key at
+					// the version already.
+					key := protocol.RecordKey(ws, m.ID)
+					have, known := s.revs.get(key)
+					if !known {
+						var err error
+						if have, err = s.readRev(ctx, ws, key); err != nil {
+							errc <- slow(ws, builder(ws)) // writeRecord reads again and reports
+							continue
+						}
+					}
+					if have.version >= m.Version {
+						errc <- nil
 						continue
 					}
 					var err error
@@ -112,6 +127,7 @@ func (s *Service) publish(ctx context.Context, m *secretMeta, value []byte, d *d
 						continue
 					}
 					batched = append(batched, ws)
+					haves = append(haves, have)
 				}
 				records, err := b.Sign()
 				if err != nil {
@@ -123,7 +139,7 @@ func (s *Service) publish(ctx context.Context, m *secretMeta, value []byte, d *d
 				}
 				for i, ws := range batched {
 					data := records[i]
-					if a, ok := s.publishAsync(pub, ws, m.ID, m.Version, data); ok {
+					if a, ok := s.publishAsync(pub, ws, m.ID, haves[i], data); ok {
 						sent <- a
 						continue
 					}
@@ -191,24 +207,38 @@ type asyncRecord struct {
 	fut     jetstream.PubAckFuture
 }
 
-// publishAsync publishes data, the record of secret id at version for
-// workspace ws, under its key, with compare-and-set on the revision s.revs
-// holds for the key, when it holds one and that revision's record is
-// older than version. It reports false when it did not publish (unknown
-// key, or the publish failed): the caller then uses writeRecord, which
-// also finds a key already at version or later and leaves it.
-func (s *Service) publishAsync(pub jetstream.JetStream, ws, id string, version uint64, data []byte) (asyncRecord, bool) {
+// publishAsync publishes data, a record of secret id for workspace ws,
+// under its key with compare-and-set on have.rev, the revision the key was
+// at when it was found older than data (0: no record). It reports false
+// when the publish failed: the caller then uses writeRecord.
+func (s *Service) publishAsync(pub jetstream.JetStream, ws, id string, have revVer, data []byte) (asyncRecord, bool) {
 	key := protocol.RecordKey(ws, id)
-	have, known := s.revs.get(key)
-	if !known || have.version >= version {
-		return asyncRecord{}, false
-	}
 	fut, err := pub.PublishMsgAsync(&nats.Msg{Subject: recordSubject(key), Data: data},
 		jetstream.WithExpectLastSequencePerSubject(have.rev))
 	if err != nil {
 		return asyncRecord{}, false
 	}
 	return asyncRecord{ws: ws, key: key, data: data, fut: fut}, true
+}
+
+// readRev reads the record under key, ws's, and returns its revision and
+// version (see recordVersion), which it caches; a missing key is
+// revVer{}, not cached.
+func (s *Service) readRev(ctx context.Context, ws, key string) (revVer, error) {
+	e, err := s.records.Get(ctx, key)
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+		return revVer{}, nil
+	case err != nil:
+		return revVer{}, err
+	}
+	v, err := s.recordVersion(ws, key, e.Value())
+	if err != nil {
+		return revVer{}, err
+	}
+	have := revVer{rev: e.Revision(), version: v}
+	s.revs.put(key, have)
+	return have, nil
 }
 
 // writeRecord puts the record that build returns under the workspace's key
@@ -223,19 +253,9 @@ func (s *Service) writeRecord(ctx context.Context, ws, id string, version uint64
 	for attempt := 0; ; attempt++ {
 		have, known := s.revs.get(key)
 		if !known {
-			e, err := s.records.Get(ctx, key)
-			switch {
-			case errors.Is(err, jetstream.ErrKeyNotFound):
-				have = revVer{}
-			case err != nil:
+			var err error
+			if have, err = s.readRev(ctx, ws, key); err != nil {
 				return fmt.Errorf("writing %s: %w", key, err)
-			default:
-				v, err := s.recordVersion(ws, key, e.Value())
-				if err != nil {
-					return fmt.Errorf("writing %s: %w", key, err)
-				}
-				have = revVer{rev: e.Revision(), version: v}
-				s.revs.put(key, have)
 			}
 		}
 		if have.version >= version {
