@@ -165,3 +165,35 @@ func TestFanoutBatchSigned(t *testing.T) {
 	}
 	f.wantPut("ws-carol", priv.ID, 1, "x")
 }
+
+// TestChunkSize: chunks of small values are len/fanoutWorkers records
+// within [minChunk, maxChunk]; chunks of large values hold no more than
+// chunkBytes, as recordBytes estimates records, which it does not
+// underestimate.
+func TestChunkSize(t *testing.T) {
+	for _, c := range []struct{ n, valueLen, want int }{
+		{2, 32, minChunk}, {100, 32, minChunk}, {1100, 32, 18}, {10000, 32, 157}, {100000, 32, maxChunk},
+		{10000, protocol.MaxValueSize, chunkBytes / recordBytes(protocol.MaxValueSize)},
+	} {
+		if got := chunkSize(c.n, c.valueLen); got != c.want {
+			t.Errorf("chunkSize(%d, %d) = %d, want %d", c.n, c.valueLen, got, c.want)
+		}
+	}
+	sealer := must(protocol.NewSealer(must(nkeys.CreateAccount()), must(nkeys.CreateCurveKeys())))
+	to := protocol.Recipient{Workspace: "ws-1", CurveKey: must(must(nkeys.CreateCurveKeys()).PublicKey())}
+	for _, valueLen := range []int{0, 1, 100, 4096, protocol.MaxValueSize} {
+		if got := chunkSize(1<<20, valueLen); got < 1 || got > 1 && got*recordBytes(valueLen) > chunkBytes {
+			t.Errorf("value of %d bytes: chunks of %d records of about %d bytes", valueLen, got, recordBytes(valueLen))
+		}
+		b := sealer.NewBatch()
+		for i := range 300 { // a path of 9 hashes
+			if _, err := b.Put(to, fmt.Sprintf("s%d", i), "DB-PASSWORD", 1, protocol.Scope{Kind: protocol.ScopeProject, ID: "ml"}, []byte(strings.Repeat("v", valueLen)), time.Now()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		data := must(b.Sign())[299]
+		if held := len(data) + len(data)*3/4; held > recordBytes(valueLen) {
+			t.Errorf("value of %d bytes: a record and its encoding of about %d bytes, estimated %d", valueLen, held, recordBytes(valueLen))
+		}
+	}
+}

@@ -22,10 +22,29 @@ const fanoutWorkers = 64
 // signature covers (protocol.Batch): the chunks are len(m.Sent) /
 // fanoutWorkers records long within these bounds, so that each worker
 // signs about once and a record's audit path stays at 8 hashes or fewer.
+// chunkBytes bounds the bytes of records a worker holds at once, before
+// the bounds: a chunk of large values is shorter (fanoutWorkers chunks of
+// 256 records of the largest value would hold 3 GB).
 const (
-	minChunk = 16
-	maxChunk = 256
+	minChunk   = 16
+	maxChunk   = 256
+	chunkBytes = 1 << 20
 )
+
+// chunkSize is the length of the chunks of a fan-out to n workspaces of a
+// value of valueLen bytes.
+func chunkSize(n, valueLen int) int {
+	chunk := min(max((n+fanoutWorkers-1)/fanoutWorkers, minChunk), maxChunk)
+	return min(chunk, max(1, chunkBytes/recordBytes(valueLen)))
+}
+
+// recordBytes is about what a worker holds of one record of a value of
+// valueLen bytes: the record (the sealed value in base64 within JSON,
+// which is base64 again in the box) and its encoded form (base64 of that).
+func recordBytes(valueLen int) int {
+	rec := (valueLen*4/3+100)*4/3 + 400
+	return rec + rec*4/3 + 900
+}
 
 // perRecordTime is how much longer than requestTimeout a request may take
 // per workspace in the directory: a fan-out to thousands of workspaces cut
@@ -85,7 +104,7 @@ func (s *Service) publish(ctx context.Context, m *secretMeta, value []byte, d *d
 		return fmt.Errorf("records of %s: %w", m.ID, err)
 	}
 	defer pub.CleanupPublisher()
-	chunk := min(max((len(m.Sent)+fanoutWorkers-1)/fanoutWorkers, minChunk), maxChunk)
+	chunk := chunkSize(len(m.Sent), len(value))
 	work := make(chan []string)
 	sent := make(chan asyncRecord, asyncInFlight)
 	errc := make(chan error, len(m.Sent))
