@@ -597,8 +597,9 @@ func (o *Opener) SignerKeys() []string {
 func (o *Opener) Workspace() string { return o.workspace }
 
 // Verify checks a record stored under key and returns it without opening its
-// value. It checks, in order: size, envelope, format version, signature,
-// record fields, workspace, key.
+// value. It checks, in order: size, envelope, format version, signature
+// (of a batch record: its audit path to a root, and the signature of that
+// root; batch.go), record fields, workspace, key.
 //
 // Verify is stateless: a signed record stays valid, so whoever can write to
 // the bucket can put an older record for the same key back. The caller keeps
