@@ -33,8 +33,8 @@ import (
 // root's "nbsecrets-batch-v1\n", so neither signature passes as the other.
 // The salt, 16 random bytes per leaf, hides the siblings' records from
 // whoever holds a path: without it a workspace could confirm a guess of
-// another's tombstone in the same batch, whose every field but the
-// workspace it knows. The leaf count is signed; the index is not, but the
+// another's tombstone in the same batch, of which it knows every field
+// but the workspace (a tombstone has no random box). The leaf count is signed; the index is not, but the
 // path leads to the signed root only from the leaf's own place.
 //
 // On the wire a batch record is the single form with four more members,

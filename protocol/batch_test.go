@@ -570,3 +570,34 @@ func TestBatchLimits(t *testing.T) {
 		t.Fatalf("a full batch: %v", err)
 	}
 }
+
+// TestBatchPathHidesSiblings: A's record and B's tombstone in one batch.
+// A knows every byte of B's tombstone but the workspace, and guesses it
+// right; the sibling hash in A's path still does not confirm the guess,
+// since B's leaf is salted (with B's salt, the guess is B's leaf).
+func TestBatchPathHidesSiblings(t *testing.T) {
+	f := newFixture(t)
+	out := f.batch(t, 3, batchEntry{to: f.toA, id: "s0", value: secretValue}, batchEntry{to: f.toB, id: "s0", del: true})
+	envA, envB := envelopeOf(t, out[0]), envelopeOf(t, out[1])
+	guess, err := deleteRecord(wsB, "s0", "DB-PASSWORD", 3, f.scope, f.now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, err := json.Marshal(guess)
+	if err != nil {
+		t.Fatal(err)
+	}
+	signed := append([]byte(signingDomain), rec...)
+	sibling := mustB64(t, envA.Path[0])
+	var salt [saltSize]byte
+	if h := leafHash(&salt, signed); bytes.Equal(h[:], sibling) {
+		t.Fatal("a zero salt confirms the guess")
+	}
+	if h := sha256.Sum256(append([]byte{0x00}, signed...)); bytes.Equal(h[:], sibling) {
+		t.Fatal("an unsalted hash confirms the guess")
+	}
+	copy(salt[:], mustB64(t, envB.Salt))
+	if h := leafHash(&salt, signed); !bytes.Equal(h[:], sibling) {
+		t.Fatal("the guess is not B's tombstone: the test proves nothing")
+	}
+}
