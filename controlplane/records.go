@@ -13,10 +13,38 @@ import (
 	"github.com/nbsecrets/nbsecrets/protocol"
 )
 
-// fanoutWorkers bounds the records one publish seals and writes at once:
-// the writes are pipelined on the service's connection rather than made one
-// round trip at a time.
+// fanoutWorkers bounds the chunks of records one publish seals and writes
+// at once: the writes are pipelined on the service's connection rather
+// than made one round trip at a time.
 const fanoutWorkers = 64
+
+// minChunk and maxChunk bound the records of one chunk, which one batch
+// signature covers (protocol.Batch): the chunks are len(m.Sent) /
+// fanoutWorkers records long within these bounds, so that each worker
+// signs about once and a record's audit path stays at 8 hashes or fewer.
+// chunkBytes bounds the bytes of records a worker holds at once, before
+// the bounds: a chunk of large values is shorter (fanoutWorkers chunks of
+// 256 records of the largest value would hold 3 GB).
+const (
+	minChunk   = 16
+	maxChunk   = 256
+	chunkBytes = 1 << 20
+)
+
+// chunkSize is the length of the chunks of a fan-out to n workspaces of a
+// value of valueLen bytes.
+func chunkSize(n, valueLen int) int {
+	chunk := min(max((n+fanoutWorkers-1)/fanoutWorkers, minChunk), maxChunk)
+	return min(chunk, max(1, chunkBytes/recordBytes(valueLen)))
+}
+
+// recordBytes is about what a worker holds of one record of a value of
+// valueLen bytes: the record (the sealed value in base64 within JSON,
+// which is base64 again in the box) and its encoded form (base64 of that).
+func recordBytes(valueLen int) int {
+	rec := (valueLen*4/3+100)*4/3 + 400
+	return rec + rec*4/3 + 900
+}
 
 // perRecordTime is how much longer than requestTimeout a request may take
 // per workspace in the directory: a fan-out to thousands of workspaces cut
@@ -27,23 +55,36 @@ const perRecordTime = 10 * time.Millisecond
 // publish writes m's record for every workspace that ever had the secret:
 // the value for those in m.Visible that d still holds, a tombstone for the
 // others. Each record carries the scope by which its workspace may have
-// the secret (m.recordScope). Up to fanoutWorkers records are sealed at
-// once. A record whose key this service wrote or verified before (s.revs)
-// goes out as an asynchronous publish with the compare-and-set header on
-// that revision, up to asyncInFlight of them unanswered, so that the
-// writes are not one round trip each; any that fails (someone else wrote
-// the key, a timeout) is written again by writeRecord, which reads the key.
+// the secret (m.recordScope). The workspaces go in chunks to up to
+// fanoutWorkers workers. A worker finds what each key of its chunk holds,
+// from the revisions this service wrote or verified before (s.revs) or
+// else by reading and verifying the record there, leaves the keys at the
+// version already, seals the others' records and signs them with one
+// batch signature (a Merkle tree's root, protocol.Batch). Each goes out as
+// an asynchronous publish with the compare-and-set header on the revision
+// found (none: the key must not exist), up to asyncInFlight of them
+// unanswered, so that the writes are not one round trip each; any that
+// fails (someone else wrote the key, a timeout) is written by writeRecord,
+// which reads the key again. A single workspace gets a single record,
+// signed alone, through writeRecord.
 func (s *Service) publish(ctx context.Context, m *secretMeta, value []byte, d *directory) error {
 	now := s.now()
 	visible := make(map[string]bool, len(m.Visible))
 	for _, ws := range m.Visible {
 		visible[ws] = true
 	}
+	// put reports whether ws gets the value, and to which key.
+	put := func(ws string) (protocol.Recipient, bool) {
+		if w, ok := d.workspace(ws); ok && visible[ws] {
+			return protocol.Recipient{Workspace: ws, CurveKey: w.CurveKey}, true
+		}
+		return protocol.Recipient{}, false
+	}
 	builder := func(ws string) func() ([]byte, error) {
 		scope := m.recordScope(ws)
 		return func() ([]byte, error) {
-			if w, ok := d.workspace(ws); ok && visible[ws] {
-				return s.sealer.Put(protocol.Recipient{Workspace: ws, CurveKey: w.CurveKey}, m.ID, m.Name, m.Version, scope, value, now)
+			if to, ok := put(ws); ok {
+				return s.sealer.Put(to, m.ID, m.Name, m.Version, scope, value, now)
 			}
 			return s.sealer.Delete(ws, m.ID, m.Name, m.Version, scope, now)
 		}
@@ -63,19 +104,66 @@ func (s *Service) publish(ctx context.Context, m *secretMeta, value []byte, d *d
 		return fmt.Errorf("records of %s: %w", m.ID, err)
 	}
 	defer pub.CleanupPublisher()
-	work := make(chan string)
+	chunk := chunkSize(len(m.Sent), len(value))
+	work := make(chan []string)
 	sent := make(chan asyncRecord, asyncInFlight)
 	errc := make(chan error, len(m.Sent))
+	workers := min(fanoutWorkers, (len(m.Sent)+chunk-1)/chunk)
 	var wg, settlers sync.WaitGroup
-	for range min(fanoutWorkers, len(m.Sent)) {
+	for range workers {
 		wg.Go(func() { // owned by publish: ends when work is closed
-			for ws := range work {
-				build := builder(ws)
-				if a, ok := s.publishAsync(pub, ws, m.ID, m.Version, build); ok {
-					sent <- a
+			for wss := range work {
+				// One result on errc per workspace of the chunk: from
+				// here, from slow or from a settler.
+				b := s.sealer.NewBatch()
+				batched := make([]string, 0, len(wss))
+				haves := make([]revVer, 0, len(wss))
+				for _, ws := range wss {
+					// What the key holds, from the cache or read (as
+					// writeRecord would): nothing is sealed for a key at
+					// the version already.
+					key := protocol.RecordKey(ws, m.ID)
+					have, known := s.revs.get(key)
+					if !known {
+						var err error
+						if have, err = s.readRev(ctx, ws, key); err != nil {
+							errc <- slow(ws, builder(ws)) // writeRecord reads again and reports
+							continue
+						}
+					}
+					if have.version >= m.Version {
+						errc <- nil
+						continue
+					}
+					var err error
+					if to, ok := put(ws); ok {
+						_, err = b.Put(to, m.ID, m.Name, m.Version, m.recordScope(ws), value, now)
+					} else {
+						_, err = b.Delete(ws, m.ID, m.Name, m.Version, m.recordScope(ws), now)
+					}
+					if err != nil {
+						errc <- slow(ws, builder(ws)) // writeRecord reports the error if it must write
+						continue
+					}
+					batched = append(batched, ws)
+					haves = append(haves, have)
+				}
+				records, err := b.Sign()
+				if err != nil {
+					s.log.Warn("batch signature failed: signing each record alone", "secret", m.ID, "records", len(batched), "error", err)
+					for _, ws := range batched {
+						errc <- slow(ws, builder(ws))
+					}
 					continue
 				}
-				errc <- slow(ws, build)
+				for i, ws := range batched {
+					data := records[i]
+					if a, ok := s.publishAsync(pub, ws, m.ID, haves[i], data); ok {
+						sent <- a
+						continue
+					}
+					errc <- slow(ws, func() ([]byte, error) { return data, nil })
+				}
 			}
 		})
 	}
@@ -99,8 +187,8 @@ func (s *Service) publish(ctx context.Context, m *secretMeta, value []byte, d *d
 			}
 		})
 	}
-	for _, ws := range m.Sent {
-		work <- ws
+	for i := 0; i < len(m.Sent); i += chunk {
+		work <- m.Sent[i:min(i+chunk, len(m.Sent))]
 	}
 	close(work)
 	wg.Wait()
@@ -138,28 +226,38 @@ type asyncRecord struct {
 	fut     jetstream.PubAckFuture
 }
 
-// publishAsync publishes the record build returns under ws's key for
-// secret id, with compare-and-set on the revision s.revs holds for the
-// key, when it holds one and that revision's record is older than
-// version. It reports false when it did not publish (unknown key, or
-// build or the publish failed): the caller then uses writeRecord, which
-// also finds a key already at version or later and leaves it.
-func (s *Service) publishAsync(pub jetstream.JetStream, ws, id string, version uint64, build func() ([]byte, error)) (asyncRecord, bool) {
+// publishAsync publishes data, a record of secret id for workspace ws,
+// under its key with compare-and-set on have.rev, the revision the key was
+// at when it was found older than data (0: no record). It reports false
+// when the publish failed: the caller then uses writeRecord.
+func (s *Service) publishAsync(pub jetstream.JetStream, ws, id string, have revVer, data []byte) (asyncRecord, bool) {
 	key := protocol.RecordKey(ws, id)
-	have, known := s.revs.get(key)
-	if !known || have.version >= version {
-		return asyncRecord{}, false
-	}
-	data, err := build()
-	if err != nil {
-		return asyncRecord{}, false
-	}
 	fut, err := pub.PublishMsgAsync(&nats.Msg{Subject: recordSubject(key), Data: data},
 		jetstream.WithExpectLastSequencePerSubject(have.rev))
 	if err != nil {
 		return asyncRecord{}, false
 	}
 	return asyncRecord{ws: ws, key: key, data: data, fut: fut}, true
+}
+
+// readRev reads the record under key, ws's, and returns its revision and
+// version (see recordVersion), which it caches; a missing key is
+// revVer{}, not cached.
+func (s *Service) readRev(ctx context.Context, ws, key string) (revVer, error) {
+	e, err := s.records.Get(ctx, key)
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+		return revVer{}, nil
+	case err != nil:
+		return revVer{}, err
+	}
+	v, err := s.recordVersion(ws, key, e.Value())
+	if err != nil {
+		return revVer{}, err
+	}
+	have := revVer{rev: e.Revision(), version: v}
+	s.revs.put(key, have)
+	return have, nil
 }
 
 // writeRecord puts the record that build returns under the workspace's key
@@ -174,19 +272,9 @@ func (s *Service) writeRecord(ctx context.Context, ws, id string, version uint64
 	for attempt := 0; ; attempt++ {
 		have, known := s.revs.get(key)
 		if !known {
-			e, err := s.records.Get(ctx, key)
-			switch {
-			case errors.Is(err, jetstream.ErrKeyNotFound):
-				have = revVer{}
-			case err != nil:
+			var err error
+			if have, err = s.readRev(ctx, ws, key); err != nil {
 				return fmt.Errorf("writing %s: %w", key, err)
-			default:
-				v, err := s.recordVersion(ws, key, e.Value())
-				if err != nil {
-					return fmt.Errorf("writing %s: %w", key, err)
-				}
-				have = revVer{rev: e.Revision(), version: v}
-				s.revs.put(key, have)
 			}
 		}
 		if have.version >= version {

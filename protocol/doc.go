@@ -34,6 +34,18 @@
 // line breaks), so that a record has one encoding and one meaning. A
 // refused record's error names the layer and the fault (parse.go).
 //
+// A fan-out signs many records at once ([Batch]): their leaves, each
+// SHA-256(0x00 || a 16-byte salt || "nbsecrets-record-v1\n" || record),
+// form an RFC 6962 Merkle tree, whose root is signed once as
+// "nbsecrets-batch-v1\n" || root || leaf count, and each record carries its
+// place and its audit path:
+//
+//	{"v":1,"rec":"…","sig":"<signature of the root>","idx":I,"n":N,"salt":"…","path":["<base64url SHA-256>",…]}
+//
+// A verifier takes either form; the leaf, node and root prefixes keep a
+// leaf, an inner node, a single record's signature and a root's apart
+// (batch.go). An agent older than the batch form refuses such records.
+//
 // A record stays valid once signed, so whoever can write to the bucket can
 // put an older record back under its key: an agent applies a record only
 // when its Version is newer than the one it holds for that key.

@@ -33,6 +33,9 @@ func FuzzOpen(f *testing.F) {
 	add(RecordKey(wsA, "sec-1"), fx.del(f, wsA, "sec-1", "DB-PASSWORD", 4), "")
 	add(RecordKey(wsA, "s2"), fx.putDet(f, fx.toA, "s2", "api_key", 1, ""), "")
 	add(RecordKey(wsA, "s3"), fx.putDet(f, fx.toA, "s3", "Unicode-1", 9, "ü ✓\n"), "ü ✓\n")
+	for i, data := range fx.batchDet(f, 5) { // batch records, each with its proof
+		add(RecordKey(wsA, fmt.Sprintf("b%d", i)), data, secretValue)
+	}
 	// Records that must be refused, as starting points.
 	f.Add(RecordKey(wsB, "sec-1"), fx.putDet(f, fx.toB, "sec-1", "DB-PASSWORD", 3, secretValue))
 	f.Add(RecordKey(wsA, "sec-1"), signRecord(f, detSigningKey(f, "intruder"), fx.record("sec-1", "DB-PASSWORD", 3)))

@@ -38,28 +38,33 @@ var b64Std = base64.StdEncoding.Strict()
 //
 //	{"v":N,"rec":"<base64url>","sig":"<base64url>"}
 //
-// as sign1 writes it, and returns the format version, the signing domain
-// followed by the record's bytes (what the signature covers: the record is
-// signed[len(signingDomain):]) and the signature. It refuses as
-// decodeEnvelope does.
-func readEnvelope(data []byte) (v int, signed, sig []byte, err error) {
-	v, signed, sig, ok := parseEnvelope(data)
+// as sign1 writes it, or a batch record's
+//
+//	{"v":N,"rec":"<base64url>","sig":"<base64url>","idx":I,"n":N,"salt":"<base64url>","path":["<base64url>",...]}
+//
+// as Batch.Sign writes it, and returns the format version, the signing
+// domain followed by the record's bytes (what the signature covers, or for
+// a batch record what its leaf hashes: the record is
+// signed[len(signingDomain):]), the signature and a batch record's proof
+// (nil for the single form). It refuses as decodeEnvelope does.
+func readEnvelope(data []byte) (v int, signed, sig []byte, pr *proof, err error) {
+	v, signed, sig, pr, ok := parseEnvelope(data)
 	if !ok {
-		if _, _, _, err := decodeEnvelope(data); err != nil {
-			return 0, nil, nil, err
+		if _, _, _, _, err := decodeEnvelope(data); err != nil {
+			return 0, nil, nil, nil, err
 		}
-		return 0, nil, nil, fmt.Errorf("%w: envelope: %v", ErrMalformed, errNotCanonical)
+		return 0, nil, nil, nil, fmt.Errorf("%w: envelope: %v", ErrMalformed, errNotCanonical)
 	}
 	if v != FormatVersion {
-		return 0, nil, nil, fmt.Errorf("%w: %d", ErrUnknownFormat, v)
+		return 0, nil, nil, nil, fmt.Errorf("%w: %d", ErrUnknownFormat, v)
 	}
-	return v, signed, sig, nil
+	return v, signed, sig, pr, nil
 }
 
-func parseEnvelope(data []byte) (v int, signed, sig []byte, ok bool) {
+func parseEnvelope(data []byte) (v int, signed, sig []byte, pr *proof, ok bool) {
 	rest, ok := bytes.CutPrefix(data, []byte(`{"v":`))
 	if !ok {
-		return 0, nil, nil, false
+		return 0, nil, nil, nil, false
 	}
 	i := 0
 	for i < len(rest) && (rest[i] == '-' || '0' <= rest[i] && rest[i] <= '9') {
@@ -67,23 +72,28 @@ func parseEnvelope(data []byte) (v int, signed, sig []byte, ok bool) {
 	}
 	v, err := strconv.Atoi(string(rest[:i]))
 	if err != nil || strconv.Itoa(v) != string(rest[:i]) {
-		return 0, nil, nil, false // not an int, or not as json writes one
+		return 0, nil, nil, nil, false // not an int, or not as json writes one
 	}
 	rest, ok = bytes.CutPrefix(rest[i:], []byte(`,"rec":"`))
 	if !ok {
-		return 0, nil, nil, false
+		return 0, nil, nil, nil, false
 	}
 	recB64, rest, ok := bytes.Cut(rest, []byte(`"`))
 	if !ok {
-		return 0, nil, nil, false
+		return 0, nil, nil, nil, false
 	}
 	sigB64, ok := bytes.CutPrefix(rest, []byte(`,"sig":"`))
 	if !ok {
-		return 0, nil, nil, false
+		return 0, nil, nil, nil, false
 	}
-	sigB64, ok = bytes.CutSuffix(sigB64, []byte(`"}`))
+	sigB64, rest, ok = bytes.Cut(sigB64, []byte(`"`))
 	if !ok {
-		return 0, nil, nil, false
+		return 0, nil, nil, nil, false
+	}
+	if string(rest) != "}" {
+		if pr, ok = parseProof(rest); !ok {
+			return 0, nil, nil, nil, false
+		}
 	}
 	// The strict decoder refuses every byte outside the alphabet but line
 	// breaks, which it skips: the length check catches those.
@@ -91,15 +101,90 @@ func parseEnvelope(data []byte) (v int, signed, sig []byte, ok bool) {
 	copy(signed, signingDomain)
 	n, err := b64.Strict().Decode(signed[len(signingDomain):], recB64)
 	if err != nil || b64.EncodedLen(n) != len(recB64) {
-		return 0, nil, nil, false
+		return 0, nil, nil, nil, false
 	}
 	signed = signed[:len(signingDomain)+n]
 	sig = make([]byte, b64.DecodedLen(len(sigB64)))
 	n, err = b64.Strict().Decode(sig, sigB64)
 	if err != nil || b64.EncodedLen(n) != len(sigB64) {
-		return 0, nil, nil, false
+		return 0, nil, nil, nil, false
 	}
-	return v, signed, sig[:n], true
+	return v, signed, sig[:n], pr, true
+}
+
+// parseProof reads what follows the signature in a batch record's
+// envelope, appendProof's members and the closing brace, and checks the
+// proof's limits (checkProof).
+func parseProof(b []byte) (*proof, bool) {
+	var p proof
+	var ok bool
+	if b, ok = bytes.CutPrefix(b, []byte(`,"idx":`)); !ok {
+		return nil, false
+	}
+	if p.idx, b, ok = cutUint(b); !ok {
+		return nil, false
+	}
+	if b, ok = bytes.CutPrefix(b, []byte(`,"n":`)); !ok {
+		return nil, false
+	}
+	if p.n, b, ok = cutUint(b); !ok {
+		return nil, false
+	}
+	if b, ok = bytes.CutPrefix(b, []byte(`,"salt":"`)); !ok {
+		return nil, false
+	}
+	var salt []byte
+	if salt, b, ok = bytes.Cut(b, []byte(`"`)); !ok || !decodeB64Into(p.salt[:], salt) {
+		return nil, false
+	}
+	if b, ok = bytes.CutPrefix(b, []byte(`,"path":[`)); !ok {
+		return nil, false
+	}
+	for len(p.path) <= MaxBatchPath {
+		if len(p.path) > 0 {
+			if string(b) == "]}" {
+				return &p, checkProof(&p) == nil
+			}
+			if b, ok = bytes.CutPrefix(b, []byte(`,`)); !ok {
+				return nil, false
+			}
+		}
+		var h []byte
+		if b, ok = bytes.CutPrefix(b, []byte(`"`)); !ok {
+			return nil, false
+		}
+		if h, b, ok = bytes.Cut(b, []byte(`"`)); !ok {
+			return nil, false
+		}
+		p.path = append(p.path, hash{})
+		if !decodeB64Into(p.path[len(p.path)-1][:], h) {
+			return nil, false
+		}
+	}
+	return nil, false // more than MaxBatchPath hashes
+}
+
+// cutUint reads a decimal uint64 as json writes one at the start of b.
+func cutUint(b []byte) (uint64, []byte, bool) {
+	i := 0
+	for i < len(b) && '0' <= b[i] && b[i] <= '9' {
+		i++
+	}
+	n, err := strconv.ParseUint(string(b[:i]), 10, 64)
+	if err != nil || strconv.FormatUint(n, 10) != string(b[:i]) {
+		return 0, nil, false
+	}
+	return n, b[i:], true
+}
+
+// decodeB64Into decodes s, in b64's one form, into dst, which it must fill
+// exactly.
+func decodeB64Into(dst, s []byte) bool {
+	if len(s) != b64.EncodedLen(len(dst)) {
+		return false
+	}
+	n, err := b64.Strict().Decode(dst, s)
+	return err == nil && n == len(dst)
 }
 
 // appendEnvelope appends the envelope of a signed record to dst: the bytes

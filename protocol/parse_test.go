@@ -117,11 +117,11 @@ func TestOneFormOnly(t *testing.T) {
 			// The strict parse of the layer alone takes these bytes.
 			switch tt.layer {
 			case "envelope":
-				if _, _, _, err := decodeEnvelope(tt.data); err != nil {
+				if _, _, _, _, err := decodeEnvelope(tt.data); err != nil {
 					t.Fatalf("the strict parse refuses the envelope too (%v): not a case of the one form", err)
 				}
 			case "record", "sealed":
-				env, rec, _, err := decodeEnvelope(tt.data)
+				env, rec, _, _, err := decodeEnvelope(tt.data)
 				if err != nil || env.V != 1 {
 					t.Fatalf("envelope: %v", err)
 				}
@@ -161,6 +161,7 @@ func FuzzReaders(f *testing.F) {
 	data := fx.putDet(f, fx.toA, "sec-1", "DB-PASSWORD", 3, secretValue)
 	rec, _ := parts(f, data)
 	f.Add(uint8(0), data)
+	f.Add(uint8(0), fx.batchDet(f, 5)[3])
 	f.Add(uint8(1), rec)
 	f.Add(uint8(1), func() []byte { r, _ := parts(f, fx.del(f, wsA, "sec-1", "DB-PASSWORD", 4)); return r }())
 	f.Add(uint8(2), sealedJSON(f, wsA, "sec-1", 3, []byte(secretValue)))
@@ -169,15 +170,15 @@ func FuzzReaders(f *testing.F) {
 	f.Fuzz(func(t *testing.T, layer uint8, b []byte) {
 		switch layer % 3 {
 		case 0:
-			v, signed, sig, err := readEnvelope(b)
-			env, rec, sig2, err2 := decodeEnvelope(b)
+			v, signed, sig, pr, err := readEnvelope(b)
+			env, rec, sig2, pr2, err2 := decodeEnvelope(b)
 			switch {
 			case err == nil && (err2 != nil || env.V != v || !bytes.Equal(rec, signed[len(signingDomain):]) || !bytes.Equal(sig, sig2) ||
-				!bytes.HasPrefix(signed, []byte(signingDomain))):
+				!bytes.HasPrefix(signed, []byte(signingDomain)) || fmt.Sprint(pr) != fmt.Sprint(pr2)):
 				t.Fatalf("readEnvelope takes what the strict parse reads otherwise (%v)", err2)
-			case err == nil && !bytes.Equal(appendEnvelope(nil, v, rec, sig), b):
+			case err == nil && !bytes.Equal(writeEnvelope(v, rec, sig, pr), b):
 				t.Fatal("readEnvelope takes bytes the Sealer does not write")
-			case err != nil && err2 == nil && bytes.Equal(appendEnvelope(nil, env.V, rec, sig2), b) && !errors.Is(err, ErrUnknownFormat):
+			case err != nil && err2 == nil && bytes.Equal(writeEnvelope(env.V, rec, sig2, pr2), b) && !errors.Is(err, ErrUnknownFormat):
 				t.Fatalf("readEnvelope refuses the one form: %v", err)
 			case err != nil && err2 != nil && !sameSentinel(err, err2):
 				t.Fatalf("readEnvelope: %v, the strict parse: %v", err, err2)
@@ -220,6 +221,14 @@ func FuzzReaders(f *testing.F) {
 			}
 		}
 	})
+}
+
+// writeEnvelope is the envelope the Sealer writes, single or batch form.
+func writeEnvelope(v int, rec, sig []byte, pr *proof) []byte {
+	if pr == nil {
+		return appendEnvelope(nil, v, rec, sig)
+	}
+	return appendBatchEnvelope(nil, v, rec, sig, pr)
 }
 
 // sameSentinel reports whether a and b match the same sentinels.

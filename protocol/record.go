@@ -209,6 +209,15 @@ type sealedPlain struct {
 
 // Put makes a record that gives the workspace the secret's value.
 func (s *Sealer) Put(to Recipient, secretID, name string, version uint64, scope Scope, value []byte, now time.Time) ([]byte, error) {
+	r, err := s.putRecord(to, secretID, name, version, scope, value, now)
+	if err != nil {
+		return nil, err
+	}
+	return s.sign1(r)
+}
+
+// putRecord makes the record of a put, its value sealed, not signed.
+func (s *Sealer) putRecord(to Recipient, secretID, name string, version uint64, scope Scope, value []byte, now time.Time) (*Record, error) {
 	if err := ValidateValue(value); err != nil {
 		return nil, err
 	}
@@ -226,24 +235,41 @@ func (s *Sealer) Put(to Recipient, secretID, name string, version uint64, scope 
 	if err != nil {
 		return nil, fmt.Errorf("protocol: sealing for workspace %s: %w", to.Workspace, err)
 	}
-	return s.sign1(&r)
+	return &r, nil
 }
 
 // Delete makes a signed tombstone: the workspace no longer has the secret.
 func (s *Sealer) Delete(workspace, secretID, name string, version uint64, scope Scope, now time.Time) ([]byte, error) {
+	r, err := deleteRecord(workspace, secretID, name, version, scope, now)
+	if err != nil {
+		return nil, err
+	}
+	return s.sign1(r)
+}
+
+// deleteRecord makes the record of a tombstone, not signed.
+func deleteRecord(workspace, secretID, name string, version uint64, scope Scope, now time.Time) (*Record, error) {
 	r := Record{Format: FormatVersion, Workspace: workspace, SecretID: secretID, Name: name,
 		Op: OpDelete, Version: version, Scope: scope, IssuedAt: now.UTC()}
 	if err := r.validate(); err != nil {
 		return nil, err
 	}
-	return s.sign1(&r)
+	return &r, nil
 }
 
 type envelope struct {
 	V   int    `json:"v"`
 	Rec string `json:"rec"`
 	Sig string `json:"sig"`
+	// A batch record's proof (batch.go): all four or none.
+	Idx  *uint64  `json:"idx,omitempty"`
+	N    *uint64  `json:"n,omitempty"`
+	Salt string   `json:"salt,omitempty"`
+	Path []string `json:"path,omitempty"`
 }
+
+// proofMembers are the envelope members of a batch record's proof.
+var proofMembers = []string{"idx", "n", "salt", "path"}
 
 var b64 = base64.RawURLEncoding
 
@@ -315,27 +341,78 @@ func require(m map[string]json.RawMessage, names ...string) error {
 
 // decodeEnvelope parses the outer, unsigned layer of a record. An attacker
 // who can write to the bucket controls these bytes, so the parse is exact:
-// one encoding per signed record.
-func decodeEnvelope(data []byte) (env envelope, rec, sig []byte, err error) {
-	m, err := members(data, "v", "rec", "sig")
+// one encoding per signed record. A batch record's proof comes back as pr,
+// nil for the single form.
+func decodeEnvelope(data []byte) (env envelope, rec, sig []byte, pr *proof, err error) {
+	m, err := members(data, "v", "rec", "sig", "idx", "n", "salt", "path")
 	if err == nil {
 		err = require(m, "v", "rec", "sig")
 	}
-	if err != nil {
-		return env, nil, nil, fmt.Errorf("%w: envelope: %v", ErrMalformed, err)
+	batch := false
+	for _, n := range proofMembers {
+		_, ok := m[n]
+		batch = batch || ok
 	}
-	if json.Unmarshal(m["v"], &env.V) != nil || json.Unmarshal(m["rec"], &env.Rec) != nil || json.Unmarshal(m["sig"], &env.Sig) != nil {
-		return env, nil, nil, fmt.Errorf("%w: envelope: a member has the wrong type", ErrMalformed)
+	if err == nil && batch {
+		err = require(m, proofMembers...)
+	}
+	if err != nil {
+		return env, nil, nil, nil, fmt.Errorf("%w: envelope: %v", ErrMalformed, err)
+	}
+	if json.Unmarshal(m["v"], &env.V) != nil || json.Unmarshal(m["rec"], &env.Rec) != nil || json.Unmarshal(m["sig"], &env.Sig) != nil ||
+		batch && (json.Unmarshal(m["idx"], &env.Idx) != nil || json.Unmarshal(m["n"], &env.N) != nil ||
+			json.Unmarshal(m["salt"], &env.Salt) != nil || json.Unmarshal(m["path"], &env.Path) != nil) {
+		return env, nil, nil, nil, fmt.Errorf("%w: envelope: a member has the wrong type", ErrMalformed)
 	}
 	if env.V != FormatVersion {
-		return env, nil, nil, fmt.Errorf("%w: %d", ErrUnknownFormat, env.V)
+		return env, nil, nil, nil, fmt.Errorf("%w: %d", ErrUnknownFormat, env.V)
 	}
 	rec, err1 := decodeB64(env.Rec)
 	sig, err2 := decodeB64(env.Sig)
 	if err1 != nil || err2 != nil {
-		return env, nil, nil, fmt.Errorf("%w: bad base64", ErrMalformed)
+		return env, nil, nil, nil, fmt.Errorf("%w: bad base64", ErrMalformed)
 	}
-	return env, rec, sig, nil
+	if batch {
+		if pr, err = decodeProof(&env); err != nil {
+			return env, nil, nil, nil, fmt.Errorf("%w: envelope: %v", ErrMalformed, err)
+		}
+	}
+	return env, rec, sig, pr, nil
+}
+
+// decodeProof reads and checks the proof members of a batch envelope.
+func decodeProof(env *envelope) (*proof, error) {
+	if env.Idx == nil || env.N == nil || env.Path == nil {
+		return nil, errors.New("a proof member is null")
+	}
+	p := &proof{idx: *env.Idx, n: *env.N}
+	if len(env.Path) > MaxBatchPath {
+		// Before decoding them: the envelope bounds the count anyway.
+		return nil, fmt.Errorf("audit path of %d hashes: limit %d", len(env.Path), MaxBatchPath)
+	}
+	salt, err := decodeB64(env.Salt)
+	if err != nil {
+		return nil, errors.New("salt: bad base64")
+	}
+	if len(salt) != saltSize {
+		return nil, fmt.Errorf("salt of %d bytes, not %d", len(salt), saltSize)
+	}
+	copy(p.salt[:], salt)
+	p.path = make([]hash, len(env.Path))
+	for i, s := range env.Path {
+		h, err := decodeB64(s)
+		if err != nil {
+			return nil, fmt.Errorf("audit path hash %d: bad base64", i+1)
+		}
+		if len(h) != len(hash{}) {
+			return nil, fmt.Errorf("audit path hash %d of %d bytes, not %d", i+1, len(h), len(hash{}))
+		}
+		copy(p.path[i][:], h)
+	}
+	if err := checkProof(p); err != nil {
+		return nil, err
+	}
+	return p, nil
 }
 
 // decodeRecord parses the signed record. Its bytes are the signer's, but the
@@ -394,6 +471,11 @@ func (s *Sealer) sign1(r *Record) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("protocol: encoding record: %w", err)
 	}
+	return s.signRec(rec)
+}
+
+// signRec signs the record's bytes in the single form.
+func (s *Sealer) signRec(rec []byte) ([]byte, error) {
 	sig, err := s.fast.sign(s.sign, append([]byte(signingDomain), rec...))
 	if err != nil {
 		return nil, fmt.Errorf("protocol: signing record: %w", err)
@@ -515,8 +597,9 @@ func (o *Opener) SignerKeys() []string {
 func (o *Opener) Workspace() string { return o.workspace }
 
 // Verify checks a record stored under key and returns it without opening its
-// value. It checks, in order: size, envelope, format version, signature,
-// record fields, workspace, key.
+// value. It checks, in order: size, envelope, format version, signature
+// (of a batch record: its audit path to a root, and the signature of that
+// root; batch.go), record fields, workspace, key.
 //
 // Verify is stateless: a signed record stays valid, so whoever can write to
 // the bucket can put an older record for the same key back. The caller keeps
@@ -525,13 +608,22 @@ func (o *Opener) Verify(key string, data []byte) (*Record, error) {
 	if len(data) > MaxRecordSize {
 		return nil, fmt.Errorf("record %s: %w: %d bytes, limit %d", printable(key), ErrTooLarge, len(data), MaxRecordSize)
 	}
-	v, signed, sig, err := readEnvelope(data)
+	v, signed, sig, pr, err := readEnvelope(data)
 	if err != nil {
 		return nil, fmt.Errorf("record %s: %w", printable(key), err)
 	}
+	msg := signed
+	if pr != nil {
+		// A batch record: the signature covers the root its path leads to.
+		root, err := pr.root(leafHash(&pr.salt, signed))
+		if err != nil {
+			return nil, fmt.Errorf("record %s: %w: %v", printable(key), ErrBadSignature, err)
+		}
+		msg = rootMessage(&root, pr.n)
+	}
 	ok := false
 	for _, kp := range o.signers {
-		if kp.Verify(signed, sig) == nil {
+		if kp.Verify(msg, sig) == nil {
 			ok = true
 			break
 		}
