@@ -197,3 +197,58 @@ func TestChunkSize(t *testing.T) {
 		}
 	}
 }
+
+// TestFanoutSingleSignatures: with Options.SingleSignatures (serve
+// --batch-signatures=false, for agents older than batch signatures) a
+// fan-out writes every record in the single form, {"v","rec","sig"} and
+// nothing else, each with a signature of its own, and every workspace
+// opens its value.
+func TestFanoutSingleSignatures(t *testing.T) {
+	const n = 20
+	f := newFixture(t)
+	f.svc.single = true
+	var wss []string
+	for i := range n {
+		ws := fmt.Sprintf("ws-single-%02d", i)
+		f.addWorkspace(ws, "bob", "ml")
+		wss = append(wss, ws)
+	}
+	f.setDir()
+	ctx := ctxT(t)
+	kv := must(must(jetstream.New(f.nc)).KeyValue(ctx, protocol.Bucket))
+	alice := f.client("alice")
+	info, err := alice.Create(ctx, "SINGLE", []byte("one"), CreateOptions{Project: "ml"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := alice.Update(ctx, "SINGLE", []byte("two")); err != nil {
+		t.Fatal(err)
+	}
+	sigs := map[string]bool{}
+	for _, ws := range wss {
+		f.wantPut(ws, info.ID, 2, "two")
+		e, err := kv.Get(ctx, protocol.RecordKey(ws, info.ID))
+		if err != nil {
+			t.Fatalf("%s: %v", ws, err)
+		}
+		var env map[string]json.RawMessage
+		if err := json.Unmarshal(e.Value(), &env); err != nil {
+			t.Fatalf("%s: %v", ws, err)
+		}
+		if len(env) != 3 || env["v"] == nil || env["rec"] == nil || env["sig"] == nil {
+			t.Fatalf("%s: members %v, want exactly v, rec and sig (the single form)", ws, keys(env))
+		}
+		sigs[string(env["sig"])] = true
+	}
+	if len(sigs) != len(wss) {
+		t.Errorf("%d distinct signatures over %d records, want one each", len(sigs), len(wss))
+	}
+}
+
+func keys(m map[string]json.RawMessage) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
+}

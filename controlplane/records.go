@@ -148,7 +148,11 @@ func (s *Service) publish(ctx context.Context, m *secretMeta, value []byte, d *d
 					batched = append(batched, ws)
 					haves = append(haves, have)
 				}
-				records, err := b.Sign()
+				sign := b.Sign
+				if s.single {
+					sign = b.SignEach
+				}
+				records, err := sign()
 				if err != nil {
 					s.log.Warn("batch signature failed: signing each record alone", "secret", m.ID, "records", len(batched), "error", err)
 					for _, ws := range batched {

@@ -62,6 +62,11 @@ type Options struct {
 	// $JS.API.STREAM.UPDATE of the records stream). False: no republish;
 	// a RePublish already set stays.
 	Live bool
+	// SingleSignatures signs every record alone, as services before batch
+	// signatures did, for as long as agents older than them read the
+	// bucket (they refuse a batch record): a rolling upgrade's first step.
+	// False: a fan-out signs each chunk of records once (protocol.Batch).
+	SingleSignatures bool
 }
 
 // QueueGroup is the NATS queue group the service subscribes in, so that
@@ -89,6 +94,7 @@ type Service struct {
 	names    NamePolicy
 	replicas int  // of the buckets the service creates
 	live     bool // Options.Live
+	single   bool // Options.SingleSignatures
 	leaseTTL time.Duration
 	every    time.Duration  // ReconcileInterval
 	lease    *lease         // the background lease, from Start
@@ -144,7 +150,7 @@ func New(opts Options) (*Service, error) {
 	s := &Service{
 		nc: opts.Conn, sealer: sealer, signPub: signPub, curvePub: curvePub, curve: opts.CurveKey,
 		log: opts.Logger, now: opts.Now, slots: make(chan struct{}, maxInFlight), names: opts.Names,
-		replicas: max(opts.Replicas, 1), live: opts.Live, leaseTTL: opts.LeaseTTL, every: opts.ReconcileInterval,
+		replicas: max(opts.Replicas, 1), live: opts.Live, single: opts.SingleSignatures, leaseTTL: opts.LeaseTTL, every: opts.ReconcileInterval,
 	}
 	if s.log == nil {
 		s.log = hclog.NewNullLogger()

@@ -258,6 +258,24 @@ func (b *Batch) add(r *Record) (int, error) {
 // signed in the single form, as Sealer.Put would; none gives nil.
 func (b *Batch) Sign() ([][]byte, error) { return b.signWith(rand.Reader) }
 
+// SignEach signs the records added since the last Sign each alone, in the
+// single form, as Sealer.Put and Delete would, and returns them in the
+// order added; the Batch is then empty. It is for a service that still
+// has readers older than batch signatures (serve --batch-signatures=false).
+func (b *Batch) SignEach() ([][]byte, error) {
+	recs := b.recs
+	b.recs = nil
+	out := make([][]byte, 0, len(recs))
+	for _, rec := range recs {
+		data, err := b.s.signRec(rec)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, data)
+	}
+	return out, nil
+}
+
 // signWith is Sign with the salts read from random.
 func (b *Batch) signWith(random io.Reader) ([][]byte, error) {
 	recs := b.recs
