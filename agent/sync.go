@@ -39,6 +39,13 @@ type syncer struct {
 	live        bool
 	liveRefresh time.Duration
 	storedReads *atomic.Int64 // counts consumeLive's reads (nil: none)
+	liveJitter  time.Duration // tests: the wait after a leader election (0: liveLeaderJitter)
+	// Across live reads: the sequence of each key the previous read found,
+	// the highest delivered live, and whether the next read checks for
+	// records never delivered live (after a periodic re-read).
+	liveRead  map[string]uint64
+	liveSeen  map[string]uint64
+	liveCheck bool
 }
 
 // accessBox hands the newest access change to the syncer: Agent.SetAccess
@@ -121,12 +128,19 @@ func (s *syncer) run(ctx context.Context) {
 		}
 		if errors.Is(err, errLiveDenied) {
 			s.log.Error("live delivery refused by the NATS server's permissions (generated before live delivery?); reading with a consumer of the agent's own instead",
+				"error", err)
+			read = s.consume
+			continue
+		}
+		if errors.Is(err, errLiveNotRepublished) {
+			s.log.Error("live delivery gets no records: the records stream does not republish them (a secrets service from before live delivery, or 'serve --live=false' on a bucket made without it); reading with a consumer of the agent's own instead",
 				"subject", LiveSubject(s.ws), "error", err)
 			read = s.consume
 			continue
 		}
-		if errors.Is(err, errLiveGap) || errors.Is(err, errLiveDropped) || errors.Is(err, errLiveRefresh) {
+		if errors.Is(err, errLiveGap) || errors.Is(err, errLiveDropped) || errors.Is(err, errLiveRefresh) || errors.Is(err, errLiveLeader) {
 			s.log.Info("reading the records again", "reason", err)
+			s.liveCheck = errors.Is(err, errLiveRefresh)
 			continue
 		}
 		if errors.Is(err, errReconnected) {
