@@ -23,6 +23,12 @@ import (
 // consumer noticing its consumer is gone, and a loaded machine.
 const convergeTimeout = 90 * time.Second
 
+// liveConvergeTimeout bounds how long live agents may take to hold a
+// version acknowledged just before the stream leader was lost, with no
+// write after it: well under their periodic read (5 to 7.5 minutes), so
+// that only the read after the leader election can make it.
+const liveConvergeTimeout = 60 * time.Second
+
 // clusterWorld is a secrets service with R3 buckets, a user and two real
 // agents (no kernels) on a NATS cluster, and a writer that keeps updating
 // a project secret.
@@ -39,6 +45,8 @@ type clusterWorld struct {
 	nc     *nats.Conn
 	js     jetstream.JetStream
 	id     string // the secret's id
+	live   bool   // the service republishes, the agents use live delivery
+	conns  map[string]*nats.Conn
 
 	mu    sync.Mutex
 	acked uint64 // highest version an Update returned
@@ -46,10 +54,11 @@ type clusterWorld struct {
 	fails int
 }
 
-func newClusterWorld(t *testing.T, urls string) *clusterWorld {
+func newClusterWorld(t *testing.T, urls string, live bool) *clusterWorld {
 	t.Helper()
 	w := &clusterWorld{t: t, urls: urls, sign: must(nkeys.CreateAccount()), curve: must(nkeys.CreateCurveKeys()),
-		wsKeys: map[string]nkeys.KeyPair{}, agents: map[string]*agent.Agent{}, logs: &syncBuffer{}, at: map[uint64]time.Time{}}
+		wsKeys: map[string]nkeys.KeyPair{}, agents: map[string]*agent.Agent{}, logs: &syncBuffer{}, at: map[uint64]time.Time{},
+		live: live, conns: map[string]*nats.Conn{}}
 	user := must(nkeys.CreateUser())
 	w.dir = &Directory{Users: []User{{ID: "alice", PublicKey: must(user.PublicKey())}},
 		Projects: []Project{{ID: "ml", Members: []Member{{"alice", RoleAdmin}}}}}
@@ -58,11 +67,16 @@ func newClusterWorld(t *testing.T, urls string) *clusterWorld {
 		w.wsKeys[ws] = k
 		w.dir.Workspaces = append(w.dir.Workspaces, Workspace{ID: ws, Owner: "alice", Projects: []string{"ml"}, CurveKey: must(k.PublicKey())})
 	}
+	t.Cleanup(func() {
+		if t.Failed() && !strings.Contains(w.logs.String(), "cluster-value") {
+			t.Logf("the service's and agents' logs:\n%s", w.logs.String())
+		}
+	})
 	w.nc = w.connect("test")
 	w.js = must(jetstream.New(w.nc))
 	svcConn := w.connect("service")
 	logger := hclog.New(&hclog.LoggerOptions{Level: hclog.Debug, Output: w.logs})
-	svc, err := New(Options{Conn: svcConn, SignKey: w.sign, CurveKey: w.curve, Directory: w.dir, Logger: logger, Replicas: 3})
+	svc, err := New(Options{Conn: svcConn, SignKey: w.sign, CurveKey: w.curve, Directory: w.dir, Logger: logger, Replicas: 3, Live: live})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,8 +111,12 @@ func (w *clusterWorld) startAgent(ws string) {
 		t.Fatal(err)
 	}
 	opener := must(protocol.NewOpener(ws, []string{must(w.sign.PublicKey())}, must(w.curve.PublicKey()), w.wsKeys[ws]))
+	delivery := agent.DeliveryConsumer
+	if w.live {
+		delivery = agent.DeliveryLive
+	}
 	a, err := agent.New(agent.Config{Workspace: agent.Workspace{ID: ws, Owner: "alice", Projects: []string{"ml"}},
-		Opener: opener, Conn: nc, Logger: logger})
+		Opener: opener, Conn: nc, Logger: logger, Delivery: delivery})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,6 +131,7 @@ func (w *clusterWorld) startAgent(ws string) {
 		nc.Close()
 	})
 	w.agents[ws] = a
+	w.conns[ws] = nc
 }
 
 // version is the version of the secret agent ws holds, 0 for none.
@@ -192,15 +211,34 @@ func (w *clusterWorld) ackedAfter(t time.Time, timeout time.Duration) uint64 {
 }
 
 // nodeOf returns the server name leading the records' stream, or (with a
-// workspace) the one holding that workspace agent's consumer.
+// workspace) the one holding that workspace agent's consumer, in live
+// delivery (where the agent keeps no consumer) the one its connection is
+// on.
 func (w *clusterWorld) nodeOf(ws string) string {
 	w.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	for ctx.Err() == nil {
+	if ws != "" && w.live {
+		deadline := time.Now().Add(30 * time.Second)
+		for time.Now().Before(deadline) {
+			if name := w.conns[ws].ConnectedServerName(); name != "" {
+				return name
+			}
+			time.Sleep(100 * time.Millisecond) // polling, not synchronisation
+		}
+		w.t.Fatalf("agent %s is not connected", ws)
+	}
+	deadline := time.Now().Add(convergeTimeout)
+	var last error
+	for time.Now().Before(deadline) {
+		// Each try with a deadline of its own: a request lost with a
+		// node may otherwise hold the whole wait.
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		st, err := w.js.Stream(ctx, protocol.StreamName())
+		if err != nil {
+			last = err
+		}
 		if err == nil && ws == "" {
 			if cl := st.CachedInfo().Cluster; cl != nil && cl.Leader != "" {
+				cancel()
 				return cl.Leader
 			}
 		}
@@ -209,14 +247,16 @@ func (w *clusterWorld) nodeOf(ws string) string {
 			for ci := range l.Info() {
 				if ci.Config.FilterSubject == protocol.WorkspaceFilter(ws) || len(ci.Config.FilterSubjects) == 1 && ci.Config.FilterSubjects[0] == protocol.WorkspaceFilter(ws) {
 					if ci.Cluster != nil && ci.Cluster.Leader != "" {
+						cancel()
 						return ci.Cluster.Leader
 					}
 				}
 			}
 		}
+		cancel()
 		time.Sleep(100 * time.Millisecond) // polling, not synchronisation
 	}
-	w.t.Fatalf("cannot find the node of %q", ws)
+	w.t.Fatalf("cannot find the node of %q (last error: %v)", ws, last)
 	return ""
 }
 
@@ -232,6 +272,9 @@ func (w *clusterWorld) failover(lose, restore func(node string), targets ...stri
 	}
 	w.id = info.ID
 	w.waitAgents(1, convergeTimeout)
+	if w.live {
+		w.loseAfterAck(lose, restore)
+	}
 
 	wctx, stop := context.WithCancel(ctx)
 	done := make(chan struct{})
@@ -240,7 +283,10 @@ func (w *clusterWorld) failover(lose, restore func(node string), targets ...stri
 	for _, target := range targets {
 		node := w.nodeOf(target)
 		what := "the records' stream leader"
-		if target != "" {
+		switch {
+		case target != "" && w.live:
+			what = "the node " + target + "'s agent is connected to"
+		case target != "":
 			what = "the node with " + target + "'s consumer"
 		}
 		w.ackedAfter(time.Now(), convergeTimeout) // writes flow before the loss
@@ -293,9 +339,36 @@ func (w *clusterWorld) failover(lose, restore func(node string), targets ...stri
 		}
 	}
 	t.Logf("%d updates acknowledged, %d failed during the losses", acked-1, fails)
+
 	if strings.Contains(w.logs.String(), "cluster-value") {
 		t.Fatal("a secret value appears in a log line")
 	}
+}
+
+// loseAfterAck updates the secret once and, as soon as the update is
+// acknowledged, loses the records' stream leader, with no write after:
+// only the leader republishes a record, when it stores it, so a record a
+// crashed leader stored but did not get republished reaches live agents
+// through nothing but their read after the election. Every agent must
+// hold the version within seconds, not at its periodic read (minutes).
+func (w *clusterWorld) loseAfterAck(lose, restore func(node string)) {
+	t := w.t
+	node := w.nodeOf("")
+	ctx, cancel := context.WithTimeout(context.Background(), convergeTimeout)
+	defer cancel()
+	info, err := w.client.Update(ctx, "TOKEN", []byte("cluster-value-before-loss"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	acked := time.Now()
+	lose(node)
+	conv := w.waitAgents(info.Version, liveConvergeTimeout)
+	t.Logf("lost the records' stream leader (%s) right after version %d was acknowledged, no write after: every agent held it after %v",
+		node, info.Version, conv.Sub(acked).Round(time.Millisecond))
+	w.mu.Lock()
+	w.acked = max(w.acked, info.Version)
+	w.mu.Unlock()
+	restore(node)
 }
 
 // TestClusterFailover: on three in-process nodes, lose the records'
@@ -303,8 +376,21 @@ func (w *clusterWorld) failover(lose, restore func(node string), targets ...stri
 // keep coming. In-process nodes stop gracefully (they hand their raft
 // leaderships over); TestClusterCrash kills processes.
 func TestClusterFailover(t *testing.T) {
+	for _, live := range []bool{false, true} {
+		t.Run(deliveryName(live), func(t *testing.T) { clusterFailover(t, live) })
+	}
+}
+
+func deliveryName(live bool) string {
+	if live {
+		return agent.DeliveryLive
+	}
+	return agent.DeliveryConsumer
+}
+
+func clusterFailover(t *testing.T, live bool) {
 	c := natstest.StartCluster(t, 3)
-	w := newClusterWorld(t, c.URLs())
+	w := newClusterWorld(t, c.URLs(), live)
 	index := func(node string) int {
 		var i int
 		if _, err := fmt.Sscanf(node, "node-%d", &i); err != nil {
@@ -326,10 +412,14 @@ func TestClusterCrash(t *testing.T) {
 	if testing.Short() {
 		t.Skip("crash failover waits for raft elections; skipped with -short")
 	}
-	c := natstest.StartProcessCluster(t, 3)
-	w := newClusterWorld(t, c.URLs())
-	w.failover(
-		func(node string) { c.Kill(c.Index(node)) },
-		func(node string) { c.Restart(c.Index(node)) },
-		"", "ws-a")
+	for _, live := range []bool{false, true} {
+		t.Run(deliveryName(live), func(t *testing.T) {
+			c := natstest.StartProcessCluster(t, 3)
+			w := newClusterWorld(t, c.URLs(), live)
+			w.failover(
+				func(node string) { c.Kill(c.Index(node)) },
+				func(node string) { c.Restart(c.Index(node)) },
+				"", "ws-a")
+		})
+	}
 }
