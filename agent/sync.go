@@ -127,7 +127,7 @@ func (s *syncer) run(ctx context.Context) {
 			continue
 		}
 		if errors.Is(err, errLiveDenied) {
-			s.log.Error("live delivery refused by the NATS server's permissions (generated before live delivery?); reading with a consumer of the agent's own instead",
+			s.log.Error("live delivery refused by the NATS server's permissions (generated before live delivery or before its leader-election subject? regenerate them with 'nbsecrets nats-config'); reading with a consumer of the agent's own instead",
 				"error", err)
 			read = s.consume
 			continue
