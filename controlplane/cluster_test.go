@@ -2,6 +2,7 @@ package controlplane
 
 import (
 	"context"
+	"os"
 	"fmt"
 	"strings"
 	"sync"
@@ -46,6 +47,11 @@ type clusterWorld struct {
 	js     jetstream.JetStream
 	id     string // the secret's id
 	live   bool   // the service republishes, the agents use live delivery
+	// crash: nodes die without handing leaderships over (SIGKILL), so
+	// the survivors elect the records stream's leader after the agents
+	// on the lost node have reconnected: in live delivery each agent
+	// must see the election and read again.
+	crash bool
 	conns  map[string]*nats.Conn
 
 	mu    sync.Mutex
@@ -67,8 +73,10 @@ func newClusterWorld(t *testing.T, urls string, live bool) *clusterWorld {
 		w.wsKeys[ws] = k
 		w.dir.Workspaces = append(w.dir.Workspaces, Workspace{ID: ws, Owner: "alice", Projects: []string{"ml"}, CurveKey: must(k.PublicKey())})
 	}
+	// The logs go to the test's output when it fails, or always with
+	// NBSECRETS_CLUSTER_LOGS set (to see where convergence time goes).
 	t.Cleanup(func() {
-		if t.Failed() && !strings.Contains(w.logs.String(), "cluster-value") {
+		if (t.Failed() || os.Getenv("NBSECRETS_CLUSTER_LOGS") != "") && !strings.Contains(w.logs.String(), "cluster-value") {
 			t.Logf("the service's and agents' logs:\n%s", w.logs.String())
 		}
 	})
@@ -365,6 +373,20 @@ func (w *clusterWorld) loseAfterAck(lose, restore func(node string)) {
 	conv := w.waitAgents(info.Version, liveConvergeTimeout)
 	t.Logf("lost the records' stream leader (%s) right after version %d was acknowledged, no write after: every agent held it after %v",
 		node, info.Version, conv.Sub(acked).Round(time.Millisecond))
+	if w.crash {
+		// Each agent heard the election and read again: the path a
+		// record stored and never republished takes.
+		deadline := time.Now().Add(liveConvergeTimeout)
+		for ws := range w.agents {
+			for !strings.Contains(w.logs.String(), ws+".sync: reading the records again: workspace="+ws+" reason=\"agent: the records stream elected a leader") {
+				if time.Now().After(deadline) {
+					t.Fatalf("agent %s did not read again after the records stream elected a leader", ws)
+				}
+				time.Sleep(50 * time.Millisecond) // polling, not synchronisation
+			}
+		}
+		t.Logf("every agent had read its records again after the election within %v of the loss", time.Since(acked).Round(time.Millisecond))
+	}
 	w.mu.Lock()
 	w.acked = max(w.acked, info.Version)
 	w.mu.Unlock()
@@ -416,6 +438,7 @@ func TestClusterCrash(t *testing.T) {
 		t.Run(deliveryName(live), func(t *testing.T) {
 			c := natstest.StartProcessCluster(t, 3)
 			w := newClusterWorld(t, c.URLs(), live)
+			w.crash = true
 			w.failover(
 				func(node string) { c.Kill(c.Index(node)) },
 				func(node string) { c.Restart(c.Index(node)) },
