@@ -2,8 +2,8 @@ package controlplane
 
 import (
 	"context"
-	"os"
 	"fmt"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -52,7 +52,7 @@ type clusterWorld struct {
 	// on the lost node have reconnected: in live delivery each agent
 	// must see the election and read again.
 	crash bool
-	conns  map[string]*nats.Conn
+	conns map[string]*nats.Conn
 
 	mu    sync.Mutex
 	acked uint64 // highest version an Update returned
