@@ -32,14 +32,22 @@ import (
 // record carries Nats-Sequence (its stream sequence) and Nats-Last-Sequence
 // (the sequence the same subject held before it, 0 for a new key), so the
 // agent applies one only when it follows the sequence it holds for that
-// key; on a gap, a dropped message, a reconnect, an access change and every
-// LiveRefresh it reads everything again with a fresh consumer. A record
-// goes through the same checks as in consumer mode (applyRecord: signature,
-// workspace, key, scope, replay floor).
+// key; on a gap, a dropped message, a reconnect, an access change, a
+// leader election of the records stream (LeaderElected, after a random
+// wait of up to liveLeaderJitter) and every defaultLiveRefresh it reads
+// everything again with a fresh consumer. A record goes through the same
+// checks as in consumer mode (applyRecord: signature, workspace, key,
+// scope, replay floor).
+//
+// Live delivery falls back to consumer delivery for the rest of the run,
+// with an error log saying why, when the server refuses either
+// subscription (permissions generated before them) and when a periodic
+// read finds a record that never came live (a records stream that does not
+// republish: see errLiveNotRepublished).
 
 // Delivery modes of Config.Delivery.
 const (
-	DeliveryConsumer = "consumer" // a consumer of the agent's own for as long as it runs (default)
+	DeliveryConsumer = "consumer" // a consumer of the agent's own for as long as it runs (Config's zero value; the commands default to live)
 	DeliveryLive     = "live"     // republished records over core NATS, a consumer only to read what is stored
 )
 
