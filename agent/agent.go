@@ -103,6 +103,8 @@ type Agent struct {
 	quiet   *quietHub
 	// storedReads counts the live mode's reads of what is stored (tests).
 	storedReads atomic.Int64
+	// delivery is the delivery mode the syncer uses now (Status).
+	delivery atomic.Pointer[string]
 
 	mu      sync.Mutex
 	running bool
@@ -247,7 +249,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	s := &syncer{js: js, ws: a.cfg.Workspace.ID, opener: a.cfg.Opener, st: a.st, log: a.log.Named("sync"), now: time.Now,
 		published: a.saveState, access: a.access, live: a.cfg.Delivery == DeliveryLive, liveRefresh: a.cfg.liveRefresh,
-		storedReads: &a.storedReads, liveJitter: a.cfg.liveJitter}
+		storedReads: &a.storedReads, liveJitter: a.cfg.liveJitter, inUse: &a.delivery}
 	wg.Add(3)
 	go func() { defer wg.Done(); a.publishStatus(ctx) }()
 	go func() { defer wg.Done(); s.run(ctx) }()
@@ -354,6 +356,7 @@ type Status struct {
 	Communities    []string          `json:"communities"` // and those shared with its communities
 	NATS           string            `json:"nats"`
 	NATSServer     string            `json:"nats_server,omitempty"`
+	Delivery       string            `json:"delivery,omitempty"` // DeliveryLive or DeliveryConsumer: in use now (after a fallback, consumer)
 	Loaded         bool              `json:"loaded"`
 	LastSync       time.Time         `json:"last_sync,omitzero"`
 	Started        time.Time         `json:"started"`
@@ -382,6 +385,9 @@ func (a *Agent) Status() Status {
 	a.st.mu.Unlock()
 	st.NATS = a.cfg.Conn.Status().String()
 	st.NATSServer = a.cfg.Conn.ConnectedUrlRedacted()
+	if d := a.delivery.Load(); d != nil {
+		st.Delivery = *d
+	}
 	for _, n := range d.Names() {
 		v := d.Env[n]
 		st.Secrets = append(st.Secrets, SecretStatus{Name: n, SecretID: v.SecretID, Version: v.Version, Scope: v.Scope})

@@ -67,6 +67,9 @@ func TestLiveNotRepublishedFallsBack(t *testing.T) {
 	log, logs := ownLogs(t)
 	a := h.startAgentWith(func(c *Config) { c.Delivery, c.liveRefresh, c.Logger = DeliveryLive, 500*time.Millisecond, log })
 	waitDesired(t, a, "NOREPUB", v1)
+	if d := a.Status().Delivery; d != DeliveryLive {
+		t.Fatalf("status says delivery %q before the fallback, want live", d)
+	}
 	h.put("s1", "NOREPUB", 2, v2)
 	waitDesired(t, a, "NOREPUB", v2) // the periodic read
 	waitFor(t, 30*time.Second, func() error {
@@ -80,6 +83,9 @@ func TestLiveNotRepublishedFallsBack(t *testing.T) {
 	waitDesired(t, a, "NOREPUB", v3)
 	if got := a.storedReads.Load(); got != reads {
 		t.Errorf("%d live reads after the fallback to a consumer", got-reads)
+	}
+	if d := a.Status().Delivery; d != DeliveryConsumer {
+		t.Errorf("status says delivery %q after the fallback, want consumer", d)
 	}
 }
 
@@ -102,8 +108,8 @@ func TestLiveRepublishedNoFallback(t *testing.T) {
 		}
 		return nil
 	})
-	if strings.Contains(logs.String(), "does not republish them") {
-		t.Error("fell back to a consumer although every record came live")
+	if strings.Contains(logs.String(), "does not republish them") || a.Status().Delivery != DeliveryLive {
+		t.Errorf("fell back to a consumer although every record came live (status: delivery %q)", a.Status().Delivery)
 	}
 }
 
@@ -189,6 +195,9 @@ func TestLiveDeniedBesideOtherError(t *testing.T) {
 		}
 		if !strings.Contains(logs.String(), "live delivery refused by the NATS server's permissions") {
 			t.Error("no log line saying live delivery was refused")
+		}
+		if d := a.Status().Delivery; d != DeliveryConsumer {
+			t.Errorf("status says delivery %q, want consumer", d)
 		}
 	})
 }
