@@ -163,6 +163,28 @@ func TestLiveDeniedBesideOtherError(t *testing.T) {
 		}
 	})
 
+	t.Run("without PermissionErrOnSubscribe, the last error", func(t *testing.T) {
+		// A connection not made by Connect: the refusal is found, as
+		// before, in the connection's last error, when nothing else was
+		// refused since.
+		nc, err := nats.Connect(h.ns.ClientURL(), nats.UserInfo("agent", "agent-pw"), nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nc.Close()
+		before := nc.LastError()
+		sub, err := nc.SubscribeSync(LiveSubject(h.ws.ID))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := nc.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := refused(nc, sub, before); !errors.Is(err, nats.ErrPermissionViolation) {
+			t.Fatalf("refused: %v, want the permissions violation", err)
+		}
+	})
+
 	t.Run("agent falls back", func(t *testing.T) {
 		nc, err := Connect(h.ns.ClientURL(), testLogger(t), nats.UserInfo("agent", "agent-pw"))
 		if err != nil {
