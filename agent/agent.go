@@ -83,6 +83,8 @@ type Config struct {
 	Delivery string
 	// liveRefresh: tests, the live mode's periodic re-read.
 	liveRefresh time.Duration
+	// liveJitter: tests, the live mode's wait after a leader election.
+	liveJitter time.Duration
 
 	dial dialer // tests: a fake kernel session
 }
@@ -101,6 +103,8 @@ type Agent struct {
 	quiet   *quietHub
 	// storedReads counts the live mode's reads of what is stored (tests).
 	storedReads atomic.Int64
+	// delivery is the delivery mode the syncer uses now (Status).
+	delivery atomic.Pointer[string]
 
 	mu      sync.Mutex
 	running bool
@@ -245,7 +249,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	s := &syncer{js: js, ws: a.cfg.Workspace.ID, opener: a.cfg.Opener, st: a.st, log: a.log.Named("sync"), now: time.Now,
 		published: a.saveState, access: a.access, live: a.cfg.Delivery == DeliveryLive, liveRefresh: a.cfg.liveRefresh,
-		storedReads: &a.storedReads}
+		storedReads: &a.storedReads, liveJitter: a.cfg.liveJitter, inUse: &a.delivery}
 	wg.Add(3)
 	go func() { defer wg.Done(); a.publishStatus(ctx) }()
 	go func() { defer wg.Done(); s.run(ctx) }()
@@ -352,6 +356,7 @@ type Status struct {
 	Communities    []string          `json:"communities"` // and those shared with its communities
 	NATS           string            `json:"nats"`
 	NATSServer     string            `json:"nats_server,omitempty"`
+	Delivery       string            `json:"delivery,omitempty"` // DeliveryLive or DeliveryConsumer: in use now (after a fallback, consumer)
 	Loaded         bool              `json:"loaded"`
 	LastSync       time.Time         `json:"last_sync,omitzero"`
 	Started        time.Time         `json:"started"`
@@ -380,6 +385,9 @@ func (a *Agent) Status() Status {
 	a.st.mu.Unlock()
 	st.NATS = a.cfg.Conn.Status().String()
 	st.NATSServer = a.cfg.Conn.ConnectedUrlRedacted()
+	if d := a.delivery.Load(); d != nil {
+		st.Delivery = *d
+	}
 	for _, n := range d.Names() {
 		v := d.Env[n]
 		st.Secrets = append(st.Secrets, SecretStatus{Name: n, SecretID: v.SecretID, Version: v.Version, Scope: v.Scope})
@@ -399,7 +407,10 @@ func (a *Agent) Status() Status {
 
 // Connect opens a NATS connection that never gives up: it retries a failed
 // first connect, reconnects forever, and logs disconnects and reconnects.
-// opts come after these defaults (credentials, TLS, a name).
+// A subscription the server refuses reports it as its own error
+// (nats.PermissionErrOnSubscribe), which live delivery relies on to fall
+// back to a consumer. opts come after these defaults (credentials, TLS, a
+// name).
 func Connect(url string, log hclog.Logger, opts ...nats.Option) (*nats.Conn, error) {
 	if log == nil {
 		log = hclog.NewNullLogger()
@@ -410,6 +421,7 @@ func Connect(url string, log hclog.Logger, opts ...nats.Option) (*nats.Conn, err
 		nats.RetryOnFailedConnect(true),
 		nats.ReconnectWait(250 * time.Millisecond),
 		nats.ReconnectJitter(100*time.Millisecond, time.Second),
+		nats.PermissionErrOnSubscribe(true),
 		nats.DisconnectErrHandler(func(c *nats.Conn, err error) {
 			if c.IsClosed() {
 				log.Debug("NATS connection closed")

@@ -38,7 +38,15 @@ type syncer struct {
 	// liveRefresh is its periodic re-read (0: defaultLiveRefresh).
 	live        bool
 	liveRefresh time.Duration
-	storedReads *atomic.Int64 // counts consumeLive's reads (nil: none)
+	storedReads *atomic.Int64           // counts consumeLive's reads (nil: none)
+	liveJitter  time.Duration           // tests: the wait after a leader election (0: liveLeaderJitter)
+	inUse       *atomic.Pointer[string] // set to the delivery mode in use (nil: none)
+	// Across live reads: the sequence of each key the previous read found,
+	// the highest delivered live, and whether the next read checks for
+	// records never delivered live (after a periodic re-read).
+	liveRead  map[string]uint64
+	liveSeen  map[string]uint64
+	liveCheck bool
 }
 
 // accessBox hands the newest access change to the syncer: Agent.SetAccess
@@ -103,8 +111,10 @@ func (s *syncer) publish() {
 func (s *syncer) run(ctx context.Context) {
 	bo := backoff{min: 100 * time.Millisecond, max: 5 * time.Second}
 	read := s.consume
+	s.using(DeliveryConsumer)
 	if s.live {
 		read = s.consumeLive
+		s.using(DeliveryLive)
 	}
 	for ctx.Err() == nil {
 		err := read(ctx)
@@ -120,13 +130,22 @@ func (s *syncer) run(ctx context.Context) {
 			continue
 		}
 		if errors.Is(err, errLiveDenied) {
-			s.log.Error("live delivery refused by the NATS server's permissions (generated before live delivery?); reading with a consumer of the agent's own instead",
-				"subject", LiveSubject(s.ws), "error", err)
+			s.log.Error("live delivery refused by the NATS server's permissions (generated before live delivery or before its leader-election subject? regenerate them with 'nbsecrets nats-config'); reading with a consumer of the agent's own instead",
+				"error", err)
 			read = s.consume
+			s.using(DeliveryConsumer)
 			continue
 		}
-		if errors.Is(err, errLiveGap) || errors.Is(err, errLiveDropped) || errors.Is(err, errLiveRefresh) {
+		if errors.Is(err, errLiveNotRepublished) {
+			s.log.Error("live delivery gets no records: the records stream does not republish them (a secrets service from before live delivery, or 'serve --live=false' on a bucket made without it); reading with a consumer of the agent's own instead",
+				"subject", LiveSubject(s.ws), "error", err)
+			read = s.consume
+			s.using(DeliveryConsumer)
+			continue
+		}
+		if errors.Is(err, errLiveGap) || errors.Is(err, errLiveDropped) || errors.Is(err, errLiveRefresh) || errors.Is(err, errLiveLeader) {
 			s.log.Info("reading the records again", "reason", err)
+			s.liveCheck = errors.Is(err, errLiveRefresh)
 			continue
 		}
 		if errors.Is(err, errReconnected) {
@@ -137,6 +156,13 @@ func (s *syncer) run(ctx context.Context) {
 		if !waitCtx(ctx, bo.next()) {
 			return
 		}
+	}
+}
+
+// using notes the delivery mode in use for Status.
+func (s *syncer) using(mode string) {
+	if s.inUse != nil {
+		s.inUse.Store(&mode)
 	}
 }
 

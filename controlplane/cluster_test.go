@@ -3,6 +3,7 @@ package controlplane
 import (
 	"context"
 	"fmt"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -23,6 +24,12 @@ import (
 // consumer noticing its consumer is gone, and a loaded machine.
 const convergeTimeout = 90 * time.Second
 
+// liveConvergeTimeout bounds how long live agents may take to hold a
+// version acknowledged just before the stream leader was lost, with no
+// write after it: well under their periodic read (5 to 7.5 minutes), so
+// that only the read after the leader election can make it.
+const liveConvergeTimeout = 60 * time.Second
+
 // clusterWorld is a secrets service with R3 buckets, a user and two real
 // agents (no kernels) on a NATS cluster, and a writer that keeps updating
 // a project secret.
@@ -39,6 +46,13 @@ type clusterWorld struct {
 	nc     *nats.Conn
 	js     jetstream.JetStream
 	id     string // the secret's id
+	live   bool   // the service republishes, the agents use live delivery
+	// crash: nodes die without handing leaderships over (SIGKILL), so
+	// the survivors elect the records stream's leader after the agents
+	// on the lost node have reconnected: in live delivery each agent
+	// must see the election and read again.
+	crash bool
+	conns map[string]*nats.Conn
 
 	mu    sync.Mutex
 	acked uint64 // highest version an Update returned
@@ -46,10 +60,11 @@ type clusterWorld struct {
 	fails int
 }
 
-func newClusterWorld(t *testing.T, urls string) *clusterWorld {
+func newClusterWorld(t *testing.T, urls string, live bool) *clusterWorld {
 	t.Helper()
 	w := &clusterWorld{t: t, urls: urls, sign: must(nkeys.CreateAccount()), curve: must(nkeys.CreateCurveKeys()),
-		wsKeys: map[string]nkeys.KeyPair{}, agents: map[string]*agent.Agent{}, logs: &syncBuffer{}, at: map[uint64]time.Time{}}
+		wsKeys: map[string]nkeys.KeyPair{}, agents: map[string]*agent.Agent{}, logs: &syncBuffer{}, at: map[uint64]time.Time{},
+		live: live, conns: map[string]*nats.Conn{}}
 	user := must(nkeys.CreateUser())
 	w.dir = &Directory{Users: []User{{ID: "alice", PublicKey: must(user.PublicKey())}},
 		Projects: []Project{{ID: "ml", Members: []Member{{"alice", RoleAdmin}}}}}
@@ -58,11 +73,18 @@ func newClusterWorld(t *testing.T, urls string) *clusterWorld {
 		w.wsKeys[ws] = k
 		w.dir.Workspaces = append(w.dir.Workspaces, Workspace{ID: ws, Owner: "alice", Projects: []string{"ml"}, CurveKey: must(k.PublicKey())})
 	}
+	// The logs go to the test's output when it fails, or always with
+	// NBSECRETS_CLUSTER_LOGS set (to see where convergence time goes).
+	t.Cleanup(func() {
+		if (t.Failed() || os.Getenv("NBSECRETS_CLUSTER_LOGS") != "") && !strings.Contains(w.logs.String(), "cluster-value") {
+			t.Logf("the service's and agents' logs:\n%s", w.logs.String())
+		}
+	})
 	w.nc = w.connect("test")
 	w.js = must(jetstream.New(w.nc))
 	svcConn := w.connect("service")
 	logger := hclog.New(&hclog.LoggerOptions{Level: hclog.Debug, Output: w.logs})
-	svc, err := New(Options{Conn: svcConn, SignKey: w.sign, CurveKey: w.curve, Directory: w.dir, Logger: logger, Replicas: 3})
+	svc, err := New(Options{Conn: svcConn, SignKey: w.sign, CurveKey: w.curve, Directory: w.dir, Logger: logger, Replicas: 3, Live: live})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,8 +95,8 @@ func newClusterWorld(t *testing.T, urls string) *clusterWorld {
 	}
 	t.Cleanup(func() { _ = svc.Stop() })
 	w.client = NewClient(w.connect("client"), "alice", user, must(w.curve.PublicKey()))
-	for _, ws := range []string{"ws-a", "ws-b"} {
-		w.startAgent(ws)
+	for i, ws := range []string{"ws-a", "ws-b"} {
+		w.startAgent(ws, i)
 	}
 	return w
 }
@@ -89,16 +111,25 @@ func (w *clusterWorld) connect(name string) *nats.Conn {
 	return nc
 }
 
-func (w *clusterWorld) startAgent(ws string) {
+// startAgent starts ws's agent, connected first to node i (from 0): the
+// agents start on different nodes, so that losing one node leaves one
+// connected.
+func (w *clusterWorld) startAgent(ws string, i int) {
 	t := w.t
 	logger := hclog.New(&hclog.LoggerOptions{Name: ws, Level: hclog.Debug, Output: w.logs})
-	nc, err := agent.Connect(w.urls, logger)
+	urls := strings.Split(w.urls, ",")
+	i %= len(urls)
+	nc, err := agent.Connect(strings.Join(append(urls[i:], urls[:i]...), ","), logger, nats.DontRandomize())
 	if err != nil {
 		t.Fatal(err)
 	}
 	opener := must(protocol.NewOpener(ws, []string{must(w.sign.PublicKey())}, must(w.curve.PublicKey()), w.wsKeys[ws]))
+	delivery := agent.DeliveryConsumer
+	if w.live {
+		delivery = agent.DeliveryLive
+	}
 	a, err := agent.New(agent.Config{Workspace: agent.Workspace{ID: ws, Owner: "alice", Projects: []string{"ml"}},
-		Opener: opener, Conn: nc, Logger: logger})
+		Opener: opener, Conn: nc, Logger: logger, Delivery: delivery})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,6 +144,7 @@ func (w *clusterWorld) startAgent(ws string) {
 		nc.Close()
 	})
 	w.agents[ws] = a
+	w.conns[ws] = nc
 }
 
 // version is the version of the secret agent ws holds, 0 for none.
@@ -192,15 +224,34 @@ func (w *clusterWorld) ackedAfter(t time.Time, timeout time.Duration) uint64 {
 }
 
 // nodeOf returns the server name leading the records' stream, or (with a
-// workspace) the one holding that workspace agent's consumer.
+// workspace) the one holding that workspace agent's consumer, in live
+// delivery (where the agent keeps no consumer) the one its connection is
+// on.
 func (w *clusterWorld) nodeOf(ws string) string {
 	w.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	for ctx.Err() == nil {
+	if ws != "" && w.live {
+		deadline := time.Now().Add(30 * time.Second)
+		for time.Now().Before(deadline) {
+			if name := w.conns[ws].ConnectedServerName(); name != "" {
+				return name
+			}
+			time.Sleep(100 * time.Millisecond) // polling, not synchronisation
+		}
+		w.t.Fatalf("agent %s is not connected", ws)
+	}
+	deadline := time.Now().Add(convergeTimeout)
+	var last error
+	for time.Now().Before(deadline) {
+		// Each try with a deadline of its own: a request lost with a
+		// node may otherwise hold the whole wait.
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		st, err := w.js.Stream(ctx, protocol.StreamName())
+		if err != nil {
+			last = err
+		}
 		if err == nil && ws == "" {
 			if cl := st.CachedInfo().Cluster; cl != nil && cl.Leader != "" {
+				cancel()
 				return cl.Leader
 			}
 		}
@@ -209,14 +260,16 @@ func (w *clusterWorld) nodeOf(ws string) string {
 			for ci := range l.Info() {
 				if ci.Config.FilterSubject == protocol.WorkspaceFilter(ws) || len(ci.Config.FilterSubjects) == 1 && ci.Config.FilterSubjects[0] == protocol.WorkspaceFilter(ws) {
 					if ci.Cluster != nil && ci.Cluster.Leader != "" {
+						cancel()
 						return ci.Cluster.Leader
 					}
 				}
 			}
 		}
+		cancel()
 		time.Sleep(100 * time.Millisecond) // polling, not synchronisation
 	}
-	w.t.Fatalf("cannot find the node of %q", ws)
+	w.t.Fatalf("cannot find the node of %q (last error: %v)", ws, last)
 	return ""
 }
 
@@ -232,6 +285,9 @@ func (w *clusterWorld) failover(lose, restore func(node string), targets ...stri
 	}
 	w.id = info.ID
 	w.waitAgents(1, convergeTimeout)
+	if w.live {
+		w.loseAfterAck(lose, restore)
+	}
 
 	wctx, stop := context.WithCancel(ctx)
 	done := make(chan struct{})
@@ -240,7 +296,10 @@ func (w *clusterWorld) failover(lose, restore func(node string), targets ...stri
 	for _, target := range targets {
 		node := w.nodeOf(target)
 		what := "the records' stream leader"
-		if target != "" {
+		switch {
+		case target != "" && w.live:
+			what = "the node " + target + "'s agent is connected to"
+		case target != "":
 			what = "the node with " + target + "'s consumer"
 		}
 		w.ackedAfter(time.Now(), convergeTimeout) // writes flow before the loss
@@ -293,9 +352,60 @@ func (w *clusterWorld) failover(lose, restore func(node string), targets ...stri
 		}
 	}
 	t.Logf("%d updates acknowledged, %d failed during the losses", acked-1, fails)
+
 	if strings.Contains(w.logs.String(), "cluster-value") {
 		t.Fatal("a secret value appears in a log line")
 	}
+}
+
+// loseAfterAck updates the secret once and, as soon as the update is
+// acknowledged, loses the records' stream leader, with no write after:
+// only the leader republishes a record, when it stores it, so a record a
+// crashed leader stored but did not get republished reaches live agents
+// through nothing but their read after the election. Every agent must
+// hold the version within seconds, not at its periodic read (minutes).
+func (w *clusterWorld) loseAfterAck(lose, restore func(node string)) {
+	t := w.t
+	node := w.nodeOf("")
+	ctx, cancel := context.WithTimeout(context.Background(), convergeTimeout)
+	defer cancel()
+	info, err := w.client.Update(ctx, "TOKEN", []byte("cluster-value-before-loss"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	acked := time.Now()
+	reconnects := map[string]uint64{}
+	for ws, nc := range w.conns {
+		reconnects[ws] = nc.Stats().Reconnects
+	}
+	lose(node)
+	conv := w.waitAgents(info.Version, liveConvergeTimeout)
+	t.Logf("lost the records' stream leader (%s) right after version %d was acknowledged, no write after: every agent held it after %v",
+		node, info.Version, conv.Sub(acked).Round(time.Millisecond))
+	if w.crash {
+		// Each agent that kept its connection heard the election and read
+		// again: the path a record stored and never republished takes.
+		// One that was on the lost node reads again once reconnected,
+		// retrying until a read succeeds: after the election.
+		deadline := time.Now().Add(liveConvergeTimeout)
+		for ws := range w.agents {
+			if w.conns[ws].Stats().Reconnects != reconnects[ws] {
+				t.Logf("agent %s was on the lost node: it read again once reconnected", ws)
+				continue
+			}
+			for !strings.Contains(w.logs.String(), ws+".sync: reading the records again: workspace="+ws+" reason=\"agent: the records stream elected a leader") {
+				if time.Now().After(deadline) {
+					t.Fatalf("agent %s did not read again after the records stream elected a leader", ws)
+				}
+				time.Sleep(50 * time.Millisecond) // polling, not synchronisation
+			}
+		}
+		t.Logf("every agent left connected had read its records again after the election within %v of the loss", time.Since(acked).Round(time.Millisecond))
+	}
+	w.mu.Lock()
+	w.acked = max(w.acked, info.Version)
+	w.mu.Unlock()
+	restore(node)
 }
 
 // TestClusterFailover: on three in-process nodes, lose the records'
@@ -303,8 +413,21 @@ func (w *clusterWorld) failover(lose, restore func(node string), targets ...stri
 // keep coming. In-process nodes stop gracefully (they hand their raft
 // leaderships over); TestClusterCrash kills processes.
 func TestClusterFailover(t *testing.T) {
+	for _, live := range []bool{false, true} {
+		t.Run(deliveryName(live), func(t *testing.T) { clusterFailover(t, live) })
+	}
+}
+
+func deliveryName(live bool) string {
+	if live {
+		return agent.DeliveryLive
+	}
+	return agent.DeliveryConsumer
+}
+
+func clusterFailover(t *testing.T, live bool) {
 	c := natstest.StartCluster(t, 3)
-	w := newClusterWorld(t, c.URLs())
+	w := newClusterWorld(t, c.URLs(), live)
 	index := func(node string) int {
 		var i int
 		if _, err := fmt.Sscanf(node, "node-%d", &i); err != nil {
@@ -326,10 +449,15 @@ func TestClusterCrash(t *testing.T) {
 	if testing.Short() {
 		t.Skip("crash failover waits for raft elections; skipped with -short")
 	}
-	c := natstest.StartProcessCluster(t, 3)
-	w := newClusterWorld(t, c.URLs())
-	w.failover(
-		func(node string) { c.Kill(c.Index(node)) },
-		func(node string) { c.Restart(c.Index(node)) },
-		"", "ws-a")
+	for _, live := range []bool{false, true} {
+		t.Run(deliveryName(live), func(t *testing.T) {
+			c := natstest.StartProcessCluster(t, 3)
+			w := newClusterWorld(t, c.URLs(), live)
+			w.crash = true
+			w.failover(
+				func(node string) { c.Kill(c.Index(node)) },
+				func(node string) { c.Restart(c.Index(node)) },
+				"", "ws-a")
+		})
+	}
 }

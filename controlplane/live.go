@@ -16,6 +16,14 @@ import (
 // of keeping a consumer.
 const LivePrefix = "nbsecrets.live."
 
+// LeaderElected is the advisory nats-server publishes in the service's
+// account when the records stream (on a JetStream cluster) elects a
+// leader. Only the leader republishes, once it has stored a record: a
+// leader that crashes in between leaves the record stored and republished
+// by no one, so agents in live delivery read their records again after
+// each election (agent.LeaderElected is the same subject).
+const LeaderElected = "$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.KV_" + protocol.Bucket
+
 // liveRePublish is the records stream's RePublish in live mode.
 func liveRePublish() *jetstream.RePublish {
 	return &jetstream.RePublish{Source: "$KV." + protocol.Bucket + ".>", Destination: LivePrefix + ">"}

@@ -45,7 +45,7 @@ func runAgent(ctx context.Context, env *cliEnv, args []string) error {
 	policy := policyFlags(fs)
 	metricsAddr, metricsAnyAddr := metricsFlag(fs), metricsNonLoopbackFlag(fs)
 	remoteKernels := allowRemoteKernelsFlag(fs)
-	delivery := fs.String("delivery", envOr("NBSECRETS_DELIVERY", agent.DeliveryConsumer), "how records arrive: consumer (a NATS consumer of the agent's own while it runs) or live (records the service republishes to nbsecrets.live.<workspace>.>, a consumer only to read what is stored; needs 'nbsecrets serve --live') ($NBSECRETS_DELIVERY)")
+	delivery := deliveryFlag(fs)
 	logLevel, logJSON := logFlags(fs)
 	_ = fs.Bool("exec", false, "on a JupyterHub: nbsecrets agent --exec -- jupyterhub-singleuser ... makes its keys, registers with $NBSECRETS_SERVICE_URL using $JUPYTERHUB_API_TOKEN and runs the server as its child (see deploy/jupyterhub)")
 	if err := parseFlags(fs, args); err != nil {

@@ -36,6 +36,8 @@ func runDev(ctx context.Context, env *cliEnv, args []string) error {
 	wsFlag := fs.String("workspace", "", "with --directory: the workspace whose agent dev runs (default: the first owned by the current user, else the first)")
 	policy := policyFlags(fs)
 	metricsAddr := metricsFlag(fs)
+	delivery := deliveryFlag(fs)
+	live := liveFlag(fs)
 	uiAddr, uiBase, uiNonLoopback := uiFlags(fs)
 	logLevel, logJSON := logFlags(fs)
 	if err := parseFlags(fs, args); err != nil {
@@ -45,6 +47,10 @@ func runDev(ctx context.Context, env *cliEnv, args []string) error {
 	if err != nil {
 		fmt.Fprintf(env.stderr, "nbsecrets dev: %v\n", err)
 		return errUsage
+	}
+	liveOn, err := live()
+	if err != nil {
+		return err
 	}
 	if fs.NArg() != 0 {
 		fs.Usage()
@@ -146,7 +152,7 @@ func runDev(ctx context.Context, env *cliEnv, args []string) error {
 	}
 	defer svcConn.Close()
 	svc, err := controlplane.New(controlplane.Options{Conn: svcConn, SignKey: signKP, CurveKey: curveKP,
-		Directory: dirc, Logger: log.Named("service")})
+		Directory: dirc, Logger: log.Named("service"), Live: liveOn})
 	if err != nil {
 		return err
 	}
@@ -170,7 +176,7 @@ func runDev(ctx context.Context, env *cliEnv, args []string) error {
 	}
 	agents := &devAgents{url: url, auth: agentAuth, wsID: wsID, signPub: signPub, curvePub: curvePub, wsKP: wsKP,
 		runtimeDir: *runtimeDir, sock: sock, log: log.Named("agent"),
-		policy: pol, jupyterServer: jupyterServer, metricsAddr: *metricsAddr}
+		policy: pol, jupyterServer: jupyterServer, metricsAddr: *metricsAddr, delivery: *delivery}
 	ag, err := agents.start(ctx, access)
 	if err != nil {
 		return err
@@ -377,6 +383,7 @@ type devAgents struct {
 	policy                       agent.Policy
 	jupyterServer                *agent.JupyterServer
 	metricsAddr                  string
+	delivery                     string // agent.Config.Delivery
 
 	mu     sync.Mutex
 	access controlplane.Access
@@ -406,7 +413,7 @@ func (d *devAgents) startLocked(ctx context.Context, access controlplane.Access)
 	ag, err := agent.New(agent.Config{
 		Workspace: workspaceOf(d.wsID, access),
 		Opener:    opener, Conn: conn, RuntimeDirs: []string{d.runtimeDir}, Socket: d.sock, Logger: d.log,
-		Policy: d.policy, JupyterServer: d.jupyterServer, MetricsAddr: d.metricsAddr,
+		Policy: d.policy, JupyterServer: d.jupyterServer, MetricsAddr: d.metricsAddr, Delivery: d.delivery,
 		StateFile: filepath.Join(filepath.Dir(d.sock), "agent-"+d.wsID+".state.json"),
 	})
 	if err != nil {

@@ -54,6 +54,7 @@ func runAgentExec(ctx context.Context, env *cliEnv, flags, argv []string) error 
 	lowMemory()
 	fs := newFlags(env, "agent", "--exec -- ARGV...")
 	svcURL := fs.String("service-url", envOr("NBSECRETS_SERVICE_URL", ""), "the secrets service's URL, as the server reaches it (http://127.0.0.1:PORT/services/nbsecrets/) ($NBSECRETS_SERVICE_URL)")
+	delivery := deliveryFlag(fs)
 	logLevel, logJSON := logFlags(fs)
 	if len(argv) > 0 && (argv[0] == "--help" || argv[0] == "-h") {
 		flags = append(flags, argv[0]) // `agent --exec --help`: this mode's usage
@@ -97,7 +98,7 @@ func runAgentExec(ctx context.Context, env *cliEnv, flags, argv []string) error 
 	stopAgent := func() {}
 	if *svcURL == "" || os.Getenv("JUPYTERHUB_API_TOKEN") == "" {
 		log.Error("no secrets service to register with ($NBSECRETS_SERVICE_URL, $JUPYTERHUB_API_TOKEN): starting the server without secrets")
-	} else if a, stopAgent, err = startHubAgent(log, *svcURL, tmp, setEnv); err != nil {
+	} else if a, stopAgent, err = startHubAgent(log, *svcURL, *delivery, tmp, setEnv); err != nil {
 		// The user's server matters more than its secrets: start it anyway.
 		log.Error("the agent could not start; starting the server without secrets", "error", err)
 	}
@@ -143,7 +144,7 @@ func runAgentExec(ctx context.Context, env *cliEnv, flags, argv []string) error 
 
 // startHubAgent registers a new workspace key with the service, wraps the
 // kernelspecs, and runs the agent until the returned stop is called.
-func startHubAgent(log hclog.Logger, svcURL, tmp string, setEnv func(k, v string)) (*agent.Agent, func(), error) {
+func startHubAgent(log hclog.Logger, svcURL, delivery, tmp string, setEnv func(k, v string)) (*agent.Agent, func(), error) {
 	started := time.Now()
 	curve, err := nkeys.CreateCurveKeys()
 	if err != nil {
@@ -196,7 +197,7 @@ func startHubAgent(log hclog.Logger, svcURL, tmp string, setEnv func(k, v string
 	sock := filepath.Join(tmp, "agent.sock")
 	a, err := agent.New(agent.Config{
 		Workspace: workspaceOf(rep.Workspace, controlplane.Access{Owner: rep.Owner, Projects: rep.Projects, Communities: rep.Communities}),
-		Opener:    opener, Conn: nc, RuntimeDirs: []string{runtimeDir}, Socket: sock, Logger: log,
+		Opener:    opener, Conn: nc, RuntimeDirs: []string{runtimeDir}, Socket: sock, Logger: log, Delivery: delivery,
 	})
 	if err != nil {
 		nc.Close()

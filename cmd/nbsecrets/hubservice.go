@@ -53,6 +53,7 @@ func runHubService(ctx context.Context, env *cliEnv, args []string) error {
 	usersPoll := fs.Duration("users-poll", hub.DefaultUsersInterval, "how often the hub's whole user list is read (hub admins, running servers; a new user a group names or an agent registers for is read at once)")
 	proofKey := fs.String("server-proof-key", envOr("NBSECRETS_SERVER_PROOF_KEY_FILE", ""), "the key of the hub's server proofs, which tell a user's servers apart on JupyterHub 3 (nbsecrets_config.py makes it) ($NBSECRETS_SERVER_PROOF_KEY_FILE)")
 	listen := fs.String("listen", "", "address to serve HTTP on (default: the host and port of $JUPYTERHUB_SERVICE_URL)")
+	live := liveFlag(fs)
 	logLevel, logJSON := logFlags(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -60,6 +61,10 @@ func runHubService(ctx context.Context, env *cliEnv, args []string) error {
 	if fs.NArg() != 0 {
 		fs.Usage()
 		return errUsage
+	}
+	liveOn, err := live()
+	if err != nil {
+		return err
 	}
 	apiURL, token := os.Getenv("JUPYTERHUB_API_URL"), os.Getenv("JUPYTERHUB_API_TOKEN")
 	if apiURL == "" || token == "" {
@@ -167,7 +172,8 @@ func runHubService(ctx context.Context, env *cliEnv, args []string) error {
 	if err := agentsNATS.apply(first); err != nil {
 		return err
 	}
-	svc, err := controlplane.New(controlplane.Options{Conn: nc, SignKey: signKP, CurveKey: curveKP, Directory: first, Logger: log.Named("service")})
+	svc, err := controlplane.New(controlplane.Options{Conn: nc, SignKey: signKP, CurveKey: curveKP, Directory: first, Logger: log.Named("service"),
+		Live: liveOn})
 	if err != nil {
 		return err
 	}

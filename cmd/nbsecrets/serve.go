@@ -48,7 +48,7 @@ func runServe(ctx context.Context, env *cliEnv, args []string) error {
 	signKey := fs.String("sign-key", envOr("NBSECRETS_SIGN_KEY", ""), "seed file of the service's ed25519 signing nkey, mode 0600 (required) ($NBSECRETS_SIGN_KEY)")
 	curveKey := fs.String("curve-key", envOr("NBSECRETS_CURVE_KEY", ""), "seed file of the service's curve key, mode 0600 (required) ($NBSECRETS_CURVE_KEY)")
 	names := addNameFlags(fs)
-	live := fs.Bool("live", envOr("NBSECRETS_LIVE", "") == "1", "republish every record to nbsecrets.live.<workspace>.<secret> (the records stream's RePublish, added to an existing bucket: needs STREAM.UPDATE of KV_nbsecrets) for agents run with --delivery live ($NBSECRETS_LIVE=1)")
+	live := liveFlag(fs)
 	replicas := fs.Int("bucket-replicas", envInt("NBSECRETS_BUCKET_REPLICAS", 1), "copies of each KV bucket the service creates: 3 on a three-node JetStream cluster ($NBSECRETS_BUCKET_REPLICAS)")
 	reconcileEvery := fs.Duration("reconcile-interval", envDuration("NBSECRETS_RECONCILE_INTERVAL", 0), "how often the replica holding the background lease rewrites records the bucket lost; 0: only at start, take-over and directory changes ($NBSECRETS_RECONCILE_INTERVAL)")
 	healthAddr := fs.String("health-addr", envOr("NBSECRETS_HEALTH_ADDR", ""), "serve /healthz, /readyz and /metrics on this host:port (for probes and scrapers; names no user, secret or workspace); empty: off ($NBSECRETS_HEALTH_ADDR)")
@@ -57,6 +57,10 @@ func runServe(ctx context.Context, env *cliEnv, args []string) error {
 		return err
 	}
 	if err := checkEnvNumbers(); err != nil {
+		return err
+	}
+	liveOn, err := live()
+	if err != nil {
 		return err
 	}
 	if *replicas < 1 || *replicas > 5 {
@@ -123,7 +127,7 @@ func runServe(ctx context.Context, env *cliEnv, args []string) error {
 		return err
 	}
 	svc, err := controlplane.New(controlplane.Options{Conn: nc, SignKey: signKP, CurveKey: curveKP, Directory: dir, Logger: log,
-		Names: namePolicy, Replicas: *replicas, ReconcileInterval: *reconcileEvery, Live: *live})
+		Names: namePolicy, Replicas: *replicas, ReconcileInterval: *reconcileEvery, Live: liveOn})
 	if err != nil {
 		return err
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -86,8 +87,8 @@ func printStatus(w io.Writer, st *agent.Status) {
 		}
 		return strings.Join(l, ",")
 	}
-	fmt.Fprintf(w, "workspace  %s (owner %s; projects %s; communities %s)\nNATS       %s %s\nlast sync  %s (loaded: %v)\nrecords    %d applied",
-		st.Workspace, st.Owner, list(st.Projects), list(st.Communities), st.NATS, st.NATSServer, ago(st.LastSync), st.Loaded, st.RecordsApplied)
+	fmt.Fprintf(w, "workspace  %s (owner %s; projects %s; communities %s)\nNATS       %s %s (delivery %s)\nlast sync  %s (loaded: %v)\nrecords    %d applied",
+		st.Workspace, st.Owner, list(st.Projects), list(st.Communities), st.NATS, st.NATSServer, cmp.Or(st.Delivery, "-"), ago(st.LastSync), st.Loaded, st.RecordsApplied)
 	if len(st.Refused) > 0 {
 		var parts []string
 		for _, r := range sortedMapKeys(st.Refused) {

@@ -113,7 +113,7 @@ func AgentInboxPrefix(ws string) string { return "_INBOX." + ws }
 // subjects reach the shared account; each agent may subscribe to its own).
 func CalloutAgentPermissions(ws string) Permissions {
 	p := AgentPermissions(ws)
-	p.Subscribe = []string{AgentInboxPrefix(ws) + ".>", liveSubject(ws)}
+	p.Subscribe = []string{AgentInboxPrefix(ws) + ".>", liveSubject(ws), leaderElected}
 	return p
 }
 
@@ -223,6 +223,7 @@ func GenerateCalloutParts(cfg CalloutConfig) (accounts, authz []byte, err error)
 	fmt.Fprintf(&b, "      {service: %s, accounts: %s}\n", q(del), acc)
 	fmt.Fprintf(&b, "      {service: %s, accounts: %s}\n", q(jsAPIInfo), acc)
 	fmt.Fprintf(&b, "      {stream: %s, accounts: %s}\n", q(liveAll), acc)
+	fmt.Fprintf(&b, "      {stream: %s, accounts: %s}\n", q(leaderElected), acc)
 	b.WriteString("    ]\n")
 	fmt.Fprintf(&b, "    imports: [{stream: {account: %s, subject: %s}}]\n", q(AgentsAccount), q(status))
 	b.WriteString("  }\n")
@@ -233,6 +234,7 @@ func GenerateCalloutParts(cfg CalloutConfig) (accounts, authz []byte, err error)
 		fmt.Fprintf(&b, "      {service: {account: %s, subject: %s}}\n", q(ServiceAccount), q(s))
 	}
 	fmt.Fprintf(&b, "      {stream: {account: %s, subject: %s}}\n", q(ServiceAccount), q(liveAll))
+	fmt.Fprintf(&b, "      {stream: {account: %s, subject: %s}}\n", q(ServiceAccount), q(leaderElected))
 	b.WriteString("    ]\n")
 	b.WriteString("  }\n")
 

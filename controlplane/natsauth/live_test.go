@@ -75,6 +75,48 @@ func liveAttacks(t *testing.T, agentA, agentB, user, svc *conn, create func(user
 			})
 		}
 	})
+	t.Run("agent subscribes to the records stream's leader elections", func(t *testing.T) {
+		sub := must(agentA.SubscribeSync(controlplane.LeaderElected))
+		defer func() { _ = sub.Unsubscribe() }()
+		if err := agentA.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		// A refusal would have come before the flush's pong.
+		for {
+			select {
+			case err := <-agentA.errs:
+				if strings.Contains(err.Error(), controlplane.LeaderElected) {
+					t.Fatalf("subscription to the leader elections refused: %v", err)
+				}
+				continue
+			default:
+			}
+			break
+		}
+	})
+	t.Run("agent reads no other advisory", func(t *testing.T) {
+		for _, subj := range []string{"$JS.EVENT.ADVISORY.>", "$JS.EVENT.>", "$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.*",
+			"$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.KV_" + controlplane.ServiceBucket,
+			"$JS.EVENT.ADVISORY.CONSUMER.LEADER_ELECTED.KV_nbsecrets.>", "$JS.EVENT.ADVISORY.API",
+			"$JS.EVENT.ADVISORY.STREAM.UPDATED.KV_nbsecrets", "$SYS.>"} {
+			expectDenied(t, agentA, "Subscription", subj, func(context.Context) error {
+				_, err := agentA.Subscribe(subj, func(*nats.Msg) {})
+				return err
+			})
+		}
+	})
+	t.Run("nobody publishes a leader election", func(t *testing.T) {
+		for _, c := range []struct {
+			who  string
+			conn *conn
+		}{{"agent A", agentA}, {"a user (under the callout: agent B)", user}, {"the service's user", svc}} {
+			t.Log(c.who)
+			expectDenied(t, c.conn, "Publish", controlplane.LeaderElected, func(ctx context.Context) error {
+				_, err := c.conn.RequestWithContext(ctx, controlplane.LeaderElected, []byte(`{}`))
+				return err
+			})
+		}
+	})
 	t.Run("nobody publishes on a live subject", func(t *testing.T) {
 		for _, c := range []struct {
 			who  string

@@ -136,6 +136,14 @@ func consumerDelete(ws string) string {
 // account, under no user's permissions).
 func liveSubject(ws string) string { return controlplane.LivePrefix + ws + ".>" }
 
+// leaderElected is the advisory the server publishes in the service's
+// account when the records stream elects a leader: a live agent reads its
+// records again then (see controlplane.LeaderElected). Exported from the
+// service's account to the agents', subscribed by them, published by
+// nobody (the server does, under no user's permissions). It names the
+// stream, its leader and replicas (server names), nothing of any record.
+const leaderElected = controlplane.LeaderElected
+
 // jsAPIInfo is imported into each workspace account although its agent may
 // not publish it: an account without JetStream of its own gets the server's
 // "$JS.API.>" import (to answer "JetStream not enabled") unless an import
@@ -158,10 +166,13 @@ const jsAPIInfo = jsAPI + "INFO"
 //	subscribe nbsecrets.live.<ws>.>
 //	        its records republished (live delivery), imported from the
 //	        service's account
+//	subscribe $JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.KV_nbsecrets
+//	        the records stream's leader elections (live delivery reads
+//	        again after one), imported from the service's account
 func AgentPermissions(ws string) Permissions {
 	return Permissions{
 		Publish:   []string{consumerCreate(ws), consumerNext(ws), consumerDelete(ws), protocol.StatusSubject(ws)},
-		Subscribe: []string{"_INBOX.>", liveSubject(ws)},
+		Subscribe: []string{"_INBOX.>", liveSubject(ws), leaderElected},
 	}
 }
 
@@ -397,6 +408,7 @@ func Generate(cfg Config) ([]byte, error) {
 	}
 	if len(wss) > 0 {
 		fmt.Fprintf(&b, "      {service: %s, accounts: %s}\n", q(jsAPIInfo), list(mapped(wss, WorkspaceAccount)))
+		fmt.Fprintf(&b, "      {stream: %s, accounts: %s}\n", q(leaderElected), list(mapped(wss, WorkspaceAccount)))
 	}
 	b.WriteString("    ]\n")
 	if len(wss) > 0 { // each agent's rollout status, from its own account only
@@ -419,6 +431,7 @@ func Generate(cfg Config) ([]byte, error) {
 			fmt.Fprintf(&b, "      {service: {account: %s, subject: %s}}\n", q(ServiceAccount), q(s))
 		}
 		fmt.Fprintf(&b, "      {stream: {account: %s, subject: %s}}\n", q(ServiceAccount), q(liveSubject(ws)))
+		fmt.Fprintf(&b, "      {stream: {account: %s, subject: %s}}\n", q(ServiceAccount), q(leaderElected))
 		b.WriteString("    ]\n")
 		b.WriteString("  }\n")
 	}
