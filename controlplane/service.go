@@ -244,7 +244,7 @@ func (s *Service) Start(ctx context.Context) error {
 	s.sub = sub
 	s.mu.Unlock()
 	s.background(s.ctx, s.every)
-	s.log.Info("serving", "subject", SubjectPrefix+"*", "sign_key", s.signPub, "curve_key", s.curvePub)
+	s.log.Info("serving", "subject", SubjectPrefix+"*", "sign_key", s.signPub, "curve_key", s.curvePub, "batch_signatures", !s.single)
 	return nil
 }
 

@@ -36,3 +36,14 @@ func liveFlag(fs *flag.FlagSet) func() (bool, error) {
 			"added to an existing bucket: needs STREAM.UPDATE of KV_nbsecrets); --live=false does not remove one already set ($NBSECRETS_LIVE)")
 	return func() (bool, error) { return *live, err }
 }
+
+// batchSignaturesFlag defines --batch-signatures for `serve` and
+// `hub-service` (controlplane.Options.SingleSignatures is its negation):
+// on by default, a fan-out signs each chunk of records once; off, every
+// record is signed alone, as before batch signatures, which agents older
+// than them need: the first step of a rolling upgrade (README, "Upgrading").
+func batchSignaturesFlag(fs *flag.FlagSet) *bool {
+	return fs.Bool("batch-signatures", true,
+		"sign each chunk of a fan-out's records once (a Merkle tree's root); false: sign every record alone, "+
+			"for as long as agents older than batch signatures read the bucket (they refuse batch records)")
+}

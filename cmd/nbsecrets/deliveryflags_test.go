@@ -45,3 +45,22 @@ func TestDeliveryDefaults(t *testing.T) {
 		t.Errorf("malformed NBSECRETS_LIVE: %v", err)
 	}
 }
+
+// TestBatchSignaturesFlag: services sign a fan-out's chunks once unless
+// --batch-signatures=false, the rolling upgrade's first step.
+func TestBatchSignaturesFlag(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want bool
+	}{{nil, true}, {[]string{"--batch-signatures=false"}, false}, {[]string{"--batch-signatures"}, true}} {
+		fs := flag.NewFlagSet("test", flag.ContinueOnError)
+		fs.SetOutput(io.Discard)
+		on := batchSignaturesFlag(fs)
+		if err := fs.Parse(c.args); err != nil {
+			t.Fatal(err)
+		}
+		if *on != c.want {
+			t.Errorf("%q: batch signatures %v, want %v", c.args, *on, c.want)
+		}
+	}
+}

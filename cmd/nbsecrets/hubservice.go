@@ -54,6 +54,7 @@ func runHubService(ctx context.Context, env *cliEnv, args []string) error {
 	proofKey := fs.String("server-proof-key", envOr("NBSECRETS_SERVER_PROOF_KEY_FILE", ""), "the key of the hub's server proofs, which tell a user's servers apart on JupyterHub 3 (nbsecrets_config.py makes it) ($NBSECRETS_SERVER_PROOF_KEY_FILE)")
 	listen := fs.String("listen", "", "address to serve HTTP on (default: the host and port of $JUPYTERHUB_SERVICE_URL)")
 	live := liveFlag(fs)
+	batchSigs := batchSignaturesFlag(fs)
 	logLevel, logJSON := logFlags(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -173,7 +174,7 @@ func runHubService(ctx context.Context, env *cliEnv, args []string) error {
 		return err
 	}
 	svc, err := controlplane.New(controlplane.Options{Conn: nc, SignKey: signKP, CurveKey: curveKP, Directory: first, Logger: log.Named("service"),
-		Live: liveOn})
+		Live: liveOn, SingleSignatures: !*batchSigs})
 	if err != nil {
 		return err
 	}

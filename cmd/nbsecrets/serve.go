@@ -49,6 +49,7 @@ func runServe(ctx context.Context, env *cliEnv, args []string) error {
 	curveKey := fs.String("curve-key", envOr("NBSECRETS_CURVE_KEY", ""), "seed file of the service's curve key, mode 0600 (required) ($NBSECRETS_CURVE_KEY)")
 	names := addNameFlags(fs)
 	live := liveFlag(fs)
+	batchSigs := batchSignaturesFlag(fs)
 	replicas := fs.Int("bucket-replicas", envInt("NBSECRETS_BUCKET_REPLICAS", 1), "copies of each KV bucket the service creates: 3 on a three-node JetStream cluster ($NBSECRETS_BUCKET_REPLICAS)")
 	reconcileEvery := fs.Duration("reconcile-interval", envDuration("NBSECRETS_RECONCILE_INTERVAL", 0), "how often the replica holding the background lease rewrites records the bucket lost; 0: only at start, take-over and directory changes ($NBSECRETS_RECONCILE_INTERVAL)")
 	healthAddr := fs.String("health-addr", envOr("NBSECRETS_HEALTH_ADDR", ""), "serve /healthz, /readyz and /metrics on this host:port (for probes and scrapers; names no user, secret or workspace); empty: off ($NBSECRETS_HEALTH_ADDR)")
@@ -127,7 +128,8 @@ func runServe(ctx context.Context, env *cliEnv, args []string) error {
 		return err
 	}
 	svc, err := controlplane.New(controlplane.Options{Conn: nc, SignKey: signKP, CurveKey: curveKP, Directory: dir, Logger: log,
-		Names: namePolicy, Replicas: *replicas, ReconcileInterval: *reconcileEvery, Live: liveOn})
+		Names: namePolicy, Replicas: *replicas, ReconcileInterval: *reconcileEvery, Live: liveOn,
+		SingleSignatures: !*batchSigs})
 	if err != nil {
 		return err
 	}
