@@ -2,8 +2,6 @@ package natsauth_test
 
 import (
 	"encoding/json"
-	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -29,40 +27,13 @@ func TestLeaderElectionReachesAgents(t *testing.T) {
 		t.Fatal(err)
 	}
 	const n = 3
-	var ls []net.Listener
-	ports := make([]int, 2*n)
-	for i := range ports {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ls = append(ls, l)
-		ports[i] = l.Addr().(*net.TCPAddr).Port
-	}
-	for _, l := range ls {
-		_ = l.Close()
-	}
-	var routes []string
-	for i := range n {
-		routes = append(routes, fmt.Sprintf("nats://127.0.0.1:%d", ports[n+i]))
-	}
-	var confs []string
-	for i := range n {
-		conf := fmt.Sprintf("server_name: node-%d\nlisten: \"127.0.0.1:%d\"\njetstream {\n  store_dir: %q\n}\n"+
-			"cluster {\n  name: nbsecrets-test\n  listen: \"127.0.0.1:%d\"\n  routes: [%s]\n}\ninclude \"auth.conf\"\n",
-			i+1, ports[i], filepath.Join(dir, fmt.Sprintf("store-%d", i+1)), ports[n+i], strings.Join(routes, ", "))
-		path := filepath.Join(dir, fmt.Sprintf("node-%d.conf", i+1))
-		if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		confs = append(confs, path)
-	}
+	confs, urls := natstest.ClusterConfigs(t, dir, n, "include \"auth.conf\"\n")
 	var srvs []*server.Server
 	for _, c := range confs {
 		srvs = append(srvs, natstest.StartConfig(t, c))
 	}
-	url := func(i int) string { return fmt.Sprintf("nats://127.0.0.1:%d", ports[i]) }
-	all := strings.Join([]string{url(0), url(1), url(2)}, ",")
+	url := func(i int) string { return urls[i] }
+	all := strings.Join(urls, ",")
 
 	svc, err := controlplane.New(controlplane.Options{Conn: connect(t, all, d.svcNATS).Conn, SignKey: d.sign, CurveKey: d.curve,
 		Directory: d.dir, Live: true, Replicas: 3})

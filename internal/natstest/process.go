@@ -56,29 +56,39 @@ type ProcessCluster struct {
 	cmds  []*exec.Cmd
 }
 
-// StartProcessCluster starts n node processes and waits until JetStream
-// answers on every one of them. The calling package's TestMain must call
-// RunNodeIfAsked.
-func StartProcessCluster(t testing.TB, n int) *ProcessCluster {
+// ClusterConfigs writes the configuration files of an n-node JetStream
+// cluster on loopback ports under dir (node-1.conf...; each node's store in
+// dir/store-<i>, the consumer limit lifted), each followed by extra (an
+// include of accounts, say, which the caller writes into dir), and returns
+// their paths and the nodes' client URLs.
+func ClusterConfigs(t testing.TB, dir string, n int, extra string) (confs, urls []string) {
 	t.Helper()
 	ports := reservePorts(t, 2*n)
 	var routes []string
 	for i := range n {
 		routes = append(routes, fmt.Sprintf("nats://127.0.0.1:%d", ports[n+i]))
 	}
-	c := &ProcessCluster{t: t, cmds: make([]*exec.Cmd, n)}
-	dir := t.TempDir()
 	for i := range n {
 		conf := fmt.Sprintf("server_name: node-%d\nlisten: \"127.0.0.1:%d\"\njetstream {\n  store_dir: %q\n  limits { default_max_consumers: -1 }\n}\n"+
-			"cluster {\n  name: nbsecrets-test\n  listen: \"127.0.0.1:%d\"\n  routes: [%s]\n}\n",
-			i+1, ports[i], filepath.Join(dir, fmt.Sprintf("store-%d", i+1)), ports[n+i], strings.Join(routes, ", "))
+			"cluster {\n  name: nbsecrets-test\n  listen: \"127.0.0.1:%d\"\n  routes: [%s]\n}\n%s",
+			i+1, ports[i], filepath.Join(dir, fmt.Sprintf("store-%d", i+1)), ports[n+i], strings.Join(routes, ", "), extra)
 		path := filepath.Join(dir, fmt.Sprintf("node-%d.conf", i+1))
 		if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		c.confs = append(c.confs, path)
-		c.urls = append(c.urls, fmt.Sprintf("nats://127.0.0.1:%d", ports[i]))
+		confs = append(confs, path)
+		urls = append(urls, fmt.Sprintf("nats://127.0.0.1:%d", ports[i]))
 	}
+	return confs, urls
+}
+
+// StartProcessCluster starts n node processes and waits until JetStream
+// answers on every one of them. The calling package's TestMain must call
+// RunNodeIfAsked.
+func StartProcessCluster(t testing.TB, n int) *ProcessCluster {
+	t.Helper()
+	c := &ProcessCluster{t: t, cmds: make([]*exec.Cmd, n)}
+	c.confs, c.urls = ClusterConfigs(t, t.TempDir(), n, "")
 	t.Cleanup(func() {
 		for i := range c.cmds {
 			c.Kill(i)
