@@ -163,8 +163,10 @@ type devProc struct {
 	done     chan error
 }
 
-// startDev runs `bin dev args...` and waits until it says it is running;
-// the test's cleanup kills it if it is still there.
+// startDev runs `bin dev args...` and waits until it has printed its whole
+// banner (it ends with "Ctrl-C stops."; the lines come in several writes,
+// and a test that read it after the first one missed the web UI's login
+// URL); the test's cleanup kills it if it is still there.
 func startDev(t *testing.T, bin string, env []string, args ...string) *devProc {
 	t.Helper()
 	d := &devProc{cmd: exec.Command(bin, append([]string{"dev"}, args...)...), done: make(chan error, 1)}
@@ -179,7 +181,7 @@ func startDev(t *testing.T, bin string, env []string, args ...string) *devProc {
 		<-d.done
 	})
 	pollUntil(t, 30*time.Second, func() error {
-		if !strings.Contains(d.out.String(), "nbsecrets dev is running") {
+		if !strings.Contains(d.out.String(), "Ctrl-C stops.") {
 			return fmt.Errorf("dev not ready; stderr:\n%s", d.err.String())
 		}
 		return nil

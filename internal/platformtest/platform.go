@@ -173,8 +173,8 @@ func (d *Dev) start() {
 			d.t.Fatalf("nbsecrets dev exited (%v); stderr:\n%s", p.cmd.ProcessState, p.err.String())
 		default:
 		}
-		if !strings.Contains(p.out.String(), "nbsecrets dev is running") {
-			return errors.New("nbsecrets dev is not running yet")
+		if !strings.Contains(p.out.String(), "Ctrl-C stops.") {
+			return errors.New("nbsecrets dev has not printed its whole banner yet")
 		}
 		return nil
 	})
