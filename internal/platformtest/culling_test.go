@@ -12,7 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nbsecrets/nbsecrets/internal/kerneltest"
 	"github.com/nbsecrets/nbsecrets/internal/testutil"
+	"github.com/nbsecrets/nbsecrets/protocol/jupyter"
 )
 
 func TestMain(m *testing.M) {
@@ -174,15 +176,22 @@ func startServed(t *testing.T, j *Jupyter, d *Dev) string {
 
 // startIdleOnServer starts a kernel the agent serves and waits until
 // /api/kernels says it is idle, returning its id and its last_activity
-// then: the first contact's last message. Jupyter Server learns a kernel's
-// state only from the iopub messages it sees after its own subscription
-// reaches the kernel; when the first contact's statuses came before that,
-// the server keeps the kernel "starting" and culls it 8 s later, as it
-// would any kernel nobody used. That kernel is replaced (three tries).
+// then: the first contact's last message, or a frontend's. Jupyter Server
+// learns a kernel's state only from the iopub messages it sees after its
+// own subscription reaches the kernel (zmq reconnects it every 100 ms
+// until the kernel has bound its ports); the agent's first contact can
+// come before that, and then the server keeps the kernel "starting" and
+// would cull it 8 s later, as it would any kernel nobody used. So, as a
+// frontend opening the notebook would, a client of the test's own asks the
+// kernel for its kernel_info once, 2 s after the agent served it, when the
+// server has not seen it idle yet: its statuses tell the server. A kernel
+// culled all the same is replaced (three tries).
 func startIdleOnServer(t *testing.T, j *Jupyter, d *Dev) (string, time.Time) {
 	t.Helper()
 	for attempt := 1; ; attempt++ {
 		id := startServed(t, j, d)
+		served := time.Now()
+		nudged := false
 		var lastActivity time.Time
 		var gone bool
 		testutil.WaitFor(t, 30*time.Second, func() error {
@@ -192,6 +201,11 @@ func startIdleOnServer(t *testing.T, j *Jupyter, d *Dev) (string, time.Time) {
 			}
 			for _, k := range ks {
 				if k.ID == id {
+					if k.ExecutionState == "starting" && !nudged && time.Since(served) > 2*time.Second {
+						nudged = true
+						nudge(t, d.ConnectionFile(id))
+						t.Logf("kernel %s: the server missed the first contact's statuses; a frontend's kernel_info told it", id)
+					}
 					if k.ExecutionState != "idle" {
 						return fmt.Errorf("kernel %s is %q", k.ID, k.ExecutionState)
 					}
@@ -209,6 +223,27 @@ func startIdleOnServer(t *testing.T, j *Jupyter, d *Dev) (string, time.Time) {
 			return id, lastActivity
 		}
 		t.Logf("kernel %s was culled while the server still had it starting (it missed the first contact's statuses); starting another", id)
+	}
+}
+
+// nudge asks the kernel of connection file file for its kernel_info from
+// a client of its own, as a frontend does when it opens a notebook, and
+// waits for the iopub statuses of that request.
+func nudge(t *testing.T, file string) {
+	t.Helper()
+	info, err := jupyter.ReadConnectionFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), kerneltest.StartTimeout)
+	defer cancel()
+	c, err := jupyter.Dial(ctx, info)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Ready(ctx); err != nil {
+		t.Fatalf("kernel %s: kernel_info: %v", file, err)
 	}
 }
 
