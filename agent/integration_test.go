@@ -476,51 +476,7 @@ func TestBadRecordsRefused(t *testing.T) {
 	h.put("s1", "TARGET", 2, good2)
 	waitEnv(t, c, "TARGET", good2)
 
-	// Forged: the same record signed by another key.
-	otherSign, _ := nkeys.CreateAccount()
-	otherCurve, _ := nkeys.CreateCurveKeys()
-	forger, _ := protocol.NewSealer(otherSign, otherCurve)
-	forged, _ := forger.Put(protocol.Recipient{Workspace: h.ws.ID, CurveKey: h.wsPub}, "s1", "TARGET", 9, protocol.Scope{Kind: protocol.ScopeUser, ID: "alice"}, []byte(evil), time.Now())
-	// Misaddressed: a genuine record for another workspace under our key.
-	otherWS, _ := nkeys.CreateCurveKeys()
-	otherPub, _ := otherWS.PublicKey()
-	foreign, _ := h.sealer.Put(protocol.Recipient{Workspace: "ws-bob", CurveKey: otherPub}, "s1", "TARGET", 10, protocol.Scope{Kind: protocol.ScopeUser, ID: "alice"}, []byte(evil), time.Now())
-	// Out of scope: a genuine record of bob's private secret.
-	bobs := h.record("s4", "BOBS", 1, protocol.Scope{Kind: protocol.ScopeUser, ID: "bob"}, evil)
-	key := protocol.RecordKey(h.ws.ID, "s1")
-	for _, bad := range []struct {
-		key  string
-		data []byte
-		why  string
-	}{
-		{key, forged, "bad signature"},
-		{key, old, "replayed older version"},
-		{key, foreign, "another workspace"},
-		{key, []byte("{not json" + evil), "malformed"},
-		{protocol.RecordKey(h.ws.ID, "s2"), h.record("s3", "MOVED", 1, protocol.Scope{Kind: protocol.ScopeUser, ID: "alice"}, evil), "key mismatch"},
-		{protocol.RecordKey(h.ws.ID, "s4"), bobs, "scope not allowed"},
-	} {
-		before := a.Status().Refused[bad.why]
-		h.putRaw(bad.key, bad.data)
-		waitFor(t, 10*time.Second, func() error {
-			if a.Status().Refused[bad.why] <= before {
-				return fmt.Errorf("%s not refused", bad.why)
-			}
-			return nil
-		})
-	}
-	// An unsigned KV delete marker is refused too.
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := h.kv.Delete(ctx, key); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, 10*time.Second, func() error {
-		if a.Status().Refused["unsigned DEL marker"] == 0 {
-			return errors.New("delete marker not refused")
-		}
-		return nil
-	})
+	h.putBadRecords(a, old, evil)
 	if got := envDigest(t, c, "TARGET"); got != digest(good2) {
 		t.Error("a bad record changed the kernel's value")
 	}
@@ -691,4 +647,64 @@ func TestReplayAfterAgentRestartRefused(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// putBadRecords puts into the bucket, one after another, the records the
+// refusal tests expect the agent a to refuse, under s1's key or the key
+// each claims: old (a replay of a version before the one a holds), the
+// same record signed by another key, a genuine record of another
+// workspace, garbage, a record stored under another key than its own and
+// one of bob's private secrets, each carrying evil; it waits until a counts
+// each refusal under its reason, then until a refuses an unsigned KV delete
+// marker on s1's key. It returns the forged record.
+func (h *harness) putBadRecords(a *runningAgent, old []byte, evil string) (forged []byte) {
+	t := h.t
+	t.Helper()
+	scope := protocol.Scope{Kind: protocol.ScopeUser, ID: "alice"}
+	// Forged: the same record signed by another key.
+	otherSign, _ := nkeys.CreateAccount()
+	otherCurve, _ := nkeys.CreateCurveKeys()
+	forger, _ := protocol.NewSealer(otherSign, otherCurve)
+	forged, _ = forger.Put(protocol.Recipient{Workspace: h.ws.ID, CurveKey: h.wsPub}, "s1", "TARGET", 9, scope, []byte(evil), time.Now())
+	// Misaddressed: a genuine record for another workspace under our key.
+	otherWS, _ := nkeys.CreateCurveKeys()
+	otherPub, _ := otherWS.PublicKey()
+	foreign, _ := h.sealer.Put(protocol.Recipient{Workspace: "ws-bob", CurveKey: otherPub}, "s1", "TARGET", 10, scope, []byte(evil), time.Now())
+	// Out of scope: a genuine record of bob's private secret.
+	bobs := h.record("s4", "BOBS", 1, protocol.Scope{Kind: protocol.ScopeUser, ID: "bob"}, evil)
+	key := protocol.RecordKey(h.ws.ID, "s1")
+	for _, bad := range []struct {
+		key  string
+		data []byte
+		why  string
+	}{
+		{key, forged, "bad signature"},
+		{key, old, "replayed older version"},
+		{key, foreign, "another workspace"},
+		{key, []byte("{not json" + evil), "malformed"},
+		{protocol.RecordKey(h.ws.ID, "s2"), h.record("s3", "MOVED", 1, scope, evil), "key mismatch"},
+		{protocol.RecordKey(h.ws.ID, "s4"), bobs, "scope not allowed"},
+	} {
+		before := a.Status().Refused[bad.why]
+		h.putRaw(bad.key, bad.data)
+		waitFor(t, 10*time.Second, func() error {
+			if a.Status().Refused[bad.why] <= before {
+				return fmt.Errorf("%s not refused", bad.why)
+			}
+			return nil
+		})
+	}
+	// An unsigned KV delete marker is refused too.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := h.kv.Delete(ctx, key); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, func() error {
+		if a.Status().Refused["unsigned DEL marker"] == 0 {
+			return errors.New("delete marker not refused")
+		}
+		return nil
+	})
+	return forged
 }

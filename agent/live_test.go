@@ -199,48 +199,11 @@ func TestLiveBadRecordsRefused(t *testing.T) {
 	h.put("s1", "TARGET", 2, good2)
 	waitDesired(t, a, "TARGET", good2)
 
-	otherSign, _ := nkeys.CreateAccount()
-	otherCurve, _ := nkeys.CreateCurveKeys()
-	forger, _ := protocol.NewSealer(otherSign, otherCurve)
-	forged, _ := forger.Put(protocol.Recipient{Workspace: h.ws.ID, CurveKey: h.wsPub}, "s1", "TARGET", 9, scope, []byte(evil), time.Now())
-	otherWS, _ := nkeys.CreateCurveKeys()
-	otherPub, _ := otherWS.PublicKey()
-	foreign, _ := h.sealer.Put(protocol.Recipient{Workspace: "ws-bob", CurveKey: otherPub}, "s1", "TARGET", 10, scope, []byte(evil), time.Now())
-	bobs := h.record("s4", "BOBS", 1, protocol.Scope{Kind: protocol.ScopeUser, ID: "bob"}, evil)
-	key := protocol.RecordKey(h.ws.ID, "s1")
 	// Through the bucket: republished by the server, sequences in order.
-	for _, bad := range []struct {
-		key  string
-		data []byte
-		why  string
-	}{
-		{key, forged, "bad signature"},
-		{key, old, "replayed older version"},
-		{key, foreign, "another workspace"},
-		{key, []byte("{not json" + evil), "malformed"},
-		{protocol.RecordKey(h.ws.ID, "s2"), h.record("s3", "MOVED", 1, scope, evil), "key mismatch"},
-		{protocol.RecordKey(h.ws.ID, "s4"), bobs, "scope not allowed"},
-	} {
-		before := a.Status().Refused[bad.why]
-		h.putRaw(bad.key, bad.data)
-		waitFor(t, 10*time.Second, func() error {
-			if a.Status().Refused[bad.why] <= before {
-				return fmt.Errorf("%s not refused", bad.why)
-			}
-			return nil
-		})
-	}
+	forged := h.putBadRecords(a, old, evil)
+	key := protocol.RecordKey(h.ws.ID, "s1")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := h.kv.Delete(ctx, key); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, 10*time.Second, func() error {
-		if a.Status().Refused["unsigned DEL marker"] == 0 {
-			return errors.New("delete marker not refused")
-		}
-		return nil
-	})
 
 	// Straight on the live subject, headers made to follow the record the
 	// agent holds: the records' own checks still refuse them.

@@ -14,7 +14,6 @@ import (
 
 	"github.com/nbsecrets/nbsecrets/internal/kerneltest"
 	"github.com/nbsecrets/nbsecrets/internal/testutil"
-	"github.com/nbsecrets/nbsecrets/protocol/jupyter"
 )
 
 func TestMain(m *testing.M) {
@@ -231,17 +230,10 @@ func startIdleOnServer(t *testing.T, j *Jupyter, d *Dev) (string, time.Time) {
 // waits for the iopub statuses of that request.
 func nudge(t *testing.T, file string) {
 	t.Helper()
-	info, err := jupyter.ReadConnectionFile(file)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := dialKernel(t, file)
+	defer c.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), kerneltest.StartTimeout)
 	defer cancel()
-	c, err := jupyter.Dial(ctx, info)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
 	if err := c.Ready(ctx); err != nil {
 		t.Fatalf("kernel %s: kernel_info: %v", file, err)
 	}

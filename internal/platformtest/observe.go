@@ -95,16 +95,9 @@ type Watcher struct {
 // The client closes at the test's end.
 func Watch(t testing.TB, file string, ready bool) *Watcher {
 	t.Helper()
-	info, err := jupyter.ReadConnectionFile(file)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := dialKernel(t, file)
 	ctx, cancel := context.WithTimeout(context.Background(), kerneltest.StartTimeout)
 	defer cancel()
-	c, err := jupyter.Dial(ctx, info)
-	if err != nil {
-		t.Fatal(err)
-	}
 	w := &Watcher{Client: c, done: make(chan struct{})}
 	go func() { // ends when the client closes its iopub channel
 		defer close(w.done)
@@ -132,6 +125,23 @@ func Watch(t testing.TB, file string, ready bool) *Watcher {
 		}
 	}
 	return w
+}
+
+// dialKernel connects a client of the test's own to the kernel of
+// connection file file; the caller closes it.
+func dialKernel(t testing.TB, file string) *jupyter.Client {
+	t.Helper()
+	info, err := jupyter.ReadConnectionFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), kerneltest.StartTimeout)
+	defer cancel()
+	c, err := jupyter.Dial(ctx, info)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }
 
 // Foreign is every message from since until until (zero: no end) that
