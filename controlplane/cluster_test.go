@@ -179,6 +179,17 @@ func (w *clusterWorld) waitAgents(v uint64, timeout time.Duration) time.Time {
 	}
 }
 
+// waitLog waits until the logs hold line, failing the test at deadline.
+func (w *clusterWorld) waitLog(line string, deadline time.Time) {
+	w.t.Helper()
+	for !strings.Contains(w.logs.String(), line) {
+		if time.Now().After(deadline) {
+			w.t.Fatalf("no log line %q", line)
+		}
+		time.Sleep(50 * time.Millisecond) // polling, not synchronisation
+	}
+}
+
 // write keeps updating the secret until ctx ends, noting every version an
 // Update acknowledged and when.
 func (w *clusterWorld) write(ctx context.Context) {
@@ -374,9 +385,14 @@ func (w *clusterWorld) loseAfterAck(lose, restore func(node string)) {
 		t.Fatal(err)
 	}
 	acked := time.Now()
+	// Which agents are on the node about to be lost, known before the
+	// loss: a count of reconnects taken after it races with the agent's
+	// own noticing of the closed connection.
 	reconnects := map[string]uint64{}
+	onLost := map[string]bool{}
 	for ws, nc := range w.conns {
 		reconnects[ws] = nc.Stats().Reconnects
+		onLost[ws] = nc.ConnectedServerName() == node
 	}
 	lose(node)
 	conv := w.waitAgents(info.Version, liveConvergeTimeout)
@@ -389,16 +405,12 @@ func (w *clusterWorld) loseAfterAck(lose, restore func(node string)) {
 		// retrying until a read succeeds: after the election.
 		deadline := time.Now().Add(liveConvergeTimeout)
 		for ws := range w.agents {
-			if w.conns[ws].Stats().Reconnects != reconnects[ws] {
+			if onLost[ws] || w.conns[ws].Stats().Reconnects != reconnects[ws] {
+				w.waitLog(ws+".sync: NATS connection re-established; reading the records again", deadline)
 				t.Logf("agent %s was on the lost node: it read again once reconnected", ws)
 				continue
 			}
-			for !strings.Contains(w.logs.String(), ws+".sync: reading the records again: workspace="+ws+" reason=\"agent: the records stream elected a leader") {
-				if time.Now().After(deadline) {
-					t.Fatalf("agent %s did not read again after the records stream elected a leader", ws)
-				}
-				time.Sleep(50 * time.Millisecond) // polling, not synchronisation
-			}
+			w.waitLog(ws+".sync: reading the records again: workspace="+ws+" reason=\"agent: the records stream elected a leader", deadline)
 		}
 		t.Logf("every agent left connected had read its records again after the election within %v of the loss", time.Since(acked).Round(time.Millisecond))
 	}
