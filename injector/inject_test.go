@@ -325,21 +325,26 @@ func TestPrepareWithoutAgent(t *testing.T) {
 	go bsrv.Serve(bl)
 	t.Cleanup(func() { bsrv.Close() })
 
+	// Only the hanging agent is meant to run out of time: the others get
+	// a deadline that a loaded machine under the race detector cannot
+	// reach before the fake agent answers.
+	const patient = 30 * time.Second
 	tests := []struct {
 		name, socket, want string
+		timeout            time.Duration
 	}{
-		{"no socket file", noFile, "agent at " + noFile + " not reachable: dial unix " + noFile + ": connect: no such file or directory"},
-		{"nobody listening", stale, "agent at " + stale + " not reachable: dial unix " + stale + ": connect: connection refused"},
-		{"agent error", failing.socket, "agent at " + failing.socket + " answered an error: GET /v1/env: 500 Internal Server Error: workspace not loaded yet"},
-		{"broken answer", badJSON, "agent at " + badJSON + " answered an error: decoding the answer to GET /v1/env:"},
-		{"no answer in time", hanging.socket, "agent at " + hanging.socket + " not reachable: no answer within 200ms"},
+		{"no socket file", noFile, "agent at " + noFile + " not reachable: dial unix " + noFile + ": connect: no such file or directory", patient},
+		{"nobody listening", stale, "agent at " + stale + " not reachable: dial unix " + stale + ": connect: connection refused", patient},
+		{"agent error", failing.socket, "agent at " + failing.socket + " answered an error: GET /v1/env: 500 Internal Server Error: workspace not loaded yet", patient},
+		{"broken answer", badJSON, "agent at " + badJSON + " answered an error: decoding the answer to GET /v1/env:", patient},
+		{"no answer in time", hanging.socket, "agent at " + hanging.socket + " not reachable: no answer within 200ms", 200 * time.Millisecond},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var stderr bytes.Buffer
 			argv0, _, env, err := Prepare(context.Background(), Options{
 				Socket:  tt.socket,
-				Timeout: 200 * time.Millisecond,
+				Timeout: tt.timeout,
 				Argv:    []string{kernel, "-f", "/run/kernel-1.json"},
 				Environ: baseEnviron(pathDir),
 				Stderr:  &stderr,
