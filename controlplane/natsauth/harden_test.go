@@ -92,19 +92,9 @@ func TestAgentConsumerConfinement(t *testing.T) {
 	}
 
 	// A push consumer under A's own name, delivering onto a bucket's
-	// subjects: nothing may be stored. The service itself writes one key
-	// meanwhile, its background lease (renewed every few seconds): a
-	// stream's last sequence may move, but no subject other than the
-	// lease's may gain a message.
+	// subjects: nothing may be stored.
 	svcJS := must(jetstream.New(svcConn.Conn))
-	leaseSubject := "$KV." + controlplane.ServiceBucket + ".lease.background"
-	subjects := func(st string) map[string]uint64 {
-		return must(must(svcJS.Stream(ctx, st)).Info(ctx, jetstream.WithSubjectFilter(">"))).State.Subjects
-	}
-	held := map[string]map[string]uint64{}
-	for _, st := range []string{protocol.StreamName(), "KV_" + controlplane.ServiceBucket, "KV_" + controlplane.NonceBucket} {
-		held[st] = subjects(st)
-	}
+	held := bucketSubjects(t, svcJS)
 	own := protocol.ConsumerName("wsa")
 	for _, deliver := range []string{"nbsecrets.api.v1.create", "$KV." + protocol.Bucket + ".wsb.forged", "$KV." + controlplane.ServiceBucket + ".secrets.forged"} {
 		_ = jsA.DeleteConsumer(ctx, protocol.StreamName(), own)
@@ -115,13 +105,35 @@ func TestAgentConsumerConfinement(t *testing.T) {
 		}
 		t.Logf("push consumer delivering to %s: %s", deliver, msg.Data)
 	}
-	// A push consumer delivers on its own schedule: watch the streams for
-	// a while (an absence cannot be awaited otherwise).
+	expectNothingStored(t, svcJS, held)
+}
+
+// bucketSubjects returns, for the stream of each bucket, how many
+// messages each subject holds.
+func bucketSubjects(t *testing.T, js jetstream.JetStream) map[string]map[string]uint64 {
+	t.Helper()
+	held := map[string]map[string]uint64{}
+	for _, st := range []string{protocol.StreamName(), "KV_" + controlplane.ServiceBucket, "KV_" + controlplane.NonceBucket} {
+		ctx := ctxT(t, 10*time.Second)
+		held[st] = must(must(js.Stream(ctx, st)).Info(ctx, jetstream.WithSubjectFilter(">"))).State.Subjects
+	}
+	return held
+}
+
+// expectNothingStored watches the buckets' streams for 3 seconds (a push
+// consumer delivers on its own schedule, and an absence cannot be awaited
+// otherwise) and fails if a subject gains a message since held was taken.
+// The service itself writes one key meanwhile, its background lease
+// (renewed every few seconds), so a stream's last sequence may move: the
+// lease's subject is the one allowed to.
+func expectNothingStored(t *testing.T, js jetstream.JetStream, held map[string]map[string]uint64) {
+	t.Helper()
+	leaseSubject := "$KV." + controlplane.ServiceBucket + ".lease.background"
 	for end := time.Now().Add(3 * time.Second); time.Now().Before(end); {
-		for st, was := range held {
-			for subj, n := range subjects(st) {
-				if n > was[subj] && subj != leaseSubject {
-					t.Fatalf("stream %s: %s went from %d to %d messages: a delivery was stored", st, subj, was[subj], n)
+		for st, now := range bucketSubjects(t, js) {
+			for subj, n := range now {
+				if n > held[st][subj] && subj != leaseSubject {
+					t.Fatalf("stream %s: %s went from %d to %d messages: a delivery was stored", st, subj, held[st][subj], n)
 				}
 			}
 		}
