@@ -2,6 +2,7 @@ package controlplane
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -291,9 +292,27 @@ func (w *clusterWorld) nodeOf(ws string) string {
 func (w *clusterWorld) failover(lose, restore func(node string), targets ...string) {
 	t := w.t
 	ctx := context.Background()
-	info, err := w.client.Create(ctx, "TOKEN", []byte("cluster-value-first"), CreateOptions{Project: "ml"})
-	if err != nil {
-		t.Fatal(err)
+	// The first request can come before the buckets the service has just
+	// made on the new cluster take writes (their streams' leaders elected,
+	// and the leader's interest in the bucket's subjects routed to the
+	// service's node): the service then answers with an error, nothing
+	// changed ("recording the request's nonce: nats: no response from
+	// stream", seen under load). Sent again, as a user would.
+	var info *SecretInfo
+	var err error
+	deadline := time.Now().Add(convergeTimeout)
+	for {
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		info, err = w.client.Create(cctx, "TOKEN", []byte("cluster-value-first"), CreateOptions{Project: "ml"})
+		cancel()
+		if err == nil {
+			break
+		}
+		if errors.Is(err, ErrExists) || time.Now().After(deadline) {
+			t.Fatalf("first create: %v", err)
+		}
+		t.Logf("first create: %v; sending it again", err)
+		time.Sleep(100 * time.Millisecond) // a pause between retries, not synchronisation
 	}
 	w.id = info.ID
 	w.waitAgents(1, convergeTimeout)
@@ -332,7 +351,7 @@ func (w *clusterWorld) failover(lose, restore func(node string), targets ...stri
 	// Nothing acknowledged is lost: one more update lands and reaches
 	// every agent, and every workspace's record is at its version.
 	var last *SecretInfo
-	deadline := time.Now().Add(convergeTimeout)
+	deadline = time.Now().Add(convergeTimeout)
 	for {
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		last, err = w.client.Update(cctx, "TOKEN", []byte("cluster-value-last"))
