@@ -233,6 +233,12 @@ print("done")`, marker, release)
 	out := runStarted(t, c, cell, marker, 90*time.Second)
 	v := secretValue("midcell")
 	h.put("s1", "MID", 1, v)
+	// Nothing before the agent is the agent's: kerneltest's readiness
+	// check ends on its kernel_info's busy status, and the idle that
+	// follows can reach this client, subscribed a moment later (seen: one
+	// such idle made the count 5). It came before this client's own
+	// first statuses, so it is in the channel by now.
+	drain(c)
 	logs := &testutil.Buffer{}
 	a := h.startAgentWith(func(cfg *Config) {
 		cfg.Logger = hclog.New(&hclog.LoggerOptions{Name: t.Name(), Level: hclog.Trace,

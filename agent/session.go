@@ -407,7 +407,16 @@ func (s *jupyterSession) Apply(ctx context.Context, p Plan, managed string) erro
 func (s *jupyterSession) Done() <-chan struct{} { return s.lost }
 
 func (s *jupyterSession) Shutdown(ctx context.Context, restart bool) error {
+	if err := s.c.Err(); err != nil {
+		return err // gone before the request: not this shutdown's doing
+	}
 	_, err := s.c.Request(ctx, jupyter.Control, "shutdown_request", map[string]any{"restart": restart}, nil)
+	if errors.Is(err, jupyter.ErrDisconnected) {
+		// The kernel exits on the request right after replying, and the
+		// end of its connection can reach the client on shell or iopub
+		// before the reply on control: it did what was asked.
+		return nil
+	}
 	return err
 }
 

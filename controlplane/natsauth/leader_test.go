@@ -2,6 +2,7 @@ package natsauth_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -59,11 +60,36 @@ func TestLeaderElectionReachesAgents(t *testing.T) {
 		t.Fatal("the records stream has no leader")
 	}
 	other := (leader + 1) % n
+	// The advisory travels in the service's account, where agent A's
+	// subscription shows as interest (through the export): on its own
+	// node at once, on the others once the route has passed it on. A node
+	// that leads the stream a moment after the shutdown publishes the
+	// advisory at once; were the route's interest not there yet, the
+	// advisory would go nowhere, and the test would blame the export.
+	interest := func(i int) int {
+		acc, err := srvs[i].LookupAccount(natsauth.ServiceAccount)
+		if err != nil {
+			t.Fatalf("node-%d: %v", i+1, err)
+		}
+		return acc.Interest(controlplane.LeaderElected)
+	}
+	before := map[int]int{}
+	for i := range srvs {
+		before[i] = interest(i)
+	}
 	agentA := connect(t, url(other), d.agentNATS["wsa"])
 	sub := must(agentA.SubscribeSync(controlplane.LeaderElected))
 	if err := agentA.Flush(); err != nil {
 		t.Fatal(err)
 	}
+	waitFor(t, 30*time.Second, func() error {
+		for i := range srvs {
+			if i != leader && interest(i) <= before[i] {
+				return fmt.Errorf("node-%d does not know of agent A's subscription in the service's account yet", i+1)
+			}
+		}
+		return nil
+	})
 	srvs[leader].Shutdown() // hands the leadership over: a new leader is elected at once
 	srvs[leader].WaitForShutdown()
 	m, err := sub.NextMsg(60 * time.Second)

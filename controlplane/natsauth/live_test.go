@@ -81,7 +81,13 @@ func liveAttacks(t *testing.T, agentA, agentB, user, svc *conn, create func(user
 		if err := agentA.Flush(); err != nil {
 			t.Fatal(err)
 		}
-		// A refusal would have come before the flush's pong.
+		// A refusal comes before the flush's pong, and the connection's
+		// last error is set as the refusal is read; the error handler
+		// that feeds errs runs later, on a goroutine of its own, so errs
+		// alone may not have it yet.
+		if err := agentA.LastError(); err != nil && strings.Contains(err.Error(), controlplane.LeaderElected) {
+			t.Fatalf("subscription to the leader elections refused: %v", err)
+		}
 		for {
 			select {
 			case err := <-agentA.errs:

@@ -141,10 +141,11 @@ func TestJupyterServerKernelKilled(t *testing.T) {
 		killed.Sub(started).Seconds(), same, ports(&info1), ports(&info2))
 
 	// A change after the restart reaches the new process quietly.
-	d.WaitQuiet(t, id, secretName, 60*time.Second)
+	prev := d.WaitQuiet(t, id, secretName, 60*time.Second)
 	v2 := "platform-" + RandHex(t)
 	from := time.Now()
 	d.Set(t, secretName, v2)
+	waitPast(t, d, secretName, prev, 30*time.Second)
 	d.WaitHeld(t, id, secretName, 30*time.Second)
 	if st, _ := d.Status(t).Kernel(id); !strings.Contains(st.Mode, "quiet") {
 		t.Errorf("the restarted kernel is served %q, not over the quiet channel", st.Mode)
@@ -177,7 +178,7 @@ func TestNewPortsServedQuietly(t *testing.T) {
 	env := d.Env()[len(os.Environ()):]
 	k := kerneltest.Start(t, kerneltest.Options{Dir: d.Runtime, Env: env,
 		Prefix: []string{d.Bin, "inject", "--socket", d.Socket(t), "--"}})
-	d.WaitQuiet(t, k.ID, secretName, 60*time.Second)
+	prev := d.WaitQuiet(t, k.ID, secretName, 60*time.Second)
 	old := *k.Info
 	pid1 := k.PID()
 
@@ -191,6 +192,7 @@ func TestNewPortsServedQuietly(t *testing.T) {
 	// the new process (the old one is gone).
 	v2 := "platform-" + RandHex(t)
 	d.Set(t, secretName, v2)
+	prev = waitPast(t, d, secretName, prev, 60*time.Second)
 	d.WaitQuiet(t, k.ID, secretName, 60*time.Second)
 	w := Watch(t, k.ConnFile, true)
 	got := check(t, w.Client)
@@ -200,6 +202,7 @@ func TestNewPortsServedQuietly(t *testing.T) {
 	from := time.Now()
 	v3 := "platform-" + RandHex(t)
 	d.Set(t, secretName, v3)
+	waitPast(t, d, secretName, prev, 30*time.Second)
 	d.WaitQuiet(t, k.ID, secretName, 30*time.Second)
 	if f := w.Foreign(from, time.Time{}); len(f) > 0 {
 		t.Errorf("a change after the restart caused %d iopub messages:%s", len(f), Describe(f, from))

@@ -130,7 +130,10 @@ func TestManyKernels(t *testing.T) {
 			t.Fatal(err)
 		}
 		at := time.Now()
-		version = d.Status(t).Version(secretName)
+		// Read right after the update, the agent's version could still
+		// be the previous one (see waitPast), which the kernels would
+		// hold only until the change reached them.
+		version = waitPast(t, d, secretName, version, 60*time.Second)
 		waitServed(60*time.Second, version)
 		fanout = append(fanout, time.Since(at))
 	}
