@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -25,6 +26,14 @@ const NonceBucket = "nbsecrets_nonces"
 // MaxClockSkew of its timestamp on either side.
 const nonceTTL = 2 * MaxClockSkew
 
+// How long useNonce asks again while the nonce bucket's stream has no
+// responder, and how long it waits between attempts (nats.go's publish
+// waits as long again between its own).
+var (
+	nonceRetryFor  = 5 * time.Second
+	nonceRetryWait = 250 * time.Millisecond
+)
+
 // nonceBucketConfig is the nonce bucket: one value per key, the bucket's
 // TTL on every entry.
 var nonceBucketConfig = jetstream.KeyValueConfig{
@@ -39,7 +48,22 @@ var nonceBucketConfig = jetstream.KeyValueConfig{
 func (s *Service) useNonce(ctx context.Context, req *requestBody) error {
 	sum := sha256.Sum256([]byte(req.Nonce))
 	key := req.User + "." + hex.EncodeToString(sum[:16])
-	_, err := s.nonceKV.Create(ctx, key, []byte(req.Time.UTC().Format("2006-01-02T15:04:05Z")))
+	value := []byte(req.Time.UTC().Format("2006-01-02T15:04:05Z"))
+	_, err := s.nonceKV.Create(ctx, key, value)
+	// No responder for the bucket's subjects at this server: a stream just
+	// made whose leader is still being elected, or whose interest has not
+	// reached this node yet, and nats.go's own retries (two, 250 ms apart)
+	// ran out. Nothing was stored, so asking again is safe: for a while,
+	// rather than answering the user an internal error.
+	for end := time.Now().Add(nonceRetryFor); errors.Is(err, jetstream.ErrNoStreamResponse) && time.Now().Before(end); {
+		s.log.Debug("the nonce bucket has no responder yet; asking again", "user", req.User, "op", req.Op)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("recording the request's nonce: %w", err)
+		case <-time.After(nonceRetryWait):
+		}
+		_, err = s.nonceKV.Create(ctx, key, value)
+	}
 	switch {
 	case err == nil:
 		return nil
